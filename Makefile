@@ -1,0 +1,45 @@
+# Two entry points (see README): `make up` runs the stack, `make test` runs the whole suite.
+# Each creates ./.venv and installs pinned dependencies first, so a fresh clone needs nothing else.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIN    := -c requirements/constraints.txt
+
+.PHONY: up test lint format lock clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.stack-installed: $(BIN)/python pyproject.toml requirements/constraints.txt
+	$(BIN)/pip install -q $(PIN) -e '.[local]'
+	touch $@
+
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml requirements/constraints.txt
+	$(BIN)/pip install -q $(PIN) -e '.[dev]'
+	touch $@ $(VENV)/.stack-installed
+
+up: $(VENV)/.stack-installed
+	$(BIN)/retina up
+
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Re-pin after changing dependencies in pyproject.toml.
+lock: $(VENV)/.dev-installed
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip freeze --exclude-editable | grep -v '^retina' > requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,121 @@
+"""Prometheus plumbing shared by both services: a registry per app, HTTP RED metrics, `/metrics`.
+
+A registry per application (instead of prometheus_client's global one) lets tests run several
+apps in one process and keeps each service's exposition to its own metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import prometheus_client
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from common.http.request_context import Handler
+
+# prometheus_client defaults, identical to OTel's http.server.request.duration advice.
+HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+# Powers of four from 16 KiB to 64 MiB: covers thumbnails to the largest allowed upload.
+SIZE_BUCKETS = (16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# `*_created` series double the series count for no dashboard we draw.
+prometheus_client.disable_created_metrics()
+
+
+def new_registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class HttpMetrics:
+    """RED metrics for every route, labelled by route template (never by raw path)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "http_server_requests_total",
+            "HTTP requests handled, by method, route template and status code.",
+            ["method", "route", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Time to produce a complete response (streamed SSE responses are excluded).",
+            ["method", "route"],
+            buckets=HTTP_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "http_server_requests_in_flight",
+            "Requests currently being handled.",
+            ["route"],
+            registry=registry,
+        )
+
+    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+        @web.middleware
+        async def http_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            route = route_template(request)
+            started = time.perf_counter()
+            status = 500
+            in_flight = self.in_flight.labels(route)
+            in_flight.inc()
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                in_flight.dec()
+                self.requests.labels(request.method, route, str(status)).inc()
+                if not _is_event_stream(request):
+                    self.duration.labels(request.method, route).observe(time.perf_counter() - started)
+
+        return http_metrics_middleware
+
+
+def _is_event_stream(request: web.Request) -> bool:
+    return request.get(EVENT_STREAM_KEY, False)
+
+
+# Handlers that stream SSE set this so their stream length does not pollute request latency.
+EVENT_STREAM_KEY = web.RequestKey("is_event_stream", bool)
+
+
+def route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+def build_info(registry: CollectorRegistry, service: str, version: str) -> None:
+    Info(f"{service}_build", "Build information.", registry=registry).info({"version": version})
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    async def serve_metrics(request: web.Request) -> web.Response:
+        del request
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    return serve_metrics

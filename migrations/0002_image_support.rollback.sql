@@ -1,0 +1,3 @@
+ALTER TABLE messages DROP COLUMN has_images;
+DROP TABLE images;
+DROP TABLE image_blobs;

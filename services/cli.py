@@ -1,0 +1,130 @@
+"""The `retina` command: run the stack, one service, migrations or maintenance."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from common.env import EnvReader, SettingsError
+from common.logging import configure_logging
+from common.migrations import apply_migrations, rollback_last
+from common.settings import (
+    load_gateway_settings,
+    load_image_store_settings,
+    read_common,
+)
+from services.runner import ServiceSpec, load_or_exit, serve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retina", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the whole stack locally (embedded Postgres if needed)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--store-port", type=int, default=8081)
+    up.add_argument("--gateway-port", type=int, default=8082)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations (under yoyo's lock)")
+    migrate.add_argument("--rollback", action="store_true", help="undo the newest migration")
+
+    for name in ("image-store", "vision-gateway"):
+        service = commands.add_parser(name, help=f"run the {name} service")
+        service.add_argument("--host", default=None)
+        service.add_argument("--port", type=int, default=None)
+
+    maintenance = commands.add_parser("maintenance", help="image retention and integrity")
+    tasks = maintenance.add_subparsers(dest="task", required=True)
+    tasks.add_parser("cleanup", help="delete expired images and unreferenced blobs")
+    integrity = tasks.add_parser("integrity", help="compare files on disk with the database")
+    integrity.add_argument("--repair", action="store_true", help="fix what can be fixed")
+    return parser
+
+
+def _database_settings() -> tuple[str, os.PathLike[str]]:
+    env = EnvReader(os.environ)
+    database_url = env.database_url("DATABASE_URL")
+    migrations = read_common(EnvReader({**os.environ, "SERVICE_TOKENS": "x" * 16})).migrations_path
+    if env.problems:
+        raise SettingsError(env.problems)
+    return database_url, migrations
+
+
+def _migrate(rollback: bool) -> int:
+    try:
+        database_url, migrations = _database_settings()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"retina migrate: {problem}", file=sys.stderr)
+        return 2
+    if rollback:
+        result = rollback_last(database_url, migrations)
+        print("rolled back: " + (", ".join(result.rolled_back) or "nothing"))
+    else:
+        result = apply_migrations(database_url, migrations)
+        print("applied: " + (", ".join(result.applied) or "nothing (already at head)"))
+    return 0
+
+
+def _run_service(name: str, host: str | None, port: int | None) -> int:
+    if name == "image-store":
+        from services.image_store.app import create_app as create_store
+
+        store_settings = load_or_exit(load_image_store_settings, os.environ)
+        configure_logging(store_settings.common.log_level, store_settings.common.log_format)
+        spec = ServiceSpec(
+            name,
+            create_store(store_settings),
+            host or store_settings.host,
+            port or store_settings.port,
+        )
+        timeout = store_settings.common.shutdown_timeout_seconds
+    else:
+        from services.vision_gateway.app import create_app as create_gateway
+
+        gateway_settings = load_or_exit(load_gateway_settings, os.environ)
+        configure_logging(gateway_settings.common.log_level, gateway_settings.common.log_format)
+        spec = ServiceSpec(
+            name,
+            create_gateway(gateway_settings),
+            host or gateway_settings.host,
+            port or gateway_settings.port,
+        )
+        timeout = gateway_settings.common.shutdown_timeout_seconds
+    asyncio.run(serve([spec], shutdown_timeout=timeout))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        from services.local_stack import default_state_dir, run_local_stack
+
+        configure_logging(os.environ.get("LOG_LEVEL", "info"), os.environ.get("LOG_FORMAT", "console"))
+        run_local_stack(
+            os.environ,
+            host=args.host,
+            store_port=args.store_port,
+            gateway_port=args.gateway_port,
+            state_dir=default_state_dir(),
+        )
+        return 0
+    if args.command == "migrate":
+        configure_logging("warning", "console")
+        return _migrate(args.rollback)
+    if args.command in ("image-store", "vision-gateway"):
+        return _run_service(args.command, args.host, args.port)
+    if args.command == "maintenance":
+        print(
+            "retina maintenance: not available yet (image-store maintenance lands with issue 3)",
+            file=sys.stderr,
+        )
+        return 3
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Running aiohttp apps as processes: one service (what a container runs) or several (`retina up`)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+from aiohttp import web
+
+from common.env import SettingsError
+
+log = structlog.get_logger("retina.runner")
+
+S = TypeVar("S")
+
+
+def load_or_exit(loader: Callable[[Mapping[str, str]], S], environ: Mapping[str, str]) -> S:
+    """Load settings, or print one line per problem and exit non-zero (secrets never echoed)."""
+    try:
+        return loader(environ)
+    except SettingsError as exc:
+        import sys
+
+        print("retina: configuration is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    app: web.Application
+    host: str
+    port: int
+
+
+async def serve(
+    specs: Sequence[ServiceSpec], *, shutdown_timeout: float, on_started: Callable[[], None] | None = None
+) -> None:
+    """Serve every app until SIGINT/SIGTERM, then shut all of them down gracefully."""
+    runners: list[web.AppRunner] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for spec in specs:
+            runner = web.AppRunner(
+                spec.app,
+                handler_cancellation=True,
+                access_log=None,
+                shutdown_timeout=shutdown_timeout,
+            )
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, spec.host, spec.port).start()
+            log.info("service_started", service=spec.name, host=spec.host, port=spec.port)
+        if on_started is not None:
+            on_started()
+        await stop.wait()
+        log.info("shutdown_requested")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for runner in reversed(runners):
+            await runner.cleanup()

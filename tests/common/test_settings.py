@@ -1,0 +1,129 @@
+"""Start-up configuration: defaults, every problem reported at once, secrets never echoed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from common.env import EnvReader, SettingsError
+from common.settings import (
+    load_gateway_settings,
+    load_image_store_settings,
+    read_gateway,
+    read_image_store,
+)
+from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
+
+
+def minimal_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "DATABASE_URL": "postgresql://retina:hunter2-secret@db.internal:5432/retina",
+        "SERVICE_TOKENS": SERVICE_TOKEN,
+        "IMAGE_SIGNING_KEYS": SIGNING_KEY,
+        "IMAGE_STORAGE_PATH": str(tmp_path / "images"),
+    }
+
+
+def test_defaults_follow_the_design(tmp_path: Path) -> None:
+    store = load_image_store_settings(minimal_env(tmp_path))
+    assert store.port == 8081
+    assert store.upload_enabled is True
+    assert store.allowed_types == {"image/png", "image/jpeg", "image/webp"}
+    assert store.serve_endpoint == "/api/images"
+    assert store.max_size_bytes == 20 * 1024 * 1024
+    assert store.storage_path.is_dir(), "the storage directory is created at start-up"
+
+    gateway = load_gateway_settings(minimal_env(tmp_path))
+    assert gateway.port == 8082
+    assert gateway.model_detection_enabled is True
+    assert gateway.fallback_policy == "reject"
+    assert gateway.image_store_token == SERVICE_TOKEN, "defaults to the first service token"
+
+
+def test_every_problem_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
+    unreadable = tmp_path / "file-not-dir"
+    unreadable.write_text("x")
+    env = {
+        **minimal_env(tmp_path),
+        "DATABASE_URL": "mysql://root:topsecret@db/retina",
+        "IMAGE_MAX_SIZE_MB": "-5",
+        "IMAGE_ALLOWED_TYPES": "image/png,image/svg+xml,application/x-msdownload",
+        "IMAGE_STORAGE_PATH": str(unreadable),
+        "IMAGE_UPLOAD_ENABLED": "perhaps",
+        "IMAGE_STORE_PORT": "eighty",
+    }
+    with pytest.raises(SettingsError) as caught:
+        load_image_store_settings(env)
+    problems = caught.value.problems
+    joined = "\n".join(problems)
+    assert len(problems) == 7, joined
+    assert any(p.startswith("DATABASE_URL must be a postgresql:// URL") for p in problems)
+    assert "IMAGE_MAX_SIZE_MB must be at least 1, got -5" in problems
+    assert any("image/svg+xml is never allowed" in p for p in problems)
+    assert any("unknown type 'application/x-msdownload'" in p for p in problems)
+    assert any(
+        p.startswith(f"IMAGE_STORAGE_PATH ({unreadable}) is not a writable directory") for p in problems
+    )
+    assert "IMAGE_UPLOAD_ENABLED must be true or false, got 'perhaps'" in problems
+    assert "IMAGE_STORE_PORT must be a whole number, got 'eighty'" in problems
+    assert "topsecret" not in joined, "secrets are never printed"
+    assert all("\n" not in p for p in problems)
+
+
+def test_missing_required_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_image_store_settings({"IMAGE_STORAGE_PATH": str(tmp_path)})
+    names = sorted(p.split(" ")[0] for p in caught.value.problems)
+    assert names == ["DATABASE_URL", "IMAGE_SIGNING_KEYS", "SERVICE_TOKENS"]
+
+
+def test_gateway_rejects_bad_urls_and_inconsistent_limits(tmp_path: Path) -> None:
+    env = {
+        **minimal_env(tmp_path),
+        "OLLAMA_URL": "ftp://ollama",
+        "IMAGE_STORE_URL": "not a url",
+        "VISION_FALLBACK_POLICY": "fallback_model",
+        "VISION_MAX_IMAGES_PER_MESSAGE": "10",
+        "VISION_MAX_IMAGES_PER_REQUEST": "2",
+    }
+    with pytest.raises(SettingsError) as caught:
+        load_gateway_settings(env)
+    problems = caught.value.problems
+    assert "OLLAMA_URL must be an http:// or https:// URL with a host, got 'ftp://ollama'" in problems
+    assert any(p.startswith("IMAGE_STORE_URL must be an http://") for p in problems)
+    assert "VISION_FALLBACK_MODEL is required when VISION_FALLBACK_POLICY=fallback_model" in problems
+    assert any(p.startswith("VISION_MAX_IMAGES_PER_REQUEST (2) must be at least") for p in problems)
+
+
+def test_short_secrets_are_refused(tmp_path: Path) -> None:
+    env = {**minimal_env(tmp_path), "SERVICE_TOKENS": "short", "IMAGE_SIGNING_KEYS": "also-short"}
+    with pytest.raises(SettingsError) as caught:
+        load_image_store_settings(env)
+    assert "SERVICE_TOKENS: every token must be at least 16 characters long" in caught.value.problems
+    assert "IMAGE_SIGNING_KEYS: key 1 must be at least 32 characters long" in caught.value.problems
+
+
+def test_env_example_lists_every_variable_with_a_default_and_meaning(tmp_path: Path) -> None:
+    """`.env.example` is the operator's reference; it must not drift from the code."""
+    reader = EnvReader(minimal_env(tmp_path))
+    read_image_store(reader)
+    read_gateway(reader)
+    consulted = reader.names_read
+
+    text = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    assert "DATABASE_URL" in consulted
+    assert consulted - documented == set(), "variables missing from .env.example"
+    assert documented - consulted == set(), ".env.example lists variables nothing reads"
+    for plan_variable in (
+        "IMAGE_UPLOAD_ENABLED",
+        "IMAGE_STORAGE_PATH",
+        "IMAGE_MAX_SIZE_MB",
+        "IMAGE_RETENTION_DAYS",
+        "IMAGE_ALLOWED_TYPES",
+        "VISION_MODEL_DETECTION_ENABLED",
+        "IMAGE_SERVE_ENDPOINT",
+    ):
+        assert plan_variable in documented

@@ -1,0 +1,170 @@
+"""The `retina` command as an operator runs it: real processes, real ports, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test URL
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class OutputCollector:
+    """Reads a child's stdout in a thread so a test can wait for a line without blocking."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+    def wait_for(self, text: str, timeout: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if any(text in line for line in self.lines):
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not printed within {timeout}s:\n{''.join(self.lines)}")
+
+
+@contextmanager
+def retina(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], OutputCollector]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    collector = OutputCollector(process)
+    try:
+        yield process, collector
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        collector_done = process.stdout
+        collector.join()
+        if collector_done is not None:
+            collector_done.close()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment minus anything retina reads, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SERVICE_TOKENS")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.slow
+def test_retina_up_on_a_bare_machine_serves_both_services(tmp_path: Path) -> None:
+    """No DATABASE_URL: an embedded PostgreSQL is started, migrated, and both services come up."""
+    store_port, gateway_port = free_port(), free_port()
+    env = clean_env(RETINA_STATE_DIR=str(tmp_path / "state"))
+    with retina("up", "--store-port", str(store_port), "--gateway-port", str(gateway_port), env=env) as (
+        process,
+        output,
+    ):
+        elapsed = output.wait_for("Press Ctrl-C to stop.", timeout=60)
+        banner = "".join(output.lines)
+        assert f"http://127.0.0.1:{store_port}" in banner
+        assert f"http://127.0.0.1:{gateway_port}" in banner
+        assert "embedded PostgreSQL" in banner
+        assert "curl" in banner
+        secrets = (tmp_path / "state" / "local.env").read_text()
+        token = next(
+            line.split("=", 1)[1] for line in secrets.splitlines() if line.startswith("SERVICE_TOKENS=")
+        )
+        assert f"service token   {token}" in banner
+        assert oct((tmp_path / "state" / "local.env").stat().st_mode & 0o777) == "0o600"
+        for port in (store_port, gateway_port):
+            for path in ("/livez", "/readyz", "/metrics"):
+                status, body = http_get(f"http://127.0.0.1:{port}{path}")
+                assert status == 200, (port, path, body)
+        print(f"retina up: ready in {elapsed:.2f}s")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0, "".join(output.lines)
+    # Nothing listens after a clean stop (SO_REUSEADDR tolerates TIME_WAIT, not a listener).
+    for port in (store_port, gateway_port):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+
+
+def test_single_service_starts_and_stops_on_sigterm(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(
+        DATABASE_URL=database_url,
+        SERVICE_TOKENS=SERVICE_TOKEN,
+        IMAGE_SIGNING_KEYS=SIGNING_KEY,
+        IMAGE_STORAGE_PATH=str(tmp_path / "images"),
+    )
+    with retina("vision-gateway", "--host", "127.0.0.1", "--port", str(port), env=env) as (process, output):
+        output.wait_for('"event": "service_started"', timeout=30)
+        status, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200, body
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def test_invalid_configuration_refuses_to_start_with_one_line_per_problem(tmp_path: Path) -> None:
+    env = clean_env(
+        DATABASE_URL="postgresql://u:hunter2-secret@db/x",
+        SERVICE_TOKENS="short",
+        IMAGE_MAX_SIZE_MB="-1",
+        IMAGE_ALLOWED_TYPES="image/svg+xml",
+        IMAGE_STORAGE_PATH=str(tmp_path),
+    )
+    env.pop("IMAGE_SIGNING_KEYS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "image-store"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "retina: configuration is invalid:"
+    assert lines[1:] == [
+        "  - SERVICE_TOKENS: every token must be at least 16 characters long",
+        "  - IMAGE_MAX_SIZE_MB must be at least 1, got -1",
+        "  - IMAGE_ALLOWED_TYPES: image/svg+xml is never allowed (SVG can carry script)",
+        "  - IMAGE_SIGNING_KEYS is required (secret for signed image URLs) but is not set",
+    ]
+    assert "hunter2" not in result.stderr

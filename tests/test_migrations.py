@@ -1,0 +1,161 @@
+"""Migrations on real PostgreSQL: stairway (apply, roll back, re-apply each) and upgrade paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import psycopg
+import pytest
+from yoyo import get_backend, read_migrations
+
+from common.migrations import apply_migrations, migration_ids, rollback_last, yoyo_url
+from tests.conftest import MIGRATIONS, ROOT
+
+
+def schema_snapshot(url: str) -> list[tuple[str, str, str, str, str]]:
+    """Tables, columns, types, defaults and nullability: enough to see a lossy rollback."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            """
+            SELECT table_name, column_name, data_type, coalesce(column_default, ''), is_nullable
+              FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name NOT LIKE '%yoyo%'
+             ORDER BY 1, 2
+            """
+        ).fetchall()
+        indexes = conn.execute(
+            "SELECT tablename, indexname, indexdef, '', '' FROM pg_indexes WHERE schemaname = 'public'"
+            " AND tablename NOT LIKE '%yoyo%' ORDER BY 1, 2"
+        ).fetchall()
+    return [*rows, *indexes]
+
+
+def test_every_migration_has_a_rollback() -> None:
+    ids = migration_ids(MIGRATIONS)
+    assert ids == ["0001_chat_schema", "0002_image_support"]
+    for mid in ids:
+        assert (MIGRATIONS / f"{mid}.rollback.sql").is_file(), mid
+
+
+def test_stairway_apply_rollback_reapply(empty_database_url: str) -> None:
+    backend = get_backend(yoyo_url(empty_database_url))
+    try:
+        migrations = read_migrations(str(MIGRATIONS))
+        snapshots_before: list[list[tuple[str, str, str, str, str]]] = []
+        for migration in migrations:
+            snapshots_before.append(schema_snapshot(empty_database_url))
+            with backend.lock():
+                backend.apply_one(migration)
+                applied = schema_snapshot(empty_database_url)
+                assert applied != snapshots_before[-1], f"{migration.id} changed nothing"
+                backend.rollback_one(migration)
+                assert schema_snapshot(empty_database_url) == snapshots_before[-1], (
+                    f"{migration.id} rollback did not restore the schema"
+                )
+                backend.apply_one(migration)
+                assert schema_snapshot(empty_database_url) == applied
+    finally:
+        backend.connection.close()
+
+
+def test_upgrade_keeps_existing_messages(empty_database_url: str) -> None:
+    """A chat database from before image support migrates without losing a message."""
+    backend = get_backend(yoyo_url(empty_database_url))
+    try:
+        migrations = read_migrations(str(MIGRATIONS))
+        with backend.lock():
+            backend.apply_one(next(m for m in migrations if m.id == "0001_chat_schema"))
+    finally:
+        backend.connection.close()
+
+    conversation = uuid.uuid4()
+    with psycopg.connect(empty_database_url) as conn:
+        conn.execute("INSERT INTO conversations (id, owner_id) VALUES (%s, 'alice')", (conversation,))
+        for index in range(500):
+            conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, model, status) "
+                "VALUES (%s, %s, %s, 'llava', 'complete')",
+                (conversation, "user" if index % 2 == 0 else "assistant", f"message {index}"),
+            )
+        before = conn.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
+
+    result = apply_migrations(empty_database_url, MIGRATIONS)
+    assert result.applied == ["0002_image_support"]
+
+    with psycopg.connect(empty_database_url) as conn:
+        after = conn.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
+        flags = conn.execute("SELECT DISTINCT has_images FROM messages").fetchall()
+    assert after == before
+    assert flags == [(False,)], "existing messages are backfilled as having no images"
+
+
+def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> None:
+    apply_migrations(empty_database_url, MIGRATIONS)
+    with psycopg.connect(empty_database_url) as conn:
+        conversation = conn.execute(
+            "INSERT INTO conversations (owner_id) VALUES ('alice') RETURNING id"
+        ).fetchone()[0]
+        message = conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, has_images) "
+            "VALUES (%s, 'user', 'look', true) RETURNING id",
+            (conversation,),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO image_blobs (sha256, size_bytes, mime_type, width, height, storage_key) "
+            "VALUES (%s, 10, 'image/png', 1, 1, 'ab/cd/x')",
+            ("ab" * 32,),
+        )
+        conn.execute(
+            "INSERT INTO images (owner_id, blob_sha256, message_id) VALUES ('alice', %s, %s)",
+            ("ab" * 32, message),
+        )
+    assert rollback_last(empty_database_url, MIGRATIONS).rolled_back == ["0002_image_support"]
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+        assert conn.execute("SELECT to_regclass('images')").fetchone() == (None,)
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0002_image_support"]
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == [], "idempotent at head"
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_migrate_and_rollback(empty_database_url: str) -> None:
+    env = {"DATABASE_URL": empty_database_url}
+    first = run_cli("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "applied: 0001_chat_schema, 0002_image_support"
+    again = run_cli("migrate", env=env)
+    assert again.stdout.strip() == "applied: nothing (already at head)"
+    back = run_cli("migrate", "--rollback", env=env)
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.strip() == "rolled back: 0002_image_support"
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT to_regclass('image_blobs')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('messages')").fetchone() != (None,)
+
+
+@pytest.mark.parametrize(
+    ("database_url", "message"),
+    [
+        ("", "retina migrate: DATABASE_URL is required"),
+        ("mysql://u:hunter2@h/db", "retina migrate: DATABASE_URL must be a postgresql:// URL"),
+    ],
+)
+def test_cli_migrate_refuses_bad_database_url(database_url: str, message: str) -> None:
+    result = run_cli("migrate", env={"DATABASE_URL": database_url})
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert "hunter2" not in result.stderr
