@@ -40,9 +40,7 @@ def package_version() -> str:
         return "0.0.0+unknown"
 
 
-def create_service_app(
-    *, service: str, settings: CommonSettings, client_max_size: int = 1024**2
-) -> web.Application:
+def create_service_app(*, service: str, settings: CommonSettings, client_max_size: int = 1024**2) -> web.Application:
     registry = new_registry()
     build_info(registry, service, package_version())
     http_metrics = HttpMetrics(registry)

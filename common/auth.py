@@ -55,9 +55,7 @@ def parse_user_id(raw: str | None) -> str:
         raise ApiError(400, "bad_request", f"the {USER_ID_HEADER} header is required")
     user_id = raw.strip()
     if len(user_id) > MAX_USER_ID_LENGTH:
-        raise ApiError(
-            400, "bad_request", f"{USER_ID_HEADER} must be at most {MAX_USER_ID_LENGTH} characters"
-        )
+        raise ApiError(400, "bad_request", f"{USER_ID_HEADER} must be at most {MAX_USER_ID_LENGTH} characters")
     if not user_id.isprintable():
         raise ApiError(400, "bad_request", f"{USER_ID_HEADER} must not contain control characters")
     return user_id

@@ -82,9 +82,7 @@ class EnvReader:
 
         return self._parse(name, default, parse, "true or false")
 
-    def integer(
-        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
+    def integer(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self._parse(name, default, int, "a whole number")
         return self._check_range(name, value, default, minimum, maximum)
 
@@ -140,9 +138,7 @@ class EnvReader:
         raw = self._raw(name)
         if raw is None:
             if required:
-                self.problem(
-                    f"{name} is required (postgresql://user:password@host:port/database) but is not set"
-                )
+                self.problem(f"{name} is required (postgresql://user:password@host:port/database) but is not set")
             return ""
         if urlsplit(raw).scheme not in ("postgres", "postgresql"):
             self.problem(f"{name} must be a postgresql:// URL (value not shown: it may hold a password)")

@@ -123,9 +123,7 @@ def _read_allowed_types(env: EnvReader) -> frozenset[str]:
         if mime == "image/svg+xml":
             env.problem("IMAGE_ALLOWED_TYPES: image/svg+xml is never allowed (SVG can carry script)")
         elif mime not in SUPPORTED_IMAGE_TYPES:
-            env.problem(
-                f"IMAGE_ALLOWED_TYPES: unknown type {mime!r}; supported: " + ", ".join(SUPPORTED_IMAGE_TYPES)
-            )
+            env.problem(f"IMAGE_ALLOWED_TYPES: unknown type {mime!r}; supported: " + ", ".join(SUPPORTED_IMAGE_TYPES))
     if not types:
         env.problem("IMAGE_ALLOWED_TYPES must name at least one type")
     return frozenset(types)
@@ -172,9 +170,7 @@ def read_image_store(env: EnvReader) -> ImageStoreSettings:
         allowed_types=_read_allowed_types(env),
         serve_endpoint=_read_serve_endpoint(env),
         signing_keys=_read_signing_keys(env),
-        signed_url_ttl_seconds=env.integer(
-            "IMAGE_SIGNED_URL_TTL_SECONDS", 3600, minimum=10, maximum=7 * 86400
-        ),
+        signed_url_ttl_seconds=env.integer("IMAGE_SIGNED_URL_TTL_SECONDS", 3600, minimum=10, maximum=7 * 86400),
         cache_max_age_seconds=env.integer("IMAGE_CACHE_MAX_AGE_SECONDS", 86400, minimum=0, maximum=31536000),
         max_side_px=env.integer("IMAGE_MAX_SIDE_PX", 10000, minimum=16, maximum=65535),
         max_pixels=env.integer("IMAGE_MAX_PIXELS", 40_000_000, minimum=256, maximum=500_000_000),
@@ -224,9 +220,7 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         model_detection_enabled=env.boolean("VISION_MODEL_DETECTION_ENABLED", True),
         fallback_policy=policy,
         fallback_model=fallback_model,
-        capability_ttl_seconds=env.number(
-            "VISION_CAPABILITY_TTL_SECONDS", 300.0, minimum=0.0, maximum=86400.0
-        ),
+        capability_ttl_seconds=env.number("VISION_CAPABILITY_TTL_SECONDS", 300.0, minimum=0.0, maximum=86400.0),
         max_image_edge=env.integer("VISION_MAX_IMAGE_EDGE", 1024, minimum=64, maximum=8192),
         max_images_per_message=per_message,
         max_images_per_request=per_request,
@@ -234,12 +228,8 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         history_images=env.integer("VISION_HISTORY_IMAGES", 4, minimum=0, maximum=256),
         image_cache_entries=env.integer("VISION_IMAGE_CACHE_ENTRIES", 256, minimum=0, maximum=100000),
         encode_workers=env.integer("VISION_ENCODE_WORKERS", 2, minimum=1, maximum=64),
-        ollama_connect_timeout_seconds=env.number(
-            "OLLAMA_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=120.0
-        ),
-        ollama_read_timeout_seconds=env.number(
-            "OLLAMA_READ_TIMEOUT_SECONDS", 300.0, minimum=1.0, maximum=3600.0
-        ),
+        ollama_connect_timeout_seconds=env.number("OLLAMA_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=120.0),
+        ollama_read_timeout_seconds=env.number("OLLAMA_READ_TIMEOUT_SECONDS", 300.0, minimum=1.0, maximum=3600.0),
         upstream_retries=env.integer("UPSTREAM_RETRIES", 2, minimum=0, maximum=10),
         heartbeat_seconds=env.number("SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.1, maximum=300.0),
         known_models=env.csv("VISION_KNOWN_MODELS", ()),

@@ -118,11 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("image-store", "vision-gateway"):
         return _run_service(args.command, args.host, args.port)
     if args.command == "maintenance":
-        print(
-            "retina maintenance: not available yet (image-store maintenance lands with issue 3)",
-            file=sys.stderr,
-        )
-        return 3
+        from services.image_store.maintenance_cli import run_maintenance
+
+        store_settings = load_or_exit(load_image_store_settings, os.environ)
+        configure_logging("warning", store_settings.common.log_format)
+        return asyncio.run(run_maintenance(store_settings, args.task, repair=getattr(args, "repair", False)))
     return 2
 
 

@@ -105,9 +105,7 @@ def test_retina_up_on_a_bare_machine_serves_both_services(tmp_path: Path) -> Non
         assert "embedded PostgreSQL" in banner
         assert "curl" in banner
         secrets = (tmp_path / "state" / "local.env").read_text()
-        token = next(
-            line.split("=", 1)[1] for line in secrets.splitlines() if line.startswith("SERVICE_TOKENS=")
-        )
+        token = next(line.split("=", 1)[1] for line in secrets.splitlines() if line.startswith("SERVICE_TOKENS="))
         assert f"service token   {token}" in banner
         assert oct((tmp_path / "state" / "local.env").stat().st_mode & 0o777) == "0o600"
         for port in (store_port, gateway_port):

@@ -95,9 +95,7 @@ def test_upgrade_keeps_existing_messages(empty_database_url: str) -> None:
 def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> None:
     apply_migrations(empty_database_url, MIGRATIONS)
     with psycopg.connect(empty_database_url) as conn:
-        conversation = conn.execute(
-            "INSERT INTO conversations (owner_id) VALUES ('alice') RETURNING id"
-        ).fetchone()[0]
+        conversation = conn.execute("INSERT INTO conversations (owner_id) VALUES ('alice') RETURNING id").fetchone()[0]
         message = conn.execute(
             "INSERT INTO messages (conversation_id, role, content, has_images) "
             "VALUES (%s, 'user', 'look', true) RETURNING id",

@@ -2,23 +2,78 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from common.app import create_service_app
+from common.app import POOL_KEY, REGISTRY_KEY, create_service_app
 from common.health import READINESS_KEY
 from common.settings import ImageStoreSettings
+from common.signing import UrlSigner
+from services.image_store.decode_pool import DecodePool
+from services.image_store.handlers import (
+    IMAGE_SERVICE_KEY,
+    MULTIPART_OVERHEAD,
+    add_routes,
+    count_served,
+    store_errors_middleware,
+)
+from services.image_store.maintenance import MaintenanceService, run_periodically
+from services.image_store.metrics import ImageStoreMetrics
+from services.image_store.repository import ImageRepository
+from services.image_store.service import ImageService
+from services.image_store.storage import ImageStorage
 
 SERVICE_NAME = "image_store"
 IMAGE_STORE_SETTINGS_KEY = web.AppKey("image_store_settings", ImageStoreSettings)
+MAINTENANCE_KEY = web.AppKey("maintenance", MaintenanceService)
 
 
 def create_app(settings: ImageStoreSettings) -> web.Application:
-    app = create_service_app(service=SERVICE_NAME, settings=settings.common)
+    app = create_service_app(
+        service=SERVICE_NAME,
+        settings=settings.common,
+        client_max_size=settings.max_size_bytes + MULTIPART_OVERHEAD,
+    )
+    app.middlewares.append(store_errors_middleware)
     app[IMAGE_STORE_SETTINGS_KEY] = settings
+    app.cleanup_ctx.append(_image_service)
+    app.on_response_prepare.append(count_served)
+    add_routes(app, settings.serve_endpoint)
 
-    async def storage_writable() -> None:
+    async def storage_ready() -> None:
         if not settings.storage_path.is_dir():
             raise RuntimeError(f"{settings.storage_path} is missing")
 
-    app[READINESS_KEY].add("storage", storage_writable)
+    app[READINESS_KEY].add("storage", storage_ready)
     return app
+
+
+async def _image_service(app: web.Application) -> AsyncIterator[None]:
+    """Runs after the database pool exists (cleanup contexts start in order)."""
+    settings = app[IMAGE_STORE_SETTINGS_KEY]
+    metrics = ImageStoreMetrics(app[REGISTRY_KEY])
+    storage = ImageStorage(settings.storage_path, timer=metrics.storage_timer)
+    storage.ensure_layout()
+    decoder = DecodePool(
+        workers=settings.decode_workers,
+        timeout_seconds=settings.decode_timeout_seconds,
+        max_pending=settings.max_pending_decodes,
+    )
+    await decoder.start()
+    service = ImageService(
+        settings,
+        ImageRepository(app[POOL_KEY]),
+        storage,
+        decoder,
+        UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
+        metrics,
+    )
+    app[IMAGE_SERVICE_KEY] = service
+    maintenance = MaintenanceService(service)
+    app[MAINTENANCE_KEY] = maintenance
+    try:
+        async with run_periodically(maintenance, settings.maintenance_interval_seconds):
+            yield
+    finally:
+        await decoder.close()

@@ -19,9 +19,7 @@ def request_with(headers: dict[str, str]) -> web.Request:
 
 @pytest.mark.parametrize("token", TOKENS)
 def test_every_listed_token_is_accepted(token: str) -> None:
-    caller = ServiceAuth(TOKENS).caller(
-        request_with({"Authorization": f"Bearer {token}", "X-User-Id": "alice"})
-    )
+    caller = ServiceAuth(TOKENS).caller(request_with({"Authorization": f"Bearer {token}", "X-User-Id": "alice"}))
     assert caller.user_id == "alice"
 
 

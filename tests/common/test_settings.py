@@ -63,9 +63,7 @@ def test_every_problem_is_reported_at_once_one_line_each(tmp_path: Path) -> None
     assert "IMAGE_MAX_SIZE_MB must be at least 1, got -5" in problems
     assert any("image/svg+xml is never allowed" in p for p in problems)
     assert any("unknown type 'application/x-msdownload'" in p for p in problems)
-    assert any(
-        p.startswith(f"IMAGE_STORAGE_PATH ({unreadable}) is not a writable directory") for p in problems
-    )
+    assert any(p.startswith(f"IMAGE_STORAGE_PATH ({unreadable}) is not a writable directory") for p in problems)
     assert "IMAGE_UPLOAD_ENABLED must be true or false, got 'perhaps'" in problems
     assert "IMAGE_STORE_PORT must be a whole number, got 'eighty'" in problems
     assert "topsecret" not in joined, "secrets are never printed"

@@ -1,0 +1,41 @@
+"""`retina maintenance cleanup|integrity [--repair]`: one run from the command line."""
+
+from __future__ import annotations
+
+import json
+
+from common.db import open_pool
+from common.metrics import new_registry
+from common.settings import ImageStoreSettings
+from common.signing import UrlSigner
+from services.image_store.decode_pool import DecodePool
+from services.image_store.maintenance import MaintenanceService
+from services.image_store.metrics import ImageStoreMetrics
+from services.image_store.repository import ImageRepository
+from services.image_store.service import ImageService
+from services.image_store.storage import ImageStorage
+
+
+async def run_maintenance(settings: ImageStoreSettings, task: str, *, repair: bool) -> int:
+    """Print a JSON report; exit status 1 when integrity problems were found and left unrepaired."""
+    async with open_pool(settings.common.database_url, min_size=1, max_size=2) as pool:
+        metrics = ImageStoreMetrics(new_registry())
+        storage = ImageStorage(settings.storage_path)
+        storage.ensure_layout()
+        service = ImageService(
+            settings,
+            ImageRepository(pool),
+            storage,
+            # Never started: maintenance does not decode images.
+            DecodePool(workers=1, timeout_seconds=1, max_pending=1),
+            UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
+            metrics,
+        )
+        maintenance = MaintenanceService(service)
+        if task == "cleanup":
+            report = await maintenance.cleanup()
+            print(json.dumps({"task": "cleanup", **report.as_dict()}))
+            return 0
+        integrity = await maintenance.integrity(repair=repair)
+        print(json.dumps({"task": "integrity", **integrity.as_dict()}))
+        return 1 if integrity.problems and not repair else 0

@@ -1,0 +1,98 @@
+"""image-store metrics (names documented in docs/metrics.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from common.metrics import HTTP_DURATION_BUCKETS, SIZE_BUCKETS, STEP_BUCKETS
+
+UPLOAD_OUTCOMES = (
+    "stored",
+    "duplicate",
+    "too_large",
+    "unsupported_type",
+    "invalid",
+    "rate_limited",
+    "disabled",
+    "busy",
+    "insufficient_storage",
+    "error",
+)
+
+
+class ImageStoreMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.uploads = Counter(
+            "image_store_uploads_total", "Upload attempts by outcome.", ["outcome"], registry=registry
+        )
+        for outcome in UPLOAD_OUTCOMES:
+            self.uploads.labels(outcome)
+        self.upload_size = Histogram(
+            "image_store_upload_size_bytes",
+            "Bytes received per accepted upload, before re-encoding.",
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.processing = Histogram(
+            "image_store_processing_duration_seconds",
+            "Validation and re-encoding time by step.",
+            ["step"],
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.storage_ops = Histogram(
+            "image_store_storage_operation_duration_seconds",
+            "File-system operation latency.",
+            ["operation"],
+            buckets=HTTP_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.dedup_hits = Counter(
+            "image_store_dedup_hits_total", "Uploads whose bytes were already stored.", registry=registry
+        )
+        self.images = Gauge("image_store_images", "Image rows.", registry=registry)
+        self.blobs = Gauge("image_store_blobs", "Distinct stored files.", registry=registry)
+        self.stored_bytes = Gauge("image_store_stored_bytes", "Bytes in stored files.", registry=registry)
+        self.serve_responses = Counter(
+            "image_store_serve_responses_total",
+            "Responses to GET/HEAD of image bytes, by status.",
+            ["status"],
+            registry=registry,
+        )
+        self.decodes_in_flight = Gauge(
+            "image_store_decodes_in_flight", "Decodes running or waiting.", registry=registry
+        )
+        self.cleanup_deleted = Counter(
+            "image_store_cleanup_deleted_total",
+            "Removed by retention clean-up.",
+            ["kind"],
+            registry=registry,
+        )
+        self.integrity_problems = Counter(
+            "image_store_integrity_problems_total",
+            "Problems found by integrity checks.",
+            ["kind"],
+            registry=registry,
+        )
+        self.maintenance_success = Gauge(
+            "image_store_maintenance_last_success_timestamp_seconds",
+            "Unix time of the last successful maintenance run.",
+            ["task"],
+            registry=registry,
+        )
+        for kind in ("image", "blob", "file"):
+            self.cleanup_deleted.labels(kind)
+        for kind in ("missing_file", "orphan_file", "checksum_mismatch"):
+            self.integrity_problems.labels(kind)
+
+    @contextlib.contextmanager
+    def storage_timer(self, operation: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.storage_ops.labels(operation).observe(time.perf_counter() - started)

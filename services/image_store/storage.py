@@ -1,0 +1,171 @@
+"""Content-addressed files on disk: `ab/cd/<sha256>` under IMAGE_STORAGE_PATH.
+
+Temp files live in `.tmp/` on the same volume so publishing is an atomic rename. Every write is
+fsynced before it becomes visible; nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+
+from services.image_store.errors import EmptyUpload, InsufficientStorage, PayloadTooLarge
+
+TEMP_DIR = ".tmp"
+OpTimer = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+def _no_timer(operation: str) -> contextlib.AbstractContextManager[None]:
+    del operation
+    return contextlib.nullcontext()
+
+
+def storage_key(sha256: str) -> str:
+    return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFile:
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+class ImageStorage:
+    def __init__(self, root: Path, *, timer: OpTimer = _no_timer) -> None:
+        self.root = root
+        self.temp_root = root / TEMP_DIR
+        self._timer = timer
+
+    def ensure_layout(self) -> None:
+        self.temp_root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, key: str) -> Path:
+        return self.root / key
+
+    def new_temp_path(self, purpose: str) -> Path:
+        return self.temp_root / f"{purpose}-{uuid.uuid4().hex}"
+
+    @contextlib.asynccontextmanager
+    async def temp_paths(self) -> AsyncIterator[Callable[[str], Path]]:
+        """Hand out temp paths; every one is removed on exit, whatever happened."""
+        issued: list[Path] = []
+
+        def issue(purpose: str) -> Path:
+            path = self.new_temp_path(purpose)
+            issued.append(path)
+            return path
+
+        try:
+            yield issue
+        finally:
+            for path in issued:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    async def receive(self, chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int) -> ReceivedFile:
+        """Stream chunks to `dest` while hashing and counting; stop at max_bytes + 1."""
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with self._timer("write"):
+                async with aiofiles.open(dest, "wb") as out:
+                    async for chunk in chunks:
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise PayloadTooLarge(f"the upload exceeds the limit of {max_bytes // (1024 * 1024)} MiB")
+                        digest.update(chunk)
+                        await out.write(chunk)
+        except OSError as exc:
+            raise storage_error(exc) from exc
+        if size == 0:
+            raise EmptyUpload("the upload is empty")
+        return ReceivedFile(path=dest, size_bytes=size, sha256=digest.hexdigest())
+
+    async def publish(self, temp: Path, key: str) -> None:
+        """Atomically move a complete, fsynced temp file to its content address."""
+        final = self.path_for(key)
+        with self._timer("rename"):
+            try:
+                await asyncio.to_thread(_publish_sync, temp, final)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.path_for(key).is_file)
+
+    async def bury(self, key: str) -> Path | None:
+        """Move a file out of its address (deletion that can still be undone before commit)."""
+        tombstone = self.new_temp_path("deleted")
+        try:
+            await asyncio.to_thread(os.replace, self.path_for(key), tombstone)
+        except FileNotFoundError:
+            return None
+        return tombstone
+
+    async def restore(self, tombstone: Path, key: str) -> None:
+        await asyncio.to_thread(os.replace, tombstone, self.path_for(key))
+
+    async def discard(self, path: Path) -> None:
+        with self._timer("delete"), contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(path.unlink)
+
+    async def delete(self, key: str) -> bool:
+        with self._timer("delete"):
+            try:
+                await asyncio.to_thread(self.path_for(key).unlink)
+            except FileNotFoundError:
+                return False
+        return True
+
+    def iter_stored(self) -> Iterator[tuple[str, float]]:
+        """(key, mtime) of every published file; blocking, run it in a thread."""
+        for first in sorted(self.root.iterdir()):
+            if first.name == TEMP_DIR or not first.is_dir() or len(first.name) != 2:
+                continue
+            for second in sorted(first.iterdir()):
+                if not second.is_dir():
+                    continue
+                for item in second.iterdir():
+                    if item.is_file():
+                        yield f"{first.name}/{second.name}/{item.name}", item.stat().st_mtime
+
+    def stale_temp_files(self, older_than_seconds: float) -> list[Path]:
+        cutoff = time.time() - older_than_seconds
+        return [p for p in self.temp_root.iterdir() if p.is_file() and p.stat().st_mtime < cutoff]
+
+
+def _publish_sync(temp: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temp, final)
+    # Make the rename itself durable.
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """Blocking: hash a stored file (integrity checks run this in a thread)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def storage_error(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("the image volume is full")
+    return exc

@@ -1,0 +1,49 @@
+"""A full volume: 507 insufficient_storage, and nothing left behind. Uses a real tiny tmpfs."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.image_store.app import create_app
+from tests.image_store.conftest import photo, row_counts, stored_files, temp_files, upload
+
+
+@pytest.fixture
+def tiny_volume(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_disk_full_while_receiving(
+    aiohttp_client, settings_for, db: asyncpg.Connection, tiny_volume: Path
+) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(create_app(settings_for(IMAGE_STORAGE_PATH=str(tiny_volume))))
+    data = photo("astronaut.png")
+    assert len(data) > 256 * 1024, "the photo must not fit on the volume"
+    response = await upload(client, data, filename="astronaut.png")
+    assert response.status == 507, await response.text()
+    body = await response.json()
+    assert body["error"]["code"] == "insufficient_storage"
+    assert body["error"]["message"] == "the image volume is full"
+    assert temp_files(tiny_volume) == []
+    assert stored_files(tiny_volume) == []
+    assert await row_counts(db) == (0, 0)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'image_store_uploads_total{outcome="insufficient_storage"} 1.0' in metrics

@@ -1,0 +1,130 @@
+"""Retention clean-up, integrity checks and repair, one-replica election, and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from services.image_store.app import MAINTENANCE_KEY
+from tests.conftest import ROOT, auth_headers
+from tests.image_store.conftest import png, row_counts, stored_files, upload
+
+
+def blob_path(root: Path, sha: str) -> Path:
+    return root / sha[:2] / sha[2:4] / sha
+
+
+async def test_cleanup_expires_images_and_keeps_shared_blobs(
+    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+) -> None:
+    shared = png(30, 30)
+    alice = await (await upload(store_client, shared, user="alice")).json()
+    bob = await (await upload(store_client, shared, user="bob")).json()
+    lonely = await (await upload(store_client, png(31, 31), user="alice")).json()
+    await db.execute(
+        "UPDATE images SET expires_at = now() - interval '1 minute' WHERE id = ANY($1::uuid[])",
+        [alice["id"], lonely["id"]],
+    )
+    maintenance = store_client.app[MAINTENANCE_KEY]
+    report = await maintenance.cleanup()
+    assert (report.expired_images, report.blobs_deleted, report.files_deleted) == (2, 1, 1)
+    assert await row_counts(db) == (1, 1)
+    assert blob_path(storage_root, bob["sha256"]).is_file()
+    assert not blob_path(storage_root, lonely["sha256"]).exists()
+    served = await store_client.get(f"/api/images/{bob['id']}", headers=auth_headers("bob"))
+    assert served.status == 200
+    metrics = await (await store_client.get("/metrics")).text()
+    assert 'image_store_cleanup_deleted_total{kind="image"} 2.0' in metrics
+    assert 'image_store_maintenance_last_success_timestamp_seconds{task="cleanup"}' in metrics
+
+
+async def make_integrity_problems(client: TestClient, db: asyncpg.Connection, root: Path) -> dict[str, Any]:
+    missing = await (await upload(client, png(41, 41))).json()
+    corrupt = await (await upload(client, png(42, 42))).json()
+    healthy = await (await upload(client, png(43, 43))).json()
+    blob_path(root, missing["sha256"]).unlink()
+    blob_path(root, corrupt["sha256"]).write_bytes(b"bit rot")
+    orphan = root / "ee" / "ff" / ("eeff" + "0" * 60)
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left behind")
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    fresh_orphan = root / "ee" / "ff" / ("eeff" + "1" * 60)
+    fresh_orphan.write_bytes(b"upload in progress elsewhere")
+    return {
+        "missing": missing,
+        "corrupt": corrupt,
+        "healthy": healthy,
+        "orphan": orphan,
+        "fresh": fresh_orphan,
+    }
+
+
+async def test_integrity_finds_and_repairs(
+    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+) -> None:
+    problems = await make_integrity_problems(store_client, db, storage_root)
+    maintenance = store_client.app[MAINTENANCE_KEY]
+    report = await maintenance.integrity(repair=False)
+    key = lambda sha: f"{sha[:2]}/{sha[2:4]}/{sha}"  # noqa: E731
+    assert report.missing_files == [key(problems["missing"]["sha256"])]
+    assert report.checksum_mismatches == [key(problems["corrupt"]["sha256"])]
+    assert report.orphan_files == [key(problems["orphan"].name)], "fresh files are within the grace period"
+    assert await row_counts(db) == (3, 3), "a check without --repair changes nothing"
+
+    repaired = await maintenance.integrity(repair=True)
+    assert repaired.images_removed == 2
+    assert await row_counts(db) == (1, 1)
+    assert not problems["orphan"].exists()
+    assert problems["fresh"].exists()
+    assert [p.name for p in stored_files(storage_root) if p != problems["fresh"]] == [problems["healthy"]["sha256"]]
+    assert (await maintenance.integrity()).problems == 0
+
+
+async def test_only_one_replica_runs_maintenance_at_a_time(store_client: TestClient) -> None:
+    maintenance = store_client.app[MAINTENANCE_KEY]
+    results = await asyncio.gather(*(maintenance.run_once() for _ in range(4)))
+    assert results.count(True) >= 1
+    repository = maintenance._repo
+    async with repository.try_maintenance_lock(0x7265_7469_6E61) as held:
+        assert held
+        assert await maintenance.run_once() is False, "another holder of the lock blocks this round"
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "maintenance", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_cli_integrity_and_cleanup(
+    store_client: TestClient, db: asyncpg.Connection, storage_root: Path, store_env: dict[str, str]
+) -> None:
+    await make_integrity_problems(store_client, db, storage_root)
+    check = await asyncio.to_thread(run_cli, store_env, "integrity")
+    assert check.returncode == 1, check.stderr
+    report = json.loads(check.stdout)
+    assert report["task"] == "integrity"
+    assert report["problems"] == 3
+    assert report["repaired"] is False
+    repair = await asyncio.to_thread(run_cli, store_env, "integrity", "--repair")
+    assert repair.returncode == 0, repair.stderr
+    assert json.loads(repair.stdout)["images_removed"] == 2
+    cleanup = await asyncio.to_thread(run_cli, store_env, "cleanup")
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert json.loads(cleanup.stdout)["task"] == "cleanup"
