@@ -35,7 +35,7 @@ def schema_snapshot(url: str) -> list[tuple[str, str, str, str, str]]:
 
 def test_every_migration_has_a_rollback() -> None:
     ids = migration_ids(MIGRATIONS)
-    assert ids == ["0001_chat_schema", "0002_image_support"]
+    assert ids == ["0001_chat_schema", "0002_image_support", "0003_message_streams"]
     for mid in ids:
         assert (MIGRATIONS / f"{mid}.rollback.sql").is_file(), mid
 
@@ -83,7 +83,7 @@ def test_upgrade_keeps_existing_messages(empty_database_url: str) -> None:
         before = conn.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
 
     result = apply_migrations(empty_database_url, MIGRATIONS)
-    assert result.applied == ["0002_image_support"]
+    assert result.applied == ["0002_image_support", "0003_message_streams"]
 
     with psycopg.connect(empty_database_url) as conn:
         after = conn.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
@@ -110,11 +110,14 @@ def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> No
             "INSERT INTO images (owner_id, blob_sha256, message_id) VALUES ('alice', %s, %s)",
             ("ab" * 32, message),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS).rolled_back == ["0002_image_support"]
+    assert rollback_last(empty_database_url, MIGRATIONS, count=2).rolled_back == [
+        "0003_message_streams",
+        "0002_image_support",
+    ]
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (1,)
         assert conn.execute("SELECT to_regclass('images')").fetchone() == (None,)
-    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0002_image_support"]
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0002_image_support", "0003_message_streams"]
     assert apply_migrations(empty_database_url, MIGRATIONS).applied == [], "idempotent at head"
 
 
@@ -134,14 +137,21 @@ def test_cli_migrate_and_rollback(empty_database_url: str) -> None:
     env = {"DATABASE_URL": empty_database_url}
     first = run_cli("migrate", env=env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "applied: 0001_chat_schema, 0002_image_support"
+    assert first.stdout.strip() == "applied: 0001_chat_schema, 0002_image_support, 0003_message_streams"
     again = run_cli("migrate", env=env)
     assert again.stdout.strip() == "applied: nothing (already at head)"
     back = run_cli("migrate", "--rollback", env=env)
     assert back.returncode == 0, back.stderr
-    assert back.stdout.strip() == "rolled back: 0002_image_support"
+    assert back.stdout.strip() == "rolled back: 0003_message_streams"
     with psycopg.connect(empty_database_url) as conn:
-        assert conn.execute("SELECT to_regclass('image_blobs')").fetchone() == (None,)
+        columns = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'messages'"
+            ).fetchall()
+        }
+        assert "stream_id" not in columns
+        assert "has_images" in columns
         assert conn.execute("SELECT to_regclass('messages')").fetchone() != (None,)
 
 

@@ -2,16 +2,97 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import aiohttp
 from aiohttp import web
 
-from common.app import create_service_app
+from common.app import POOL_KEY, REGISTRY_KEY, SETTINGS_KEY, create_service_app
+from common.health import READINESS_KEY
 from common.settings import GatewaySettings
+from services.vision_gateway.capabilities import VisionModelService
+from services.vision_gateway.chat import ChatService
+from services.vision_gateway.handlers import CHAT_SERVICE_KEY, add_routes, gateway_errors_middleware
+from services.vision_gateway.image_prep import ImagePreparer
+from services.vision_gateway.image_store_client import ImageStoreClient
+from services.vision_gateway.metrics import GatewayMetrics
+from services.vision_gateway.ollama_client import OllamaClient
+from services.vision_gateway.repository import ConversationRepository
+from services.vision_gateway.streams import StreamRegistry, listen_for_stops
 
 SERVICE_NAME = "vision_gateway"
 GATEWAY_SETTINGS_KEY = web.AppKey("gateway_settings", GatewaySettings)
+HTTP_SESSION_KEY = web.AppKey("http_session", aiohttp.ClientSession)
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(service=SERVICE_NAME, settings=settings.common)
+    app.middlewares.append(gateway_errors_middleware)
     app[GATEWAY_SETTINGS_KEY] = settings
+    app.cleanup_ctx.append(_chat_service)
+    app.on_shutdown.append(_end_open_streams)
+    add_routes(app)
     return app
+
+
+async def _chat_service(app: web.Application) -> AsyncIterator[None]:
+    settings = app[GATEWAY_SETTINGS_KEY]
+    metrics = GatewayMetrics(app[REGISTRY_KEY])
+    metrics.known_models.update(settings.known_models)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
+    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+        app[HTTP_SESSION_KEY] = session
+        ollama = OllamaClient(
+            session,
+            settings.ollama_url,
+            retries=settings.upstream_retries,
+            metrics=metrics,
+            connect_timeout=settings.ollama_connect_timeout_seconds,
+            read_timeout=settings.ollama_read_timeout_seconds,
+        )
+        preparer = ImagePreparer(
+            max_edge=settings.max_image_edge,
+            workers=settings.encode_workers,
+            cache_entries=settings.image_cache_entries,
+        )
+        registry = StreamRegistry()
+        service = ChatService(
+            settings,
+            ollama=ollama,
+            models=VisionModelService(
+                ollama,
+                metrics,
+                ttl_seconds=settings.capability_ttl_seconds,
+                detection_enabled=settings.model_detection_enabled,
+            ),
+            store=ImageStoreClient(
+                session,
+                settings.image_store_url,
+                settings.image_store_token,
+                retries=settings.upstream_retries,
+                metrics=metrics,
+            ),
+            preparer=preparer,
+            repository=ConversationRepository(app[POOL_KEY]),
+            registry=registry,
+            metrics=metrics,
+        )
+        app[CHAT_SERVICE_KEY] = service
+        try:
+            async with listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening:
+
+                async def stop_listener() -> None:
+                    if not listening.is_set():
+                        raise RuntimeError("the stream-stop listener is not connected")
+
+                app[READINESS_KEY].add("stop_listener", stop_listener)
+                yield
+        finally:
+            preparer.close()
+
+
+async def _end_open_streams(app: web.Application) -> None:
+    """on_shutdown: every open stream sends its final event and stores its partial answer."""
+    service = app.get(CHAT_SERVICE_KEY)
+    if service is not None:
+        service.registry.stop_all("shutdown")

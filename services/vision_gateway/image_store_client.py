@@ -1,0 +1,166 @@
+"""The image-store as the gateway sees it: fetch bytes, upload files, link images, list by message.
+
+Every call carries the service token and the calling user's ID, so the store's ownership check
+applies: someone else's image is a 404 here exactly as it is there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from services.vision_gateway.errors import ImageNotFound, UpstreamRejected, UpstreamUnavailable
+from services.vision_gateway.metrics import GatewayMetrics
+from services.vision_gateway.retry import Retryable, with_retries
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedImage:
+    image_id: uuid.UUID
+    data: bytes | None  # None: unchanged since the ETag the caller already had (304)
+    sha256: str
+    mime_type: str
+
+
+class ImageStoreClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: str,
+        *,
+        retries: int,
+        metrics: GatewayMetrics,
+        endpoint: str = "/api/images",
+    ) -> None:
+        self._session = session
+        self._base = base_url + endpoint
+        self._token = token
+        self._retries = retries
+        self._metrics = metrics
+        self._timeout = aiohttp.ClientTimeout(total=60, sock_connect=5)
+
+    def _headers(self, user_id: str, request_id: str) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._token}", "X-User-Id": user_id}
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        return headers
+
+    async def _call(self, attempt: Any) -> Any:
+        try:
+            return await with_retries(
+                attempt,
+                retries=self._retries,
+                on_retry=lambda: self._metrics.retries.labels("image_store").inc(),
+            )
+        except Retryable as exc:
+            raise UpstreamUnavailable(f"the image-store is unavailable: {exc}") from exc
+
+    def _count(self, code: int | str) -> None:
+        self._metrics.upstream_requests.labels("image_store", str(code)).inc()
+
+    async def fetch(
+        self, image_id: uuid.UUID, user_id: str, request_id: str = "", *, known_sha256: str | None = None
+    ) -> FetchedImage:
+        """The image's bytes; with `known_sha256`, a conditional GET that skips the body on 304."""
+        headers = self._headers(user_id, request_id)
+        if known_sha256:
+            headers["If-None-Match"] = f'"{known_sha256}"'
+
+        async def attempt() -> FetchedImage:
+            try:
+                async with self._session.get(
+                    f"{self._base}/{image_id}", headers=headers, timeout=self._timeout
+                ) as response:
+                    self._count(response.status)
+                    if response.status == 304 and known_sha256:
+                        return FetchedImage(image_id, None, known_sha256, "")
+                    if response.status == 404:
+                        raise ImageNotFound(f"image {image_id} not found")
+                    if response.status >= 500:
+                        raise Retryable(f"HTTP {response.status}")
+                    if response.status != 200:
+                        raise UpstreamRejected(f"the image-store refused image {image_id}: HTTP {response.status}")
+                    data = await response.read()
+                    return FetchedImage(
+                        image_id=image_id,
+                        data=data,
+                        sha256=response.headers.get("ETag", "").strip('"'),
+                        mime_type=response.content_type,
+                    )
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                self._count("error")
+                raise Retryable(str(exc) or type(exc).__name__) from exc
+
+        return await self._call(attempt)
+
+    async def upload(
+        self,
+        user_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        filename: str | None,
+        content_type: str,
+        request_id: str = "",
+    ) -> dict[str, Any]:
+        """Forward one file as it streams in (not retried: the stream can only be read once)."""
+        form = aiohttp.FormData(quote_fields=False)
+        form.add_field("file", chunks, filename=filename or "upload", content_type=content_type)
+        try:
+            async with self._session.post(
+                self._base, data=form, headers=self._headers(user_id, request_id), timeout=self._timeout
+            ) as response:
+                self._count(response.status)
+                body = await response.json(content_type=None)
+                if response.status == 201:
+                    return body
+                if response.status >= 500 and response.status != 503 and response.status != 507:
+                    raise UpstreamUnavailable("the image-store failed to store an image")
+                raise ImageUploadRefused(response.status, body.get("error", {}))
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            self._count("error")
+            raise UpstreamUnavailable(f"the image-store is unavailable: {exc}") from exc
+
+    async def link(self, image_id: uuid.UUID, message_id: uuid.UUID, user_id: str, request_id: str = "") -> None:
+        async def attempt() -> None:
+            try:
+                async with self._session.patch(
+                    f"{self._base}/{image_id}",
+                    json={"message_id": str(message_id)},
+                    headers=self._headers(user_id, request_id),
+                    timeout=self._timeout,
+                ) as response:
+                    self._count(response.status)
+                    if response.status >= 500:
+                        raise Retryable(f"HTTP {response.status}")
+                    if response.status == 404:
+                        raise ImageNotFound(f"image {image_id} not found")
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                self._count("error")
+                raise Retryable(str(exc) or type(exc).__name__) from exc
+
+        await self._call(attempt)
+
+    async def delete(self, image_id: uuid.UUID, user_id: str, request_id: str = "") -> None:
+        """Best effort: used to undo uploads of a request that was then refused."""
+        try:
+            async with self._session.delete(
+                f"{self._base}/{image_id}", headers=self._headers(user_id, request_id), timeout=self._timeout
+            ) as response:
+                self._count(response.status)
+        except (aiohttp.ClientConnectionError, TimeoutError):
+            self._count("error")
+
+
+class ImageUploadRefused(Exception):
+    """The store refused an uploaded file; its status and error are passed on unchanged."""
+
+    def __init__(self, status: int, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", "upload refused"))
+        self.status = status
+        self.code = str(error.get("code", "bad_request"))
+        self.message = str(error.get("message", "the image-store refused the file"))

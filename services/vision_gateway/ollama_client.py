@@ -1,0 +1,212 @@
+"""Ollama's native API over one aiohttp ClientSession: /api/show, /api/tags, streaming /api/chat.
+
+Any NDJSON line with an `error` key is a failure, whatever the HTTP status (Ollama <= 0.12.5
+sends runner errors as HTTP 200 + an error line). Connection failures and 5xx are retried only
+before the first chunk has been read; closing the response is what stops Ollama generating.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from services.vision_gateway.errors import UnknownModel, UpstreamRejected, UpstreamUnavailable
+from services.vision_gateway.metrics import GatewayMetrics
+from services.vision_gateway.retry import Retryable, with_retries
+
+
+class OllamaStreamError(Exception):
+    """An error line from Ollama (before or during the stream)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message.strip()
+
+
+@dataclass(slots=True)
+class ChatChunk:
+    content: str = ""
+    thinking: str = ""
+    done: bool = False
+    done_reason: str | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def parse_line(line: bytes) -> ChatChunk:
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise OllamaStreamError(f"Ollama sent a line that is not JSON: {line[:80]!r}") from exc
+    if not isinstance(data, dict):
+        raise OllamaStreamError("Ollama sent a JSON value that is not an object")
+    if "error" in data:
+        raise OllamaStreamError(str(data["error"]))
+    message = data.get("message") or {}
+    chunk = ChatChunk(
+        content=str(message.get("content") or ""),
+        thinking=str(message.get("thinking") or ""),
+        done=bool(data.get("done")),
+        done_reason=data.get("done_reason"),
+    )
+    if chunk.done:
+        chunk.stats = {
+            key: int(data[key])
+            for key in (
+                "total_duration",
+                "load_duration",
+                "prompt_eval_count",
+                "prompt_eval_duration",
+                "eval_count",
+                "eval_duration",
+            )
+            if isinstance(data.get(key), int | float)
+        }
+    return chunk
+
+
+class ChatStream:
+    """An open /api/chat response whose first line has already been read."""
+
+    def __init__(self, response: aiohttp.ClientResponse, first: ChatChunk, first_chunk_seconds: float) -> None:
+        self._response = response
+        self._first: ChatChunk | None = first
+        self.first_chunk_seconds = first_chunk_seconds
+
+    async def chunks(self) -> AsyncIterator[ChatChunk]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+            if first.done:
+                return
+        async for line in self._response.content:
+            if not line.strip():
+                continue
+            chunk = parse_line(line)
+            yield chunk
+            if chunk.done:
+                return
+        raise OllamaStreamError("Ollama closed the stream before it was done")
+
+    def close(self) -> None:
+        """Drop the connection: this is what makes Ollama stop generating."""
+        self._response.close()
+
+
+class OllamaClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        retries: int,
+        metrics: GatewayMetrics,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self._session = session
+        self._base = base_url
+        self._retries = retries
+        self._metrics = metrics
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._short_timeout = aiohttp.ClientTimeout(total=max(30.0, connect_timeout), sock_connect=connect_timeout)
+
+    def _count(self, code: int | str) -> None:
+        self._metrics.upstream_requests.labels("ollama", str(code)).inc()
+
+    async def _retrying(self, attempt: Any) -> Any:
+        try:
+            return await with_retries(
+                attempt,
+                retries=self._retries,
+                on_retry=lambda: self._metrics.retries.labels("ollama").inc(),
+            )
+        except Retryable as exc:
+            raise UpstreamUnavailable(f"Ollama is unavailable: {exc}") from exc
+
+    async def show(self, model: str) -> dict[str, Any] | None:
+        """Model details, or None when Ollama does not have the model."""
+
+        async def attempt() -> dict[str, Any] | None:
+            try:
+                async with self._session.post(
+                    f"{self._base}/api/show", json={"model": model}, timeout=self._short_timeout
+                ) as response:
+                    self._count(response.status)
+                    if response.status == 404:
+                        return None
+                    if response.status >= 500:
+                        raise Retryable(f"HTTP {response.status} from /api/show")
+                    if response.status != 200:
+                        raise UpstreamRejected(f"Ollama refused /api/show: {await _error_text(response)}")
+                    return await response.json()
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                self._count("error")
+                raise Retryable(str(exc) or type(exc).__name__) from exc
+
+        return await self._retrying(attempt)
+
+    async def tags(self) -> list[dict[str, Any]]:
+        async def attempt() -> list[dict[str, Any]]:
+            try:
+                async with self._session.get(f"{self._base}/api/tags", timeout=self._short_timeout) as response:
+                    self._count(response.status)
+                    if response.status >= 500:
+                        raise Retryable(f"HTTP {response.status} from /api/tags")
+                    body = await response.json()
+                    return list(body.get("models") or [])
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                self._count("error")
+                raise Retryable(str(exc) or type(exc).__name__) from exc
+
+        return await self._retrying(attempt)
+
+    async def open_chat(self, payload: dict[str, Any], *, request_id: str = "") -> ChatStream:
+        """Send the chat request and read its first line (retrying until then)."""
+        body = json.dumps({**payload, "stream": True}).encode()
+        headers = {"Content-Type": "application/json", "X-Request-ID": request_id} if request_id else None
+
+        async def attempt() -> ChatStream:
+            started = time.perf_counter()
+            try:
+                response = await self._session.post(
+                    f"{self._base}/api/chat", data=body, headers=headers, timeout=self._timeout
+                )
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                self._count("error")
+                raise Retryable(str(exc) or type(exc).__name__) from exc
+            self._count(response.status)
+            try:
+                if response.status == 404:
+                    raise UnknownModel(f"Ollama does not have the model {payload.get('model')!r}")
+                if response.status >= 500:
+                    raise Retryable(f"HTTP {response.status}: {await _error_text(response)}")
+                if response.status != 200:
+                    raise UpstreamRejected(f"Ollama refused the request: {await _error_text(response)}")
+                try:
+                    line = await response.content.readline()
+                    while line is not None and line.strip() == b"" and not response.content.at_eof():
+                        line = await response.content.readline()
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                    raise Retryable(str(exc) or type(exc).__name__) from exc
+                if not line.strip():
+                    raise Retryable("Ollama closed the stream before the first chunk")
+                first = parse_line(line)  # an error line raises OllamaStreamError (not retried)
+                return ChatStream(response, first, time.perf_counter() - started)
+            except BaseException:
+                response.close()
+                raise
+
+        return await self._retrying(attempt)
+
+
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    text = (await response.text())[:500]
+    try:
+        return str(json.loads(text).get("error", text)).strip()
+    except (ValueError, AttributeError):
+        return text.strip()

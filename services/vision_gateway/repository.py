@@ -1,0 +1,178 @@
+"""All SQL of the vision-gateway: conversations, messages, stream ownership."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+STOP_CHANNEL = "retina_stream_stop"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: uuid.UUID
+    role: str
+    content: str
+    model: str | None
+    status: str
+    has_images: bool
+    image_ids: list[uuid.UUID]
+    created_at: datetime
+    completed_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "role": self.role,
+            "content": self.content,
+            "model": self.model,
+            "status": self.status,
+            "has_images": self.has_images,
+            "image_ids": [str(i) for i in self.image_ids],
+            "created_at": self.created_at.isoformat(),
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    conversation_id: uuid.UUID
+    user_message_id: uuid.UUID
+    assistant_message_id: uuid.UUID
+
+
+_MESSAGE_COLUMNS = "id, role, content, model, status, has_images, image_ids, created_at, completed_at"
+
+
+class ConversationRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def conversation_owned(self, conversation_id: uuid.UUID, owner_id: str) -> bool:
+        async with self._pool.acquire() as conn:
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND owner_id = $2)",
+                    conversation_id,
+                    owner_id,
+                )
+            )
+
+    async def history(self, conversation_id: uuid.UUID, limit: int) -> list[StoredMessage]:
+        """The newest `limit` finished messages, oldest first (the order the model reads them)."""
+        if limit <= 0:
+            return []
+        async with self._pool.acquire() as conn:
+            records = await conn.fetch(
+                f"""
+                SELECT {_MESSAGE_COLUMNS} FROM (
+                    SELECT * FROM messages
+                     WHERE conversation_id = $1 AND status IN ('complete', 'stopped') AND content <> ''
+                     ORDER BY created_at DESC, id DESC LIMIT $2) recent
+                 ORDER BY created_at, id
+                """,
+                conversation_id,
+                limit,
+            )
+        return [StoredMessage(**dict(r)) for r in records]
+
+    async def start_turn(
+        self,
+        *,
+        owner_id: str,
+        conversation_id: uuid.UUID | None,
+        content: str,
+        model: str,
+        image_ids: list[uuid.UUID],
+        stream_id: uuid.UUID,
+    ) -> NewTurn:
+        """The user's message and the (empty, streaming) assistant message, in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if conversation_id is None:
+                conversation_id = await conn.fetchval(
+                    "INSERT INTO conversations (owner_id, title) VALUES ($1, $2) RETURNING id",
+                    owner_id,
+                    content[:80],
+                )
+            else:
+                await conn.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", conversation_id)
+            user_message_id = await conn.fetchval(
+                """
+                INSERT INTO messages (conversation_id, role, content, model, status, has_images, image_ids,
+                                      completed_at)
+                VALUES ($1, 'user', $2, $3, 'complete', $4, $5, now()) RETURNING id
+                """,
+                conversation_id,
+                content,
+                model,
+                bool(image_ids),
+                image_ids,
+            )
+            # created_at is the transaction time for both rows; order them explicitly.
+            assistant_message_id = await conn.fetchval(
+                """
+                INSERT INTO messages (conversation_id, role, content, model, status, stream_id, created_at)
+                VALUES ($1, 'assistant', '', $2, 'streaming', $3, now() + interval '1 microsecond') RETURNING id
+                """,
+                conversation_id,
+                model,
+                stream_id,
+            )
+        return NewTurn(conversation_id, user_message_id, assistant_message_id)
+
+    async def finish_turn(
+        self,
+        message_id: uuid.UUID,
+        *,
+        content: str,
+        status: str,
+        error: str | None,
+        stats: dict[str, Any] | None,
+    ) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                """
+                UPDATE messages SET content = $2, status = $3, error = $4, stats = $5, completed_at = now(),
+                                    stream_id = NULL
+                 WHERE id = $1
+                """,
+                message_id,
+                content,
+                status,
+                error,
+                stats,
+            )
+
+    async def streaming_owner(self, stream_id: uuid.UUID) -> str | None:
+        """Owner of a stream that is still running (on any replica)."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetchval(
+                """
+                SELECT c.owner_id FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.stream_id = $1 AND m.status = 'streaming'
+                """,
+                stream_id,
+            )
+
+    async def notify_stop(self, stream_id: uuid.UUID) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", STOP_CHANNEL, str(stream_id))
+
+    async def messages(self, conversation_id: uuid.UUID, owner_id: str) -> list[StoredMessage] | None:
+        async with self._pool.acquire() as conn:
+            owned = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND owner_id = $2)",
+                conversation_id,
+                owner_id,
+            )
+            if not owned:
+                return None
+            records = await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY created_at, id",
+                conversation_id,
+            )
+        return [StoredMessage(**dict(r)) for r in records]

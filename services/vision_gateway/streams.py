@@ -1,0 +1,112 @@
+"""Live streams on this replica, and stop requests that reach them from any replica.
+
+A stop is a Postgres NOTIFY on a dedicated connection (pooled connections UNLISTEN on release);
+the listener reconnects with backoff. NOTIFY is a hint, not a queue: the database row says
+whether a stream is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+
+from services.vision_gateway.repository import STOP_CHANNEL
+
+log = structlog.get_logger("retina.vision_gateway.streams")
+
+
+@dataclass
+class LiveStream:
+    stream_id: uuid.UUID
+    owner_id: str
+    stop_reason: str | None = None
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.wakeup.set()
+
+
+class StreamRegistry:
+    def __init__(self) -> None:
+        self._streams: dict[uuid.UUID, LiveStream] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    @contextlib.contextmanager
+    def register(self, stream_id: uuid.UUID, owner_id: str):  # type: ignore[no-untyped-def]
+        live = LiveStream(stream_id, owner_id)
+        self._streams[stream_id] = live
+        try:
+            yield live
+        finally:
+            self._streams.pop(stream_id, None)
+
+    def stop_local(self, stream_id: uuid.UUID, reason: str = "stopped") -> bool:
+        live = self._streams.get(stream_id)
+        if live is None:
+            return False
+        live.stop(reason)
+        return True
+
+    def stop_all(self, reason: str) -> int:
+        for live in list(self._streams.values()):
+            live.stop(reason)
+        return len(self._streams)
+
+    def _on_notify(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        del connection, pid, channel
+        try:
+            self.stop_local(uuid.UUID(payload))
+        except ValueError:
+            log.warning("bad_stop_notification", payload=payload[:64])
+
+
+@contextlib.asynccontextmanager
+async def listen_for_stops(registry: StreamRegistry, dsn: str) -> AsyncIterator[asyncio.Event]:
+    """Keep a LISTEN connection open for the app's lifetime; yields an event set while listening."""
+    listening = asyncio.Event()
+
+    async def run() -> None:
+        delay = 0.5
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(dsn)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(STOP_CHANNEL, registry._on_notify)
+                listening.set()
+                delay = 0.5
+                await lost.wait()
+                log.warning("stop_listener_disconnected")
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("stop_listener_unavailable", error=str(exc), retry_in=delay)
+            finally:
+                listening.clear()
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    task = asyncio.create_task(run(), name="stream-stop-listener")
+    # Start serving with the listener connected when the database allows it; readiness reports it otherwise.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(listening.wait(), 5)
+    try:
+        yield listening
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
