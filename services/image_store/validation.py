@@ -110,12 +110,11 @@ def process_image_file(source: Path, destination: Path, limits: ValidationLimits
             timings["decode"] = time.perf_counter() - step
             step = time.perf_counter()
             if limits.reencode:
-                out_mime = _reencode(image, mime, destination, limits)
+                out_mime, (width, height) = _reencode(image, mime, destination, limits)
             else:
-                out_mime = mime
+                out_mime, (width, height) = mime, image.size
                 _copy(source, destination)
             timings["reencode"] = time.perf_counter() - step
-            width, height = _oriented_size(image) if limits.reencode else image.size
 
     step = time.perf_counter()
     sha256, size = _hash_file(destination)
@@ -156,15 +155,14 @@ def _decode_fully(image: Image.Image, mime: str) -> None:
         raise ImageRejected(422, "invalid_image", f"the {mime} image is truncated or corrupt") from exc
 
 
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    orientation = image.getexif().get(0x0112, 1)
-    width, height = image.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def _reencode(image: Image.Image, mime: str, destination: Path, limits: ValidationLimits) -> str:
+def _reencode(
+    image: Image.Image, mime: str, destination: Path, limits: ValidationLimits
+) -> tuple[str, tuple[int, int]]:
     """Write a clean copy: orientation applied, no EXIF/XMP/comments/text chunks, no trailing bytes."""
-    oriented = ImageOps.exif_transpose(image) or image
+    lossless_webp = bool(image.info.get("lossless"))
+    # In place: an upright image is not copied (12 MP is 36 MB of pixels to copy for nothing).
+    ImageOps.exif_transpose(image, in_place=True)
+    oriented = image
     buffer = io.BytesIO()
     if mime == "image/jpeg":
         if oriented.mode not in ("RGB", "L"):
@@ -172,7 +170,7 @@ def _reencode(image: Image.Image, mime: str, destination: Path, limits: Validati
         oriented.save(buffer, "JPEG", quality=limits.jpeg_quality, optimize=False, progressive=False)
         out_mime = "image/jpeg"
     elif mime == "image/webp":
-        lossless = bool(image.info.get("lossless"))
+        lossless = lossless_webp
         if oriented.mode not in ("RGB", "RGBA"):
             oriented = oriented.convert("RGBA" if "A" in oriented.mode else "RGB")
         oriented.save(buffer, "WEBP", lossless=lossless, quality=limits.jpeg_quality, method=4)
@@ -183,7 +181,7 @@ def _reencode(image: Image.Image, mime: str, destination: Path, limits: Validati
         oriented.save(buffer, "PNG", optimize=False, compress_level=6)
         out_mime = "image/png"
     _write_durably(destination, buffer.getbuffer())
-    return out_mime
+    return out_mime, oriented.size
 
 
 def _write_durably(destination: Path, data: memoryview | bytes) -> None:
