@@ -82,8 +82,10 @@ def bench_upload(admin_url: str) -> None:
         with service("image-store", port, env):
             ours = asyncio.run(upload_times(f"http://127.0.0.1:{port}", data, 25))[10:]
     floor_ms, ours_ms = statistics.median(floor) * 1000, statistics.median(ours) * 1000
-    print(f"upload 12 MP JPEG ({len(data) / 1e6:.1f} MB): service median {ours_ms:.0f} ms, "
-          f"Pillow decode+re-encode median {floor_ms:.0f} ms, ratio {ours_ms / floor_ms:.2f}x (goal <= 1.3x)")
+    print(
+        f"upload 12 MP JPEG ({len(data) / 1e6:.1f} MB): service median {ours_ms:.0f} ms, "
+        f"Pillow decode+re-encode median {floor_ms:.0f} ms, ratio {ours_ms / floor_ms:.2f}x (goal <= 1.3x)"
+    )
 
 
 def wrk(url: str, headers: dict[str, str], seconds: int = 10) -> float:
@@ -112,7 +114,7 @@ def bench_serve(admin_url: str) -> None:
                 data=data,
                 headers={**HEADERS, "Content-Type": "image/jpeg"},
             )
-            with urllib.request.urlopen(request) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request) as response:
                 record = json.loads(response.read())
             sha = record["sha256"]
             stored = Path(tmp) / "images" / sha[:2] / sha[2:4] / sha
@@ -134,9 +136,11 @@ http {{ access_log off; sendfile on; tcp_nopush on;
             finally:
                 nginx.terminate()
                 nginx.wait(10)
-    print(f"serve {len(data) / 1024:.0f} KB JPEG, wrk -t2 -c32 10s: image-store {ours:.0f} req/s (token), "
-          f"{signed:.0f} req/s (signed URL); nginx {theirs:.0f} req/s (1 worker); "
-          f"ratio {ours / theirs:.2f}x token, {signed / theirs:.2f}x signed (goal >= 0.5x)")
+    print(
+        f"serve {len(data) / 1024:.0f} KB JPEG, wrk -t2 -c32 10s: image-store {ours:.0f} req/s (token), "
+        f"{signed:.0f} req/s (signed URL); nginx {theirs:.0f} req/s (1 worker); "
+        f"ratio {ours / theirs:.2f}x token, {signed / theirs:.2f}x signed (goal >= 0.5x)"
+    )
 
 
 async def concurrent_uploads(base: str, data: bytes, count: int) -> list[int]:
@@ -180,8 +184,10 @@ def bench_memory(admin_url: str) -> None:
             elapsed = time.perf_counter() - started
             stop.set()
             sampler.join()
-    print(f"20 concurrent {len(data) / 1e6:.1f} MB uploads: statuses {sorted(set(statuses))}, {elapsed:.1f} s; "
-          f"RSS service+workers idle {idle / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB (goal <= 400 MiB)")
+    print(
+        f"20 concurrent {len(data) / 1e6:.1f} MB uploads: statuses {sorted(set(statuses))}, {elapsed:.1f} s; "
+        f"RSS service+workers idle {idle / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB (goal <= 400 MiB)"
+    )
 
 
 def main() -> None:
