@@ -117,7 +117,6 @@ def bench_serve(admin_url: str) -> None:
             with urllib.request.urlopen(request) as response:
                 record = json.loads(response.read())
             sha = record["sha256"]
-            stored = Path(tmp) / "images" / sha[:2] / sha[2:4] / sha
             conf = Path(tmp) / "nginx.conf"
             conf.write_text(
                 f"""daemon off; worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/error.log;

@@ -141,8 +141,8 @@ class OllamaEmulator:
 
     # ---- test helpers ---------------------------------------------------------------------
 
-    async def wait_for_disconnect(self, timeout: float = 5.0) -> ChatRecord:
-        await asyncio.wait_for(self._disconnected.wait(), timeout)
+    async def wait_for_disconnect(self, within: float = 5.0) -> ChatRecord:
+        await asyncio.wait_for(self._disconnected.wait(), within)
         return next(record for record in reversed(self.chats) if record.cancelled)
 
     def find(self, name: str) -> EmulatedModel | None:

@@ -122,12 +122,16 @@ async def test_unknown_model_messages_by_version(clients: Any, aiohttp_server: A
 
 async def test_error_mid_stream(clients: Any, emulator: OllamaEmulator, base_url: str) -> None:
     emulator.fail_after_chunks = 3
-    received = []
-    with pytest.raises(ollama.ResponseError) as caught:
+    received: list[str] = []
+
+    async def consume() -> None:
         async for part in await clients(base_url).chat(
             model="llava", messages=[{"role": "user", "content": "hi"}], stream=True
         ):
             received.append(part.message.content)
+
+    with pytest.raises(ollama.ResponseError) as caught:
+        await consume()
     assert len(received) == 3
     assert "error was encountered while running the model" in caught.value.error
 
@@ -183,7 +187,7 @@ async def test_client_disconnect_is_recorded(emulator: OllamaEmulator, base_url:
         response = await session.post(f"{base_url}/api/chat", json=body)
         await response.content.readline()
         response.close()
-    record = await emulator.wait_for_disconnect(timeout=3)
+    record = await emulator.wait_for_disconnect(within=3)
     assert record.cancelled
     assert not record.completed
     sent = record.chunks_sent
