@@ -28,6 +28,7 @@ from services.vision_gateway.errors import (
     StreamNotFound,
     TooManyImages,
     UploadDisabled,
+    UpstreamRejected,
 )
 from services.vision_gateway.image_prep import ImagePreparer, PreparedImage
 from services.vision_gateway.image_store_client import ImageStoreClient
@@ -230,6 +231,8 @@ class ChatService:
             await asyncio.wait_for(asyncio.shield(opening), grace_seconds)
         except TimeoutError:
             pass
+        except OllamaStreamError as exc:  # an error line before any output (Ollama <= 0.12.5 sends HTTP 200)
+            raise UpstreamRejected(f"Ollama failed before answering: {exc.message}") from exc
         except BaseException:
             if not opening.done():
                 opening.cancel()

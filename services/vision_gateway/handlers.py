@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
@@ -103,7 +104,7 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
             raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
         chat_request = parse_chat_fields(fields, caller.user_id, request_id)
         if uploaded:
-            chat_request = ChatRequest(**{**chat_request.__dict__, "image_ids": [*chat_request.image_ids, *uploaded]})
+            chat_request = dataclasses.replace(chat_request, image_ids=[*chat_request.image_ids, *uploaded])
         prepared = await service.prepare(chat_request)
         turn = await service.begin(prepared, grace_seconds=OPEN_GRACE_SECONDS)
     except BaseException:

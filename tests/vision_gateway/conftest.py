@@ -1,0 +1,121 @@
+"""A whole stack per test: real image-store and gateway apps on real ports, the Ollama emulator, Postgres."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
+
+from common.settings import load_gateway_settings, load_image_store_settings
+from services.image_store.app import create_app as create_store
+from services.vision_gateway.app import create_app as create_gateway
+from tests.conftest import auth_headers
+from tests.image_store.conftest import photo
+from tests.ollama_emulator import OllamaEmulator
+
+
+@dataclass
+class Stack:
+    emulator: OllamaEmulator
+    store: TestServer
+    gateway: TestClient
+    env: dict[str, str]
+    make_gateway: Callable[..., Any] = field(repr=False, default=None)  # type: ignore[assignment]
+
+    async def upload(self, data: bytes, user: str = "alice", content_type: str = "image/jpeg") -> str:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                str(self.store.make_url("/api/images")),
+                data=data,
+                headers={**auth_headers(user), "Content-Type": content_type},
+            ) as response,
+        ):
+            body = await response.json()
+            assert response.status == 201, body
+            return str(body["id"])
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def big_photo(width: int = 2400, height: int = 1800) -> bytes:
+    """A real photograph enlarged past the model's edge limit."""
+    with Image.open(io.BytesIO(photo("chelsea.png"))) as source:
+        image = source.convert("RGB").resize((width, height))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def emulator() -> OllamaEmulator:
+    return OllamaEmulator()
+
+
+@pytest.fixture
+async def stack(aiohttp_server: Any, aiohttp_client: Any, service_env: dict[str, str], emulator: OllamaEmulator):  # type: ignore[no-untyped-def]
+    ollama_server = await aiohttp_server(emulator.make_app())
+    store = await aiohttp_server(create_store(load_image_store_settings(service_env)))
+    env = {
+        **service_env,
+        "OLLAMA_URL": str(ollama_server.make_url("")).rstrip("/"),
+        "IMAGE_STORE_URL": str(store.make_url("")).rstrip("/"),
+        "SSE_HEARTBEAT_SECONDS": "0.2",
+        "UPSTREAM_RETRIES": "2",
+    }
+
+    async def make_gateway(**overrides: str) -> TestClient:
+        settings = load_gateway_settings({**env, **overrides})
+        return await aiohttp_client(create_gateway(settings))
+
+    gateway = await make_gateway()
+    result = Stack(emulator, store, gateway, env)
+    result.make_gateway = make_gateway
+    return result
+
+
+@dataclass
+class SseResult:
+    status: int
+    events: list[dict[str, Any]]
+    pings: int
+    headers: Any
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+    @property
+    def text(self) -> str:
+        return "".join(e["content"] for e in self.of("chunk"))
+
+
+async def read_sse(response: aiohttp.ClientResponse) -> SseResult:
+    """Parse an SSE body strictly: every event is exactly one `data:` line and a blank line."""
+    events: list[dict[str, Any]] = []
+    pings = 0
+    raw = (await response.read()).decode()
+    assert raw.endswith("\n\n"), raw[-200:]
+    for block in raw.split("\n\n")[:-1]:
+        if block == ": ping":
+            pings += 1
+            continue
+        assert block.startswith("data: "), block
+        assert "\n" not in block, block
+        events.append(json.loads(block[len("data: ") :]))
+    return SseResult(response.status, events, pings, response.headers)
+
+
+async def ask(client: TestClient, body: dict[str, Any], user: str = "alice") -> aiohttp.ClientResponse:
+    return await client.post("/api/stream-message", json=body, headers=auth_headers(user))
