@@ -429,3 +429,27 @@ class OllamaEmulator:
             },
         )
         return response
+
+
+def main() -> None:
+    """Run the emulator as a process (benchmarks, manual `retina up` sessions without Ollama)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Ollama protocol emulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--chunk-delay", type=float, default=0.0)
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--reply-words", type=int, default=0, help="replace replies with N words")
+    args = parser.parse_args()
+    emulator = OllamaEmulator()
+    emulator.chunk_delay = args.chunk_delay
+    emulator.first_token_delay = args.first_token_delay
+    if args.reply_words:
+        for model in emulator.models:
+            model.reply = " ".join(f"word{i}" for i in range(args.reply_words))
+    web.run_app(emulator.make_app(), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 import structlog
 
 from common.settings import GatewaySettings
@@ -33,13 +34,11 @@ from services.vision_gateway.errors import (
 from services.vision_gateway.image_prep import ImagePreparer, PreparedImage
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.ollama_client import ChatChunk, ChatStream, OllamaClient, OllamaStreamError
+from services.vision_gateway.ollama_client import ChatStream, OllamaClient, OllamaStreamError
 from services.vision_gateway.repository import ConversationRepository, NewTurn, StoredMessage
 from services.vision_gateway.streams import LiveStream, StreamRegistry
 
 log = structlog.get_logger("retina.vision_gateway.chat")
-
-_END = object()
 
 
 class EventSink(Protocol):
@@ -218,35 +217,41 @@ class ChatService:
     # ---- opening the stream ---------------------------------------------------------------
 
     async def begin(self, prepared: PreparedChat, *, grace_seconds: float) -> ChatTurn:
-        """Open the Ollama request; fail as a plain error if it fails within `grace_seconds`.
+        """Open the Ollama request and record the turn at the same time.
 
-        A model that is still loading keeps us waiting longer than that, so after the grace
-        period the turn is recorded and the caller starts streaming (and pinging) anyway.
+        If Ollama fails within `grace_seconds` the recorded rows are removed again and the caller
+        answers with a plain JSON error. A model still loading after the grace period keeps us
+        waiting longer than that, so the caller starts streaming (and pinging) anyway.
         """
+        request = prepared.request
         payload: dict[str, Any] = {"model": prepared.model, "messages": prepared.ollama_messages}
-        if prepared.request.options:
-            payload["options"] = prepared.request.options
-        opening = asyncio.create_task(self._ollama.open_chat(payload, request_id=prepared.request.request_id))
-        try:
-            await asyncio.wait_for(asyncio.shield(opening), grace_seconds)
-        except TimeoutError:
-            pass
-        except OllamaStreamError as exc:  # an error line before any output (Ollama <= 0.12.5 sends HTTP 200)
-            raise UpstreamRejected(f"Ollama failed before answering: {exc.message}") from exc
-        except BaseException:
-            if not opening.done():
-                opening.cancel()
-            raise
+        if request.options:
+            payload["options"] = request.options
+        opening = asyncio.create_task(self._ollama.open_chat(payload, request_id=request.request_id))
         stream_id = uuid.uuid4()
-        try:
-            turn = await self._repository.start_turn(
-                owner_id=prepared.request.user_id,
-                conversation_id=prepared.request.conversation_id,
-                content=prepared.request.message,
+        recording = asyncio.create_task(
+            self._repository.start_turn(
+                owner_id=request.user_id,
+                conversation_id=request.conversation_id,
+                content=request.message,
                 model=prepared.model,
                 image_ids=prepared.image_ids,
                 stream_id=stream_id,
             )
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(opening), grace_seconds)
+        except TimeoutError:
+            pass
+        except BaseException as exc:
+            if not opening.done():
+                opening.cancel()
+            await self._undo_recording(recording, new_conversation=request.conversation_id is None)
+            if isinstance(exc, OllamaStreamError):  # an error line before any output (Ollama <= 0.12.5: HTTP 200)
+                raise UpstreamRejected(f"Ollama failed before answering: {exc.message}") from exc
+            raise
+        try:
+            turn = await recording
         except BaseException:
             opening.cancel()
             with contextlib.suppress(BaseException):
@@ -254,8 +259,15 @@ class ChatService:
             raise
         for image_id in prepared.image_ids:
             with contextlib.suppress(GatewayError):
-                await self._store.link(image_id, turn.user_message_id, prepared.request.user_id)
+                await self._store.link(image_id, turn.user_message_id, request.user_id)
         return ChatTurn(prepared, turn, stream_id, opening)
+
+    async def _undo_recording(self, recording: asyncio.Task[NewTurn], *, new_conversation: bool) -> None:
+        try:
+            turn = await recording
+        except Exception:  # noqa: BLE001 - nothing was recorded
+            return
+        await asyncio.shield(self._repository.discard_turn(turn, new_conversation=new_conversation))
 
     # ---- the rest of the API --------------------------------------------------------------
 
@@ -377,46 +389,19 @@ class ChatService:
         content: list[str],
         state: _StreamState,
     ) -> str:
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
-
-        async def read() -> None:
-            try:
-                async for chunk in upstream.chunks():
-                    await queue.put(chunk)
-                await queue.put(_END)
-            except Exception as exc:  # noqa: BLE001 - handed to the writer, which decides
-                await queue.put(exc)
-
-        reader = asyncio.create_task(read())
-        wake = asyncio.ensure_future(live.wakeup.wait())
+        """Relay chunks as they arrive. A stop closes the upstream response, which ends the loop."""
+        label = self._metrics.model_label(chat.prepared.model)
+        received_at = chat.prepared.request.received_at
+        heartbeat = asyncio.create_task(self._heartbeat(sink, state))
+        stop_watch = asyncio.create_task(live.wakeup.wait())
+        stop_watch.add_done_callback(lambda _: upstream.close())
         try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait(
-                    {getter, wake}, timeout=self.settings.heartbeat_seconds, return_when=asyncio.FIRST_COMPLETED
-                )
-                if getter not in done:
-                    getter.cancel()
-                    if wake in done:
-                        outcome = self._stop_outcome(live)
-                        upstream.close()
-                        await self._finish_stopped(chat, sink, live, content, state)
-                        return outcome
-                    await sink.ping()
-                    continue
-                item = getter.result()
-                if item is _END:
-                    raise OllamaStreamError("Ollama closed the stream before it was done")
-                if isinstance(item, BaseException):
-                    raise item
-                chunk: ChatChunk = item
+            async for chunk in upstream.chunks():
                 if chunk.content:
                     now = time.perf_counter()
                     if state.first_at is None:
                         state.first_at = now
-                        self._metrics.ttft.labels(self._metrics.model_label(chat.prepared.model)).observe(
-                            now - chat.prepared.request.received_at
-                        )
+                        self._metrics.ttft.labels(label).observe(now - received_at)
                     state.last_at = now
                     state.chunks += 1
                     content.append(chunk.content)
@@ -434,11 +419,24 @@ class ChatService:
                         }
                     )
                     return "completed"
+        except (OllamaStreamError, aiohttp.ClientError):
+            if live.stop_reason is None:
+                raise
         finally:
-            wake.cancel()
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            heartbeat.cancel()
+            stop_watch.cancel()
+        # Only a stop ends the loop without a done chunk or an error.
+        await self._finish_stopped(chat, sink, live, content, state)
+        return self._stop_outcome(live)
+
+    async def _heartbeat(self, sink: EventSink, state: _StreamState) -> None:
+        """`: ping` when the model has been silent for a heartbeat interval."""
+        interval = self.settings.heartbeat_seconds
+        while True:
+            await asyncio.sleep(interval)
+            last = state.last_at or 0.0
+            if time.perf_counter() - last >= interval:
+                await sink.ping()
 
     @staticmethod
     def _stop_outcome(live: LiveStream) -> str:

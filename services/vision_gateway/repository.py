@@ -90,39 +90,53 @@ class ConversationRepository:
         image_ids: list[uuid.UUID],
         stream_id: uuid.UUID,
     ) -> NewTurn:
-        """The user's message and the (empty, streaming) assistant message, in one transaction."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if conversation_id is None:
-                conversation_id = await conn.fetchval(
-                    "INSERT INTO conversations (owner_id, title) VALUES ($1, $2) RETURNING id",
-                    owner_id,
-                    content[:80],
+        """The user's message and the (empty, streaming) assistant message: one statement, one round trip."""
+        async with self._pool.acquire() as conn:
+            record = await conn.fetchrow(
+                """
+                WITH new_conversation AS (
+                    INSERT INTO conversations (owner_id, title)
+                    SELECT $1, left($2, 80) WHERE $3::uuid IS NULL
+                    RETURNING id
+                ), target AS (
+                    SELECT id FROM new_conversation
+                    UNION ALL SELECT $3::uuid WHERE $3::uuid IS NOT NULL
+                ), touched AS (
+                    UPDATE conversations SET updated_at = now() WHERE id = $3::uuid
+                ), user_message AS (
+                    INSERT INTO messages (conversation_id, role, content, model, status, has_images, image_ids,
+                                          completed_at)
+                    SELECT id, 'user', $2, $4, 'complete', cardinality($5::uuid[]) > 0, $5, now() FROM target
+                    RETURNING id
+                ), assistant_message AS (
+                    -- created_at is the statement time for both rows; order them explicitly.
+                    INSERT INTO messages (conversation_id, role, content, model, status, stream_id, created_at)
+                    SELECT id, 'assistant', '', $4, 'streaming', $6, now() + interval '1 microsecond' FROM target
+                    RETURNING id
                 )
-            else:
-                await conn.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", conversation_id)
-            user_message_id = await conn.fetchval(
-                """
-                INSERT INTO messages (conversation_id, role, content, model, status, has_images, image_ids,
-                                      completed_at)
-                VALUES ($1, 'user', $2, $3, 'complete', $4, $5, now()) RETURNING id
+                SELECT (SELECT id FROM target) AS conversation_id,
+                       (SELECT id FROM user_message) AS user_message_id,
+                       (SELECT id FROM assistant_message) AS assistant_message_id
                 """,
-                conversation_id,
+                owner_id,
                 content,
-                model,
-                bool(image_ids),
-                image_ids,
-            )
-            # created_at is the transaction time for both rows; order them explicitly.
-            assistant_message_id = await conn.fetchval(
-                """
-                INSERT INTO messages (conversation_id, role, content, model, status, stream_id, created_at)
-                VALUES ($1, 'assistant', '', $2, 'streaming', $3, now() + interval '1 microsecond') RETURNING id
-                """,
                 conversation_id,
                 model,
+                image_ids,
                 stream_id,
             )
-        return NewTurn(conversation_id, user_message_id, assistant_message_id)
+        return NewTurn(record["conversation_id"], record["user_message_id"], record["assistant_message_id"])
+
+    async def discard_turn(self, turn: NewTurn, *, new_conversation: bool) -> None:
+        """Undo start_turn for a request that failed before streaming (no half-written rows)."""
+        async with self._pool.acquire() as conn:
+            if new_conversation:
+                await conn.execute("DELETE FROM conversations WHERE id = $1", turn.conversation_id)
+            else:
+                await conn.execute(
+                    "DELETE FROM messages WHERE id = ANY($1::uuid[])",
+                    [turn.user_message_id, turn.assistant_message_id],
+                )
 
     async def finish_turn(
         self,
