@@ -163,6 +163,10 @@ def _reencode(
     # In place: an upright image is not copied (12 MP is 36 MB of pixels to copy for nothing).
     ImageOps.exif_transpose(image, in_place=True)
     oriented = image
+    # Pillow's encoders carry some of `info` over by default (a JPEG COM comment, for one), so
+    # keep only the colour profile, which is needed to show the pixels as they were meant.
+    icc_profile = image.info.get("icc_profile")
+    oriented.info = {"icc_profile": icc_profile} if icc_profile else {}
     buffer = io.BytesIO()
     if mime == "image/jpeg":
         if oriented.mode not in ("RGB", "L"):
