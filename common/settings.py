@@ -86,6 +86,7 @@ class GatewaySettings:
     heartbeat_seconds: float
     known_models: tuple[str, ...]
     max_upload_bytes: int
+    image_serve_endpoint: str
 
 
 def _default_migrations_path() -> Path:
@@ -234,6 +235,7 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         heartbeat_seconds=env.number("SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.1, maximum=300.0),
         known_models=env.csv("VISION_KNOWN_MODELS", ()),
         max_upload_bytes=env.integer("IMAGE_MAX_SIZE_MB", 20, minimum=1, maximum=1024) * 1024 * 1024,
+        image_serve_endpoint=_read_serve_endpoint(env),
     )
     if not token:
         env.problem("IMAGE_STORE_TOKEN is required when SERVICE_TOKENS is empty")

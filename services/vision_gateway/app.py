@@ -71,6 +71,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
                 settings.image_store_token,
                 retries=settings.upstream_retries,
                 metrics=metrics,
+                endpoint=settings.image_serve_endpoint,
             ),
             preparer=preparer,
             repository=ConversationRepository(app[POOL_KEY]),

@@ -197,3 +197,37 @@ async def test_non_vision_model_fallbacks_announce_themselves(stack: Stack, poli
         assert sent.body["model"] == "llava"
         assert result.events[0]["model"] == "llava"
         assert len(sent.images) == 1
+
+
+async def test_custom_image_endpoint_is_used_by_both_services(
+    aiohttp_server, aiohttp_client, service_env: dict[str, str], emulator: OllamaEmulator
+) -> None:  # type: ignore[no-untyped-def]
+    from common.settings import load_gateway_settings, load_image_store_settings
+    from services.image_store.app import create_app as create_store
+    from services.vision_gateway.app import create_app as create_gateway
+
+    env = {**service_env, "IMAGE_SERVE_ENDPOINT": "/v2/pictures"}
+    ollama_server = await aiohttp_server(emulator.make_app())
+    store = await aiohttp_server(create_store(load_image_store_settings(env)))
+    gateway = await aiohttp_client(
+        create_gateway(
+            load_gateway_settings(
+                {
+                    **env,
+                    "OLLAMA_URL": str(ollama_server.make_url("")).rstrip("/"),
+                    "IMAGE_STORE_URL": str(store.make_url("")).rstrip("/"),
+                }
+            )
+        )
+    )
+    async with aiohttp.ClientSession() as session, session.post(
+        str(store.make_url("/v2/pictures")),
+        data=big_photo(400, 300),
+        headers={**auth_headers(), "Content-Type": "image/jpeg"},
+    ) as response:
+        record = await response.json()
+        assert response.status == 201, record
+        assert record["url"].startswith("/v2/pictures/")
+    result = await read_sse(await ask(gateway, {"message": "what?", "model": "llava", "image_ids": [record["id"]]}))
+    assert result.events[-1]["type"] == "done"
+    assert len(emulator.chats[-1].images) == 1
