@@ -220,11 +220,14 @@ async def test_custom_image_endpoint_is_used_by_both_services(
             )
         )
     )
-    async with aiohttp.ClientSession() as session, session.post(
-        str(store.make_url("/v2/pictures")),
-        data=big_photo(400, 300),
-        headers={**auth_headers(), "Content-Type": "image/jpeg"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            str(store.make_url("/v2/pictures")),
+            data=big_photo(400, 300),
+            headers={**auth_headers(), "Content-Type": "image/jpeg"},
+        ) as response,
+    ):
         record = await response.json()
         assert response.status == 201, record
         assert record["url"].startswith("/v2/pictures/")

@@ -1,0 +1,60 @@
+"""The OpenAPI documents match the running routes and are valid OpenAPI 3.1."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from aiohttp import web
+from openapi_spec_validator import validate
+
+from common.settings import load_gateway_settings, load_image_store_settings
+from services.image_store.app import create_app as create_store
+from services.vision_gateway.app import create_app as create_gateway
+from tests.conftest import ROOT
+
+DOCS = ROOT / "docs" / "openapi"
+
+
+def routes_of(app: web.Application) -> set[tuple[str, str]]:
+    found = set()
+    for route in app.router.routes():
+        if route.method in ("HEAD", "*"):
+            continue
+        path = re.sub(r"\{[^}]+\}", "{}", route.resource.canonical)  # type: ignore[union-attr]
+        found.add((route.method.lower(), path))
+    return found
+
+
+def documented(spec: dict) -> set[tuple[str, str]]:  # type: ignore[type-arg]
+    return {
+        (method, re.sub(r"\{[^}]+\}", "{}", path))
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in ("get", "post", "patch", "delete", "put")
+    }
+
+
+@pytest.mark.parametrize(
+    ("document", "factory", "loader"),
+    [
+        ("image-store.yaml", create_store, load_image_store_settings),
+        ("vision-gateway.yaml", create_gateway, load_gateway_settings),
+    ],
+)
+def test_document_is_valid_and_matches_routes(
+    document: str, factory, loader, service_env: dict[str, str], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    spec = yaml.safe_load((DOCS / document).read_text())
+    validate(spec)
+    assert spec["openapi"] == "3.1.0"
+    app = factory(loader(service_env))
+    assert routes_of(app) == documented(spec)
+    for item in spec["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                for status, response in operation["responses"].items():
+                    if status.startswith(("4", "5")) and "$ref" in response:
+                        assert response["$ref"] == "#/components/responses/Error"
