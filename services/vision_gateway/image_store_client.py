@@ -15,7 +15,7 @@ import aiohttp
 
 from services.vision_gateway.errors import ImageNotFound, UpstreamRejected, UpstreamUnavailable
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.retry import Retryable, with_retries
+from services.vision_gateway.retry import Retryable, call_upstream, connection_failures_are_retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +51,12 @@ class ImageStoreClient:
         return headers
 
     async def _call(self, attempt: Any) -> Any:
-        try:
-            return await with_retries(
-                attempt,
-                retries=self._retries,
-                on_retry=lambda: self._metrics.retries.labels("image_store").inc(),
-            )
-        except Retryable as exc:
-            raise UpstreamUnavailable(f"the image-store is unavailable: {exc}") from exc
+        return await call_upstream(
+            attempt,
+            retries=self._retries,
+            on_retry=lambda: self._metrics.retries.labels("image_store").inc(),
+            unavailable="the image-store is unavailable",
+        )
 
     def _count(self, code: int | str) -> None:
         self._metrics.upstream_requests.labels("image_store", str(code)).inc()
@@ -72,7 +70,7 @@ class ImageStoreClient:
             headers["If-None-Match"] = f'"{known_sha256}"'
 
         async def attempt() -> FetchedImage:
-            try:
+            with connection_failures_are_retryable(lambda: self._count("error")):
                 async with self._session.get(
                     f"{self._base}/{image_id}", headers=headers, timeout=self._timeout
                 ) as response:
@@ -92,9 +90,6 @@ class ImageStoreClient:
                         sha256=response.headers.get("ETag", "").strip('"'),
                         mime_type=response.content_type,
                     )
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                self._count("error")
-                raise Retryable(str(exc) or type(exc).__name__) from exc
 
         return await self._call(attempt)
 
@@ -127,7 +122,7 @@ class ImageStoreClient:
 
     async def link(self, image_id: uuid.UUID, message_id: uuid.UUID, user_id: str, request_id: str = "") -> None:
         async def attempt() -> None:
-            try:
+            with connection_failures_are_retryable(lambda: self._count("error")):
                 async with self._session.patch(
                     f"{self._base}/{image_id}",
                     json={"message_id": str(message_id)},
@@ -139,9 +134,6 @@ class ImageStoreClient:
                         raise Retryable(f"HTTP {response.status}")
                     if response.status == 404:
                         raise ImageNotFound(f"image {image_id} not found")
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                self._count("error")
-                raise Retryable(str(exc) or type(exc).__name__) from exc
 
         await self._call(attempt)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import aiohttp
 
-from services.vision_gateway.errors import UnknownModel, UpstreamRejected, UpstreamUnavailable
+from services.vision_gateway.errors import UnknownModel, UpstreamRejected
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.retry import Retryable, with_retries
+from services.vision_gateway.retry import Retryable, call_upstream, connection_failures_are_retryable
 
 
 class OllamaStreamError(Exception):
@@ -119,20 +119,18 @@ class OllamaClient:
         self._metrics.upstream_requests.labels("ollama", str(code)).inc()
 
     async def _retrying(self, attempt: Any) -> Any:
-        try:
-            return await with_retries(
-                attempt,
-                retries=self._retries,
-                on_retry=lambda: self._metrics.retries.labels("ollama").inc(),
-            )
-        except Retryable as exc:
-            raise UpstreamUnavailable(f"Ollama is unavailable: {exc}") from exc
+        return await call_upstream(
+            attempt,
+            retries=self._retries,
+            on_retry=lambda: self._metrics.retries.labels("ollama").inc(),
+            unavailable="Ollama is unavailable",
+        )
 
     async def show(self, model: str) -> dict[str, Any] | None:
         """Model details, or None when Ollama does not have the model."""
 
         async def attempt() -> dict[str, Any] | None:
-            try:
+            with connection_failures_are_retryable(lambda: self._count("error")):
                 async with self._session.post(
                     f"{self._base}/api/show", json={"model": model}, timeout=self._short_timeout
                 ) as response:
@@ -144,41 +142,34 @@ class OllamaClient:
                     if response.status != 200:
                         raise UpstreamRejected(f"Ollama refused /api/show: {await _error_text(response)}")
                     return await response.json()
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                self._count("error")
-                raise Retryable(str(exc) or type(exc).__name__) from exc
 
         return await self._retrying(attempt)
 
     async def tags(self) -> list[dict[str, Any]]:
         async def attempt() -> list[dict[str, Any]]:
-            try:
+            with connection_failures_are_retryable(lambda: self._count("error")):
                 async with self._session.get(f"{self._base}/api/tags", timeout=self._short_timeout) as response:
                     self._count(response.status)
                     if response.status >= 500:
                         raise Retryable(f"HTTP {response.status} from /api/tags")
                     body = await response.json()
                     return list(body.get("models") or [])
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                self._count("error")
-                raise Retryable(str(exc) or type(exc).__name__) from exc
 
         return await self._retrying(attempt)
 
     async def open_chat(self, payload: dict[str, Any], *, request_id: str = "") -> ChatStream:
         """Send the chat request and read its first line (retrying until then)."""
         body = json.dumps({**payload, "stream": True}).encode()
-        headers = {"Content-Type": "application/json", "X-Request-ID": request_id} if request_id else None
+        headers = {"Content-Type": "application/json"}
+        if request_id:
+            headers["X-Request-ID"] = request_id
 
         async def attempt() -> ChatStream:
             started = time.perf_counter()
-            try:
+            with connection_failures_are_retryable(lambda: self._count("error")):
                 response = await self._session.post(
                     f"{self._base}/api/chat", data=body, headers=headers, timeout=self._timeout
                 )
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                self._count("error")
-                raise Retryable(str(exc) or type(exc).__name__) from exc
             self._count(response.status)
             try:
                 if response.status == 404:

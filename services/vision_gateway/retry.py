@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
+
+import aiohttp
+
+from services.vision_gateway.errors import UpstreamUnavailable
 
 T = TypeVar("T")
 
@@ -32,3 +37,23 @@ async def with_retries(
                 on_retry()
             await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**number)))  # noqa: S311
     raise AssertionError("unreachable")
+
+
+async def call_upstream(
+    attempt: Callable[[], Awaitable[T]], *, retries: int, on_retry: Callable[[], None], unavailable: str
+) -> T:
+    """with_retries, then the contract's 503 when every attempt failed."""
+    try:
+        return await with_retries(attempt, retries=retries, on_retry=on_retry)
+    except Retryable as exc:
+        raise UpstreamUnavailable(f"{unavailable}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def connection_failures_are_retryable(count_failure: Callable[[], None]) -> Iterator[None]:
+    """A refused, reset or timed-out connection is worth another attempt."""
+    try:
+        yield
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        count_failure()
+        raise Retryable(str(exc) or type(exc).__name__) from exc
