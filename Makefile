@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIN    := -c requirements/constraints.txt
+# Tools whose own pins clash with ours (checkov wants aiohttp<3.14) live in their own venv.
+TOOLS  ?= .venv-tools
 
 .PHONY: up test lint format lock clean
 
@@ -23,10 +25,16 @@ $(VENV)/.dev-installed: $(BIN)/python pyproject.toml requirements/constraints.tx
 up: $(VENV)/.stack-installed
 	$(BIN)/retina up
 
-test: $(VENV)/.dev-installed
+$(TOOLS)/.installed: requirements/tools.txt requirements/tools-constraints.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --upgrade pip
+	$(TOOLS)/bin/pip install -q -c requirements/tools-constraints.txt -r requirements/tools.txt
+	touch $@
+
+test: $(VENV)/.dev-installed $(TOOLS)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m pytest
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -42,4 +50,4 @@ lock: $(VENV)/.dev-installed
 	$(BIN)/pip freeze --exclude-editable | grep -v '^retina' > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache
