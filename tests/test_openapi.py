@@ -58,3 +58,31 @@ def test_document_is_valid_and_matches_routes(
                 for status, response in operation["responses"].items():
                     if status.startswith(("4", "5")) and "$ref" in response:
                         assert response["$ref"] == "#/components/responses/Error"
+
+
+def test_postman_collection_is_generated_and_has_the_main_flows() -> None:
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("generate_postman", ROOT / "docs" / "generate_postman.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = (ROOT / "docs" / "retina.postman_collection.json").read_text()
+    assert committed == module.render(), "stale: run docs/generate_postman.py"
+    collection = json.loads(committed)
+    requests = {
+        (item["request"]["method"], item["request"]["url"]["raw"]): item
+        for folder in collection["item"]
+        for item in folder["item"]
+    }
+    upload = requests[("POST", "{{imageStoreUrl}}/api/images")]
+    assert upload["request"]["body"]["formdata"][0]["key"] == "file"
+    ask = requests[("POST", "{{gatewayUrl}}/api/stream-message")]
+    assert json.loads(ask["request"]["body"]["raw"])["image_ids"] == ["{{imageId}}"]
+    assert ("POST", "{{gatewayUrl}}/api/stream-message/{{streamId}}/stop") in requests
+    assert ("GET", "{{imageStoreUrl}}/api/images/{{imageId}}") in requests
+    assert ("GET", "{{imageStoreUrl}}{{signedPath}}") in requests
+    headers = {h["key"] for h in upload["request"]["header"]}
+    assert headers == {"Authorization", "X-User-Id"}
