@@ -68,7 +68,8 @@ def settings_for(store_env: dict[str, str]) -> Callable[..., ImageStoreSettings]
 
 
 @pytest.fixture
-async def store_client(aiohttp_client: Any, settings_for: Callable[..., ImageStoreSettings]) -> TestClient:
+async def store_client(settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any) -> TestClient:
+    """Requested after the settings so the app (and its pool) closes before its database is dropped."""
     return await aiohttp_client(create_app(settings_for()))
 
 

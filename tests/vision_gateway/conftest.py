@@ -65,7 +65,7 @@ def emulator() -> OllamaEmulator:
 
 
 @pytest.fixture
-async def stack(aiohttp_server: Any, aiohttp_client: Any, service_env: dict[str, str], emulator: OllamaEmulator):  # type: ignore[no-untyped-def]
+async def stack(service_env: dict[str, str], emulator: OllamaEmulator, aiohttp_server: Any, aiohttp_client: Any):  # type: ignore[no-untyped-def]
     ollama_server = await aiohttp_server(emulator.make_app())
     store = await aiohttp_server(create_store(load_image_store_settings(service_env)))
     env = {
