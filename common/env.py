@@ -62,15 +62,6 @@ class EnvReader:
         raw = self._raw(name)
         return default if raw is None else raw
 
-    def required(self, name: str, meaning: str, *, secret: bool = False) -> str:
-        """A value with no sensible default; `secret` only matters for the wording (never echoed)."""
-        del secret  # never printed either way; kept so call sites document intent
-        raw = self._raw(name)
-        if raw is None:
-            self.problem(f"{name} is required ({meaning}) but is not set")
-            return ""
-        return raw
-
     def boolean(self, name: str, default: bool) -> bool:
         def parse(raw: str) -> bool:
             lowered = raw.lower()

@@ -43,11 +43,3 @@ def json_error(
     **extra: Any,
 ) -> web.Response:
     return web.json_response(error_body(code, message, **extra), status=status, headers=headers)
-
-
-def not_found(what: str = "resource") -> ApiError:
-    return ApiError(404, "not_found", f"{what} not found")
-
-
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, "bad_request", message)

@@ -53,10 +53,6 @@ class DecodePool:
         self._pending = 0
         self._executor: ProcessPoolExecutor | None = None
 
-    @property
-    def in_flight(self) -> int:
-        return self._pending
-
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self._workers,

@@ -175,8 +175,9 @@ class ChatService:
         return PreparedChat(request, model, capabilities.vision, messages, notices, list(request.image_ids))
 
     async def _check_owned(self, request: ChatRequest) -> None:
+        """Images that will not be sent must still be the caller's (404 otherwise), without downloading them."""
         for image_id in request.image_ids:
-            await self._store.fetch(image_id, request.user_id, request.request_id)
+            await self._store.fetch(image_id, request.user_id, request.request_id, known_sha256="*")
 
     async def _prepare_images(
         self, request: ChatRequest, image_ids: list[uuid.UUID], *, skip_missing: bool

@@ -67,7 +67,8 @@ class ImageStoreClient:
         """The image's bytes; with `known_sha256`, a conditional GET that skips the body on 304."""
         headers = self._headers(user_id, request_id)
         if known_sha256:
-            headers["If-None-Match"] = f'"{known_sha256}"'
+            # "*" asks only whether the caller may read the image: 304 (no body) or 404.
+            headers["If-None-Match"] = "*" if known_sha256 == "*" else f'"{known_sha256}"'
 
         async def attempt() -> FetchedImage:
             with connection_failures_are_retryable(lambda: self._count("error")):

@@ -38,9 +38,6 @@ class StreamRegistry:
     def __init__(self) -> None:
         self._streams: dict[uuid.UUID, LiveStream] = {}
 
-    def __len__(self) -> int:
-        return len(self._streams)
-
     @contextlib.contextmanager
     def register(self, stream_id: uuid.UUID, owner_id: str):  # type: ignore[no-untyped-def]
         live = LiveStream(stream_id, owner_id)

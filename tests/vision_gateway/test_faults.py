@@ -276,3 +276,15 @@ async def test_shutdown_ends_open_streams_with_a_final_event(stack: Stack, db: a
     row = await db.fetchrow("SELECT status, error FROM messages WHERE role = 'assistant'")
     assert (row["status"], row["error"]) == ("stopped", "server shutting down")
     await stack.emulator.wait_for_disconnect(within=5)
+
+
+async def test_text_only_fallback_still_refuses_foreign_images(stack: Stack, db: asyncpg.Connection) -> None:
+    gateway = await stack.make_gateway(VISION_FALLBACK_POLICY="text_only")
+    bobs = await stack.upload(big_photo(300, 200), user="bob")
+    response = await ask(gateway, {"message": "what?", "model": "llama3.2", "image_ids": [bobs]})
+    await expect_refusal(response, 404, "image_not_found", stack, db, bobs)
+    mine = await stack.upload(big_photo(300, 200))
+    result = await read_sse(await ask(gateway, {"message": "what?", "model": "llama3.2", "image_ids": [mine]}))
+    assert result.of("notice")[0]["code"] == "images_ignored"
+    metrics = await (await gateway.get("/metrics")).text()
+    assert 'vision_gateway_upstream_requests_total{code="304",target="image_store"} 1.0' in metrics
