@@ -40,6 +40,9 @@ from services.vision_gateway.streams import LiveStream, StreamRegistry
 
 log = structlog.get_logger("retina.vision_gateway.chat")
 
+# How often the partial answer is written while it streams (what a crash can lose).
+PROGRESS_SAVE_SECONDS = 2.0
+
 
 class EventSink(Protocol):
     """Where a stream's events go (an SSE response in production)."""
@@ -407,6 +410,7 @@ class ChatService:
                     state.chunks += 1
                     content.append(chunk.content)
                     await sink.send({"type": "chunk", "content": chunk.content})
+                    self._maybe_save_progress(chat, content, state, now)
                 if chunk.done:
                     state.upstream_stats = chunk.stats
                     stats = self._stats(chat, state)
@@ -474,6 +478,18 @@ class ChatService:
         await asyncio.shield(self._store_partial(chat, content, "error", message, state))
         await sink.send({"type": "error", "code": code, "message": message, "partial": bool(content)})
 
+    def _maybe_save_progress(self, chat: ChatTurn, content: list[str], state: _StreamState, now: float) -> None:
+        """At most one background save every PROGRESS_SAVE_SECONDS, never two at once."""
+        if not state.saved_at:  # short answers finish before their first save is due
+            state.saved_at = now
+            return
+        if now - state.saved_at < PROGRESS_SAVE_SECONDS or (state.saving and not state.saving.done()):
+            return
+        state.saved_at = now
+        state.saving = asyncio.create_task(
+            self._repository.save_progress(chat.turn.assistant_message_id, "".join(content))
+        )
+
     async def _store_partial(
         self,
         chat: ChatTurn,
@@ -487,6 +503,9 @@ class ChatService:
         if state.stored:
             return
         state.stored = True
+        if state.saving is not None:  # the final write must land after any progress save
+            with contextlib.suppress(Exception):
+                await state.saving
         try:
             await self._repository.finish_turn(
                 chat.turn.assistant_message_id,
@@ -520,6 +539,8 @@ class ChatService:
 
 @dataclass(slots=True)
 class _StreamState:
+    saved_at: float = 0.0
+    saving: asyncio.Task[None] | None = None
     first_at: float | None = None
     last_at: float | None = None
     chunks: int = 0

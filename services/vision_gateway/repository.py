@@ -138,6 +138,13 @@ class ConversationRepository:
                     [turn.user_message_id, turn.assistant_message_id],
                 )
 
+    async def save_progress(self, message_id: uuid.UUID, content: str) -> None:
+        """The answer so far, while it streams: a crash then loses seconds, not the whole answer."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE messages SET content = $2 WHERE id = $1 AND status = 'streaming'", message_id, content
+            )
+
     async def finish_turn(
         self,
         message_id: uuid.UUID,

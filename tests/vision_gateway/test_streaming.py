@@ -234,3 +234,25 @@ async def test_custom_image_endpoint_is_used_by_both_services(
     result = await read_sse(await ask(gateway, {"message": "what?", "model": "llava", "image_ids": [record["id"]]}))
     assert result.events[-1]["type"] == "done"
     assert len(emulator.chats[-1].images) == 1
+
+
+async def test_partial_answer_is_saved_while_streaming(
+    stack: Stack, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.vision_gateway.chat as chat_module
+
+    monkeypatch.setattr(chat_module, "PROGRESS_SAVE_SECONDS", 0.3)
+    stack.emulator.chunk_delay = 0.15
+    response = await ask(stack.gateway, {"message": "hi", "model": "llava"})
+    seen_while_streaming = ""
+    for _ in range(60):
+        await asyncio.sleep(0.1)
+        row = await db.fetchrow("SELECT status, content FROM messages WHERE role = 'assistant'")
+        if row and row["status"] == "streaming" and row["content"]:
+            seen_while_streaming = row["content"]
+            break
+    result = await read_sse(response)
+    assert seen_while_streaming, "some of the answer was in the database before the stream ended"
+    assert result.text.startswith(seen_while_streaming)
+    final = await db.fetchrow("SELECT status, content FROM messages WHERE role = 'assistant'")
+    assert (final["status"], final["content"]) == ("complete", result.text)
