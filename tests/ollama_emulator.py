@@ -312,7 +312,12 @@ class OllamaEmulator:
             else:
                 reply = "I see the text [img-0] but I cannot look at images."
         if self.first_token_delay:
-            await asyncio.sleep(self.first_token_delay)
+            try:
+                await asyncio.sleep(self.first_token_delay)  # the model "loads"
+            except asyncio.CancelledError:  # the client left while it loaded
+                record.cancelled = True
+                self._disconnected.set()
+                raise
         if runner_error and self.version_profile == "modern":
             return self._error(500, runner_error)
 

@@ -266,6 +266,17 @@ class ChatService:
                 await self._store.link(image_id, turn.user_message_id, request.user_id)
         return ChatTurn(prepared, turn, stream_id, opening)
 
+    async def abandon(self, chat: ChatTurn) -> None:
+        """The client went away before streaming started: close Ollama's request, record the stop."""
+        chat.opening.cancel()
+        with contextlib.suppress(BaseException):
+            (await chat.opening).close()
+        await asyncio.shield(
+            self._repository.finish_turn(
+                chat.turn.assistant_message_id, content="", status="stopped", error="client disconnected", stats=None
+            )
+        )
+
     async def _undo_recording(self, recording: asyncio.Task[NewTurn], *, new_conversation: bool) -> None:
         try:
             turn = await recording

@@ -112,7 +112,11 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
         raise
     request[EVENT_STREAM_KEY] = True
     response = web.StreamResponse(headers=SSE_HEADERS)
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except BaseException:  # the client left before the stream began; the turn must not stay "streaming"
+        await service.abandon(turn)
+        raise
     await service.relay(turn, SseSink(response))
     return response
 

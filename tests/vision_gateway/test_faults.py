@@ -288,3 +288,20 @@ async def test_text_only_fallback_still_refuses_foreign_images(stack: Stack, db:
     assert result.of("notice")[0]["code"] == "images_ignored"
     metrics = await (await gateway.get("/metrics")).text()
     assert 'vision_gateway_upstream_requests_total{code="304",target="image_store"} 1.0' in metrics
+
+
+async def test_client_gone_before_the_stream_starts_is_recorded_as_stopped(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    """abandon() is what the handler calls when writing the SSE headers fails."""
+    service = stack.gateway.app[CHAT_SERVICE_KEY]  # type: ignore[index]
+    stack.emulator.first_token_delay = 2.0
+    from services.vision_gateway.chat import ChatRequest
+
+    prepared = await service.prepare(ChatRequest("alice", "hi", "llava", None, [], None))
+    turn = await service.begin(prepared, grace_seconds=0.05)
+    assert await db.fetchval("SELECT status FROM messages WHERE role = 'assistant'") == "streaming"
+    await service.abandon(turn)
+    row = await db.fetchrow("SELECT status, error FROM messages WHERE role = 'assistant'")
+    assert (row["status"], row["error"]) == ("stopped", "client disconnected")
+    await stack.emulator.wait_for_disconnect(within=5)
