@@ -59,7 +59,7 @@ async def serve(
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, spec.host, spec.port).start()
-            log.info("service_started", service=spec.name, host=spec.host, port=spec.port)
+            log.info("service_started", service=spec.name.replace("-", "_"), host=spec.host, port=spec.port)
         if on_started is not None:
             on_started()
         await stop.wait()

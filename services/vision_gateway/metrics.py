@@ -85,6 +85,8 @@ class GatewayMetrics:
             ["code"],
             registry=registry,
         )
+        # The HPA's metric must exist before the first stream, or the autoscaler sees nothing.
+        self.in_flight.labels("other")
         for target in ("ollama", "image_store"):
             self.retries.labels(target)
         for result in ("hit", "miss"):
