@@ -93,6 +93,13 @@ def _default_migrations_path() -> Path:
     return Path(__file__).resolve().parent.parent / "migrations"
 
 
+def read_migrations_path(env: EnvReader) -> Path:
+    migrations = Path(env.string("MIGRATIONS_PATH", str(_default_migrations_path())))
+    if not migrations.is_dir():
+        env.problem(f"MIGRATIONS_PATH ({migrations}) is not a directory")
+    return migrations
+
+
 def read_common(env: EnvReader) -> CommonSettings:
     tokens = env.csv("SERVICE_TOKENS", ())
     if not tokens:
@@ -103,9 +110,7 @@ def read_common(env: EnvReader) -> CommonSettings:
     pool_max = env.integer("DB_POOL_MAX_SIZE", 5, minimum=1, maximum=100)
     if pool_min > pool_max:
         env.problem(f"DB_POOL_MIN_SIZE ({pool_min}) must not exceed DB_POOL_MAX_SIZE ({pool_max})")
-    migrations = Path(env.string("MIGRATIONS_PATH", str(_default_migrations_path())))
-    if not migrations.is_dir():
-        env.problem(f"MIGRATIONS_PATH ({migrations}) is not a directory")
+    migrations = read_migrations_path(env)
     return CommonSettings(
         database_url=env.database_url("DATABASE_URL"),
         service_tokens=tokens,

@@ -167,3 +167,12 @@ def test_cli_migrate_refuses_bad_database_url(database_url: str, message: str) -
     assert result.returncode == 2
     assert result.stderr.startswith(message)
     assert "hunter2" not in result.stderr
+
+
+def test_cli_migrate_refuses_a_missing_migrations_directory(empty_database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "nowhere"
+    result = run_cli("migrate", env={"DATABASE_URL": empty_database_url, "MIGRATIONS_PATH": str(missing)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"retina migrate: MIGRATIONS_PATH ({missing}) is not a directory"
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT to_regclass('messages')").fetchone() == (None,), "nothing was applied"

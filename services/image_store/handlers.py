@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +13,7 @@ from aiohttp.multipart import BadContentDispositionHeader
 
 from common.app import AUTH_KEY
 from common.errors import ApiError
+from common.ids import parse_uuid
 from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, StoreError
 from services.image_store.filenames import content_disposition
 from services.image_store.models import ImageRow
@@ -27,7 +27,6 @@ CHUNK_SIZE = 256 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 1024
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def to_api_error(exc: StoreError | ImageRejected) -> ApiError:
@@ -49,17 +48,19 @@ async def store_errors_middleware(request: web.Request, handler: Any) -> web.Str
 
 def parse_image_id(raw: str) -> uuid.UUID:
     """A malformed ID is indistinguishable from a missing image."""
-    if not _UUID.match(raw):
+    image_id = parse_uuid(raw)
+    if image_id is None:
         raise ImageNotFound()
-    return uuid.UUID(raw)
+    return image_id
 
 
 def parse_optional_uuid(raw: str | None, field: str) -> uuid.UUID | None:
     if raw is None or raw == "":
         return None
-    if not isinstance(raw, str) or not _UUID.match(raw):
+    value = parse_uuid(raw)
+    if value is None:
         raise BadRequest(f"{field} must be a UUID")
-    return uuid.UUID(raw)
+    return value
 
 
 def service_of(request: web.Request) -> ImageService:

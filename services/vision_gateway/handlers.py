@@ -15,6 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from common.app import AUTH_KEY
 from common.errors import ApiError
 from common.http.request_context import request_id_of
+from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.chat import ChatRequest, ChatService
 from services.vision_gateway.errors import BadRequest, GatewayError, StreamNotFound, TooManyImages
@@ -31,7 +32,6 @@ MAX_PARTS = 32
 UPLOAD_CHUNK = 256 * 1024
 # How long to wait for Ollama before committing to a stream (and pinging while it loads).
 OPEN_GRACE_SECONDS = 1.0
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 @web.middleware
@@ -48,11 +48,12 @@ async def gateway_errors_middleware(request: web.Request, handler: Any) -> web.S
 
 
 def _uuid(raw: Any, field: str) -> uuid.UUID:
-    if not isinstance(raw, str) or not _UUID.match(raw):
+    value = parse_uuid(raw)
+    if value is None:
         if isinstance(raw, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", raw):
             raise BadRequest(f"{field} must hold image IDs, not URLs")
         raise BadRequest(f"{field} must be a UUID")
-    return uuid.UUID(raw)
+    return value
 
 
 def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> ChatRequest:
@@ -177,9 +178,9 @@ async def stop_stream(request: web.Request) -> web.Response:
     caller = request.app[AUTH_KEY].caller(request)
     service = request.app[CHAT_SERVICE_KEY]
     raw = request.match_info["stream_id"]
-    if not _UUID.match(raw):
+    stream_id = parse_uuid(raw)
+    if stream_id is None:
         raise StreamNotFound("stream not found")
-    stream_id = uuid.UUID(raw)
     await service.stop(stream_id, caller.user_id)
     return web.json_response({"stream_id": str(stream_id), "stopped": True})
 
@@ -195,9 +196,10 @@ async def list_models(request: web.Request) -> web.Response:
 async def conversation_messages(request: web.Request) -> web.Response:
     caller = request.app[AUTH_KEY].caller(request)
     raw = request.match_info["conversation_id"]
-    if not _UUID.match(raw):
+    conversation_id = parse_uuid(raw)
+    if conversation_id is None:
         raise ApiError(404, "not_found", "conversation not found")
-    messages = await request.app[CHAT_SERVICE_KEY].messages(uuid.UUID(raw), caller.user_id)
+    messages = await request.app[CHAT_SERVICE_KEY].messages(conversation_id, caller.user_id)
     return web.json_response({"messages": [m.to_json() for m in messages]})
 
 
