@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from common.auth import ServiceAuth
 from common.db import open_pool, pending_migrations
 from common.health import READINESS_KEY, Readiness, livez, mark_shutting_down, readyz
-from common.http.error_middleware import error_middleware
+from common.http.error_middleware import error_middleware, remember_started_response
 from common.http.request_context import (
     SERVICE_NAME_KEY,
     add_request_id_header,
@@ -29,8 +29,6 @@ SETTINGS_KEY = web.AppKey("common_settings", CommonSettings)
 REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 POOL_KEY = web.AppKey("db_pool", asyncpg.Pool)
 AUTH_KEY = web.AppKey("service_auth", ServiceAuth)
-
-PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 
 def package_version() -> str:
@@ -45,7 +43,8 @@ def create_service_app(*, service: str, settings: CommonSettings, client_max_siz
     build_info(registry, service, package_version())
     http_metrics = HttpMetrics(registry)
     app = web.Application(
-        middlewares=[request_context_middleware, error_middleware, http_metrics.middleware()],
+        # Metrics wrap the error middleware so they count the status the client actually got.
+        middlewares=[request_context_middleware, http_metrics.middleware(), error_middleware],
         client_max_size=client_max_size,
     )
     app[SERVICE_NAME_KEY] = service
@@ -54,6 +53,7 @@ def create_service_app(*, service: str, settings: CommonSettings, client_max_siz
     app[AUTH_KEY] = ServiceAuth(settings.service_tokens)
     app[READINESS_KEY] = Readiness()
     app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(remember_started_response)
     app.on_shutdown.append(mark_shutting_down)
     app.router.add_get("/livez", livez, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from common.errors import ApiError
+from common.errors import BadRequest, Unauthorized
 
 USER_ID_HEADER = "X-User-Id"
 MAX_USER_ID_LENGTH = 128
@@ -37,9 +37,7 @@ class ServiceAuth:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token or not self.token_is_valid(token.strip()):
-            raise ApiError(
-                401,
-                "unauthorized",
+            raise Unauthorized(
                 "a valid service token is required (Authorization: Bearer <token>)",
                 headers={"WWW-Authenticate": 'Bearer realm="retina"'},
             )
@@ -52,10 +50,10 @@ class ServiceAuth:
 
 def parse_user_id(raw: str | None) -> str:
     if raw is None or not raw.strip():
-        raise ApiError(400, "bad_request", f"the {USER_ID_HEADER} header is required")
+        raise BadRequest(f"the {USER_ID_HEADER} header is required")
     user_id = raw.strip()
     if len(user_id) > MAX_USER_ID_LENGTH:
-        raise ApiError(400, "bad_request", f"{USER_ID_HEADER} must be at most {MAX_USER_ID_LENGTH} characters")
+        raise BadRequest(f"{USER_ID_HEADER} must be at most {MAX_USER_ID_LENGTH} characters")
     if not user_id.isprintable():
-        raise ApiError(400, "bad_request", f"{USER_ID_HEADER} must not contain control characters")
+        raise BadRequest(f"{USER_ID_HEADER} must not contain control characters")
     return user_id

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
+from common.errors import DatabaseUnavailable
 from common.migrations import migration_ids
 
 
@@ -33,6 +34,37 @@ async def open_pool(dsn: str, *, min_size: int, max_size: int) -> AsyncIterator[
         yield pool
     finally:
         await pool.close()
+
+
+# SQLSTATE classes that mean "the server is not there right now", not "the query is wrong":
+# 08 connection exceptions, 57P01-57P03 admin/crash shutdown and "cannot connect now".
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True for failures that mean PostgreSQL cannot be reached (a retryable 503, never a 500)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "").startswith(_UNAVAILABLE_SQLSTATES)
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "closed" in str(exc)  # "connection is closed", "pool is closed"
+    # Refused/reset sockets and connect or acquire timeouts; only DB work runs inside connection().
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection; a database that cannot be reached surfaces as DatabaseUnavailable.
+
+    Repositories use this instead of `pool.acquire()` so callers (handlers, the stream relay)
+    can tell "PostgreSQL is down, retry" from a bug.
+    """
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise DatabaseUnavailable() from exc
+        raise
 
 
 async def pending_migrations(conn: asyncpg.Connection, migrations_path: Path) -> list[str]:

@@ -6,6 +6,7 @@ apps in one process and keeps each service's exposition to its own metrics.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -26,6 +27,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from common.http.request_context import Handler
 
+# nginx's code for "the client went away before the answer was complete" (not a server error).
+CLIENT_CLOSED_REQUEST = 499
 # prometheus_client defaults, identical to OTel's http.server.request.duration advice.
 HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 # Powers of four from 16 KiB to 64 MiB: covers thumbnails to the largest allowed upload.
@@ -80,8 +83,11 @@ class HttpMetrics:
                 response = await handler(request)
                 status = response.status
                 return response
-            except web.HTTPException as exc:
+            except web.HTTPException as exc:  # redirects and 304s raised as exceptions
                 status = exc.status
+                raise
+            except (asyncio.CancelledError, ConnectionResetError):
+                status = CLIENT_CLOSED_REQUEST
                 raise
             finally:
                 in_flight.dec()

@@ -1,16 +1,31 @@
-"""Every error leaves as JSON with a stable code; tracebacks go to the log only."""
+"""The one error path of both services: every failure leaves as JSON with a stable code.
+
+`ApiError` (and its per-service subclasses) render as-is; aiohttp's own HTTP exceptions get our
+codes; a database that cannot be reached is `503 database_unavailable` with `Retry-After`;
+anything else is a logged `500 internal_error` whose traceback stays in the log.
+
+Once a streamed response (SSE) has sent its headers, no error response may be written: the
+status line is gone and a second one would corrupt the chunked body. Such failures are logged
+and the started response is returned so aiohttp can end it cleanly.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
-from common.errors import ApiError, json_error
+from common.errors import ApiError, DatabaseUnavailable, json_error
 from common.http.request_context import Handler, request_id_of
 
 log = structlog.get_logger("retina.http")
+
+# Set by on_response_prepare: the response whose headers have been sent for this request.
+STARTED_RESPONSE_KEY = web.RequestKey("started_response", web.StreamResponse)
+# Optional per-app observer, told about every ApiError a request ends with (e.g. a rejection counter).
+API_ERROR_OBSERVER_KEY = web.AppKey("api_error_observer", Callable[[web.Request, ApiError], None])
 
 # aiohttp raises these itself (routing, body limits); give them our codes.
 _HTTP_EXCEPTION_CODES = {
@@ -28,29 +43,60 @@ _HTTP_EXCEPTION_CODES = {
 }
 
 
+async def remember_started_response(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: after this, the request can no longer answer with an error."""
+    request[STARTED_RESPONSE_KEY] = response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return json_error(exc.status, exc.code, exc.message, headers=exc.headers, **exc.details)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and 304s are not errors
-        code = _HTTP_EXCEPTION_CODES.get(exc.status, "http_error")
-        message = exc.reason if exc.status != 404 else "no such route"
-        if exc.status == 405:
-            message = f"method {request.method} is not allowed here"
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return json_error(exc.status, code, message, headers=headers)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        request_id = request_id_of(request)
-        log.exception("unhandled_error")
-        return json_error(
-            500,
-            "internal_error",
-            f"internal error; quote request ID {request_id} when reporting it",
-            request_id=request_id,
-        )
+        if (started := _already_started(request, exc)) is not None:
+            return started
+        return _render_http_exception(request, exc)
+    except Exception as exc:
+        if (started := _already_started(request, exc)) is not None:
+            return started
+        error = _as_api_error(exc)
+        if error is None:
+            request_id = request_id_of(request)
+            log.exception("unhandled_error")
+            return json_error(
+                500,
+                "internal_error",
+                f"internal error; quote request ID {request_id} when reporting it",
+                request_id=request_id,
+            )
+        observer = request.app.get(API_ERROR_OBSERVER_KEY)
+        if observer is not None:
+            observer(request, error)
+        return json_error(error.status, error.code, error.message, headers=error.headers, **error.details)
+
+
+def _as_api_error(exc: Exception) -> ApiError | None:
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("database_unavailable", error=repr(exc.__cause__))
+    return exc if isinstance(exc, ApiError) else None
+
+
+def _already_started(request: web.Request, exc: BaseException) -> web.StreamResponse | None:
+    started = request.get(STARTED_RESPONSE_KEY)
+    if started is None or not started.prepared:
+        return None
+    log.error("error_after_response_started", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+    return started
+
+
+def _render_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = _HTTP_EXCEPTION_CODES.get(exc.status, "http_error")
+    message = exc.reason if exc.status != 404 else "no such route"
+    if exc.status == 405:
+        message = f"method {request.method} is not allowed here"
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    return json_error(exc.status, code, message, headers=headers)

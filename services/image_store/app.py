@@ -16,7 +16,6 @@ from services.image_store.handlers import (
     MULTIPART_OVERHEAD,
     add_routes,
     count_served,
-    store_errors_middleware,
 )
 from services.image_store.maintenance import MaintenanceService, run_periodically
 from services.image_store.metrics import ImageStoreMetrics
@@ -35,7 +34,6 @@ def create_app(settings: ImageStoreSettings) -> web.Application:
         settings=settings.common,
         client_max_size=settings.max_size_bytes + MULTIPART_OVERHEAD,
     )
-    app.middlewares.append(store_errors_middleware)
     app[IMAGE_STORE_SETTINGS_KEY] = settings
     app.cleanup_ctx.append(_image_service)
     app.on_response_prepare.append(count_served)

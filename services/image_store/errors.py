@@ -1,29 +1,30 @@
-"""Domain errors of the image-store; handlers turn them into JSON errors unchanged."""
+"""The image-store's errors: declarations only; common/http/error_middleware.py renders them."""
 
 from __future__ import annotations
 
+from common.errors import ApiError, BadRequest, NotFound, PreconditionFailed
 
-class StoreError(Exception):
-    """A failure with an HTTP status and a stable code from the contract."""
+__all__ = [
+    "BadRequest",
+    "EmptyUpload",
+    "ImageNotFound",
+    "InsufficientStorage",
+    "PayloadTooLarge",
+    "PreconditionFailed",
+    "RateLimited",
+    "StoreBusy",
+    "StoreError",
+    "UploadDisabled",
+]
 
-    status = 500
-    code = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+class StoreError(ApiError):
+    """Base of the image-store's own errors (a 500 unless a subclass says otherwise)."""
+
+
+class ImageNotFound(NotFound):
+    def __init__(self, message: str = "image not found") -> None:
         super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
-class ImageNotFound(StoreError):
-    status, code = 404, "not_found"
-
-    def __init__(self) -> None:
-        super().__init__("image not found")
-
-
-class BadRequest(StoreError):
-    status, code = 400, "bad_request"
 
 
 class EmptyUpload(StoreError):
@@ -32,19 +33,24 @@ class EmptyUpload(StoreError):
 
 class PayloadTooLarge(StoreError):
     status, code = 413, "payload_too_large"
+    outcome_label = "too_large"
 
 
 class UploadDisabled(StoreError):
     status, code = 503, "upload_disabled"
+    outcome_label = "disabled"
 
 
 class RateLimited(StoreError):
     status, code = 429, "rate_limited"
+    outcome_label = "rate_limited"
 
 
 class StoreBusy(StoreError):
     status, code = 503, "busy"
+    outcome_label = "busy"
 
 
 class InsufficientStorage(StoreError):
     status, code = 507, "insufficient_storage"
+    outcome_label = "insufficient_storage"

@@ -12,13 +12,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader
 
 from common.app import AUTH_KEY
-from common.errors import ApiError
+from common.errors import UnsupportedMediaType
 from common.ids import parse_uuid
-from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, StoreError
+from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, PreconditionFailed
 from services.image_store.filenames import content_disposition
 from services.image_store.models import ImageRow
 from services.image_store.service import ImageService, UploadSession
-from services.image_store.validation import ImageRejected
 
 IMAGE_SERVICE_KEY = web.AppKey("image_service", ImageService)
 
@@ -27,23 +26,6 @@ CHUNK_SIZE = 256 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 1024
-
-
-def to_api_error(exc: StoreError | ImageRejected) -> ApiError:
-    headers = {}
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after:
-        headers["Retry-After"] = str(retry_after)
-    return ApiError(exc.status, exc.code, exc.message, headers=headers)
-
-
-@web.middleware
-async def store_errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Domain errors become the contract's JSON errors (inside the shared error middleware)."""
-    try:
-        return await handler(request)
-    except (StoreError, ImageRejected) as exc:
-        raise to_api_error(exc) from exc
 
 
 def parse_image_id(raw: str) -> uuid.UUID:
@@ -89,11 +71,7 @@ async def upload_image(request: web.Request) -> web.Response:
             await session.receive(request.content.iter_chunked(CHUNK_SIZE))
             fields, filename = dict(request.query), request.query.get("filename")
         else:
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                "send multipart/form-data with one part named 'file' (or a raw image body)",
-            )
+            raise UnsupportedMediaType("send multipart/form-data with one part named 'file' (or a raw image body)")
         stored = await session.commit(
             original_filename=filename,
             message_id=parse_optional_uuid(fields.get("message_id"), "message_id"),
@@ -196,7 +174,7 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         return web.Response(status=304, headers=headers)
     if_match = request.headers.get("If-Match")
     if if_match is not None and not _etag_listed(if_match, row.sha256):
-        raise ApiError(412, "precondition_failed", "the image does not match If-Match")
+        raise PreconditionFailed("the image does not match If-Match")
     return ImageFileResponse(service.file_path(row), sha256=row.sha256, headers=headers)
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 
 import asyncpg
 
+from common.db import connection
 from services.image_store.models import BlobInfo, ImageRow, StorageStats
 
 _IMAGE_COLUMNS = """
@@ -35,7 +36,7 @@ class ImageRepository:
     @asynccontextmanager
     async def blob_transaction(self, sha256: str) -> AsyncIterator[asyncpg.Connection]:
         """A transaction holding the blob's advisory lock until commit or rollback."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with connection(self._pool) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", sha256)
             yield conn
 
@@ -87,7 +88,7 @@ class ImageRepository:
         return _row(record)
 
     async def message_owned_by(self, message_id: uuid.UUID, owner_id: str) -> bool:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             return bool(
                 await conn.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id"
@@ -102,7 +103,7 @@ class ImageRepository:
 
     async def get_image(self, image_id: uuid.UUID, owner_id: str | None) -> ImageRow | None:
         """A live image; `owner_id=None` only for callers holding a signed URL for this ID."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             record = await conn.fetchrow(
                 f"SELECT {_IMAGE_COLUMNS} FROM images i JOIN image_blobs b ON b.sha256 = i.blob_sha256"
                 f" WHERE i.id = $1 AND ($2::text IS NULL OR i.owner_id = $2) AND {_LIVE}",
@@ -120,7 +121,7 @@ class ImageRepository:
         after: tuple[datetime, uuid.UUID] | None,
     ) -> list[ImageRow]:
         """Newest first; keyset pagination on (created_at, id) so pages never skip or repeat."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             records = await conn.fetch(
                 f"""
                 SELECT {_IMAGE_COLUMNS} FROM images i JOIN image_blobs b ON b.sha256 = i.blob_sha256
@@ -139,7 +140,7 @@ class ImageRepository:
         return [_row(r) for r in records]
 
     async def link_message(self, image_id: uuid.UUID, owner_id: str, message_id: uuid.UUID | None) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with connection(self._pool) as conn, conn.transaction():
             updated = await conn.fetchval(
                 f"UPDATE images i SET message_id = $3 WHERE i.id = $1 AND i.owner_id = $2 AND {_LIVE} RETURNING true",
                 image_id,
@@ -160,7 +161,7 @@ class ImageRepository:
         )
 
     async def blob_of(self, image_id: uuid.UUID, owner_id: str) -> str | None:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             return await conn.fetchval(
                 f"SELECT blob_sha256 FROM images i WHERE i.id = $1 AND i.owner_id = $2 AND {_LIVE}",
                 image_id,
@@ -180,7 +181,7 @@ class ImageRepository:
         )
 
     async def stats(self) -> StorageStats:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             totals = await conn.fetchrow(
                 """
                 SELECT (SELECT count(*) FROM images) AS images,
@@ -206,7 +207,7 @@ class ImageRepository:
 
     async def delete_expired_images(self, batch: int) -> list[str]:
         """Delete up to `batch` expired image rows; returns the blob hashes they used."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             records = await conn.fetch(
                 """
                 DELETE FROM images WHERE id IN (
@@ -219,7 +220,7 @@ class ImageRepository:
         return [r["blob_sha256"] for r in records]
 
     async def unreferenced_blobs(self, limit: int) -> list[str]:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             records = await conn.fetch(
                 """
                 SELECT b.sha256 FROM image_blobs b
@@ -231,7 +232,7 @@ class ImageRepository:
         return [r["sha256"] for r in records]
 
     async def all_blobs(self) -> list[tuple[str, str]]:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             records = await conn.fetch("SELECT sha256, storage_key FROM image_blobs")
         return [(r["sha256"], r["storage_key"]) for r in records]
 
@@ -248,7 +249,7 @@ class ImageRepository:
     @asynccontextmanager
     async def try_maintenance_lock(self, lock_id: int) -> AsyncIterator[bool]:
         """Session advisory lock so one replica at a time runs maintenance."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             locked = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
             try:
                 yield bool(locked)

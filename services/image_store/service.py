@@ -19,17 +19,15 @@ from pathlib import Path
 import structlog
 from prometheus_client import Gauge
 
+from common.errors import ApiError
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
 from services.image_store.errors import (
     BadRequest,
     ImageNotFound,
-    InsufficientStorage,
-    PayloadTooLarge,
     RateLimited,
     StoreBusy,
-    StoreError,
     UploadDisabled,
 )
 from services.image_store.filenames import sanitize_filename
@@ -52,24 +50,7 @@ class StoredImage:
 
 
 def _outcome_for(exc: BaseException) -> str:
-    if isinstance(exc, PayloadTooLarge):
-        return "too_large"
-    if isinstance(exc, ImageRejected):
-        return {
-            "unsupported_media_type": "unsupported_type",
-            "image_too_large": "too_large",
-        }.get(exc.code, "invalid")
-    if isinstance(exc, RateLimited):
-        return "rate_limited"
-    if isinstance(exc, UploadDisabled):
-        return "disabled"
-    if isinstance(exc, StoreBusy):
-        return "busy"
-    if isinstance(exc, InsufficientStorage):
-        return "insufficient_storage"
-    if isinstance(exc, StoreError) and exc.status < 500:
-        return "invalid"
-    return "error"
+    return exc.outcome if isinstance(exc, ApiError) else "error"
 
 
 class UploadSession:

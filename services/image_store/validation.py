@@ -20,9 +20,11 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, ClassVar, Final
 
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
+
+from common.errors import ApiError
 
 # Pillow format name for each MIME type we can accept.
 PILLOW_FORMATS: Final[dict[str, str]] = {
@@ -110,21 +112,20 @@ class ProcessedImage:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class ImageRejected(Exception):
+class ImageRejected(ApiError):
     """An upload that is not an acceptable image; carries the contract's status and code."""
 
+    _OUTCOMES: ClassVar[dict[str, str]] = {
+        "unsupported_media_type": "unsupported_type",
+        "image_too_large": "too_large",
+    }
+
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        super().__init__(message, status=status, code=code)
 
-    def __reduce__(self) -> tuple[type[ImageRejected], tuple[int, str, str]]:
-        # Crosses the worker-process boundary as itself, not as a bare Exception.
-        return (ImageRejected, (self.status, self.code, self.message))
-
-    def __repr__(self) -> str:
-        return f"ImageRejected({self.status}, {self.code!r}, {self.message!r})"
+    @property
+    def outcome(self) -> str:
+        return self._OUTCOMES.get(self.code, "invalid")
 
 
 def sniff_mime(head: bytes) -> str:

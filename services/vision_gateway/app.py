@@ -9,10 +9,11 @@ from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, SETTINGS_KEY, create_service_app
 from common.health import READINESS_KEY
+from common.http.error_middleware import API_ERROR_OBSERVER_KEY
 from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
-from services.vision_gateway.handlers import CHAT_SERVICE_KEY, add_routes, gateway_errors_middleware
+from services.vision_gateway.handlers import CHAT_SERVICE_KEY, add_routes
 from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
@@ -22,12 +23,10 @@ from services.vision_gateway.streams import StreamRegistry, listen_for_stops
 
 SERVICE_NAME = "vision_gateway"
 GATEWAY_SETTINGS_KEY = web.AppKey("gateway_settings", GatewaySettings)
-HTTP_SESSION_KEY = web.AppKey("http_session", aiohttp.ClientSession)
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(service=SERVICE_NAME, settings=settings.common)
-    app.middlewares.append(gateway_errors_middleware)
     app[GATEWAY_SETTINGS_KEY] = settings
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)
@@ -39,9 +38,9 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     settings = app[GATEWAY_SETTINGS_KEY]
     metrics = GatewayMetrics(app[REGISTRY_KEY])
     metrics.known_models.update(settings.known_models)
+    app[API_ERROR_OBSERVER_KEY] = lambda _request, error: metrics.rejections.labels(error.code).inc()
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
-        app[HTTP_SESSION_KEY] = session
         ollama = OllamaClient(
             session,
             settings.ollama_url,

@@ -317,9 +317,6 @@ class ChatService:
             raise ConversationNotFound("conversation not found")
         return messages
 
-    def count_rejection(self, code: str) -> None:
-        self._metrics.rejections.labels(code).inc()
-
     # ---- streaming --------------------------------------------------------------------------
 
     async def relay(self, chat: ChatTurn, sink: EventSink) -> str:

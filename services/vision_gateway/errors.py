@@ -1,19 +1,28 @@
-"""Domain errors of the vision-gateway, each with the contract's status and code."""
+"""The vision-gateway's errors: declarations only; common/http/error_middleware.py renders them."""
 
 from __future__ import annotations
 
+from common.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
 
-class GatewayError(Exception):
-    status = 500
-    code = "internal_error"
+__all__ = [
+    "BadRequest",
+    "ConversationNotFound",
+    "GatewayError",
+    "ImageNotFound",
+    "ModelNotVisionCapable",
+    "RateLimited",
+    "StreamNotFound",
+    "TooManyImages",
+    "UnknownModel",
+    "UnsupportedMediaType",
+    "UploadDisabled",
+    "UpstreamRejected",
+    "UpstreamUnavailable",
+]
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
-
-class BadRequest(GatewayError):
-    status, code = 400, "bad_request"
+class GatewayError(ApiError):
+    """Base of the gateway's own errors (a 500 unless a subclass says otherwise)."""
 
 
 class TooManyImages(GatewayError):
@@ -28,16 +37,23 @@ class ImageNotFound(GatewayError):
     status, code = 404, "image_not_found"
 
 
-class ConversationNotFound(GatewayError):
-    status, code = 404, "not_found"
+class ConversationNotFound(NotFound):
+    def __init__(self, message: str = "conversation not found") -> None:
+        super().__init__(message)
 
 
-class StreamNotFound(GatewayError):
-    status, code = 404, "not_found"
+class StreamNotFound(NotFound):
+    def __init__(self, message: str = "stream not found") -> None:
+        super().__init__(message)
 
 
 class ModelNotVisionCapable(GatewayError):
     status, code = 422, "model_not_vision_capable"
+
+
+class RateLimited(GatewayError):
+    status, code = 429, "rate_limited"
+    outcome_label = "rate_limited"
 
 
 class UpstreamUnavailable(GatewayError):

@@ -13,13 +13,17 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from common.app import AUTH_KEY
-from common.errors import ApiError
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.chat import ChatRequest, ChatService
-from services.vision_gateway.errors import BadRequest, GatewayError, StreamNotFound, TooManyImages
-from services.vision_gateway.image_store_client import ImageUploadRefused
+from services.vision_gateway.errors import (
+    BadRequest,
+    ConversationNotFound,
+    StreamNotFound,
+    TooManyImages,
+    UnsupportedMediaType,
+)
 from services.vision_gateway.sse import SSE_HEADERS, SseSink
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)
@@ -32,19 +36,6 @@ MAX_PARTS = 32
 UPLOAD_CHUNK = 256 * 1024
 # How long to wait for Ollama before committing to a stream (and pinging while it loads).
 OPEN_GRACE_SECONDS = 1.0
-
-
-@web.middleware
-async def gateway_errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        service = request.app.get(CHAT_SERVICE_KEY)
-        if service is not None:
-            service.count_rejection(exc.code)
-        raise ApiError(exc.status, exc.code, exc.message) from exc
-    except ImageUploadRefused as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
 
 
 def _uuid(raw: Any, field: str) -> uuid.UUID:
@@ -102,7 +93,7 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
             if not isinstance(fields, dict):
                 raise BadRequest("the body must be a JSON object")
         else:
-            raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+            raise UnsupportedMediaType("send application/json or multipart/form-data")
         chat_request = parse_chat_fields(fields, caller.user_id, request_id)
         if uploaded:
             chat_request = dataclasses.replace(chat_request, image_ids=[*chat_request.image_ids, *uploaded])
@@ -198,7 +189,7 @@ async def conversation_messages(request: web.Request) -> web.Response:
     raw = request.match_info["conversation_id"]
     conversation_id = parse_uuid(raw)
     if conversation_id is None:
-        raise ApiError(404, "not_found", "conversation not found")
+        raise ConversationNotFound()
     messages = await request.app[CHAT_SERVICE_KEY].messages(conversation_id, caller.user_id)
     return web.json_response({"messages": [m.to_json() for m in messages]})
 

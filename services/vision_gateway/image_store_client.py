@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from services.vision_gateway.errors import ImageNotFound, UpstreamRejected, UpstreamUnavailable
+from services.vision_gateway.errors import GatewayError, ImageNotFound, UpstreamRejected, UpstreamUnavailable
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.retry import Retryable, call_upstream, connection_failures_are_retryable
 
@@ -149,11 +149,13 @@ class ImageStoreClient:
             self._count("error")
 
 
-class ImageUploadRefused(Exception):
-    """The store refused an uploaded file; its status and error are passed on unchanged."""
+class ImageUploadRefused(GatewayError):
+    """The store refused an uploaded file; its status, code and Retry-After are passed on unchanged."""
 
-    def __init__(self, status: int, error: dict[str, Any]) -> None:
-        super().__init__(error.get("message", "upload refused"))
-        self.status = status
-        self.code = str(error.get("code", "bad_request"))
-        self.message = str(error.get("message", "the image-store refused the file"))
+    def __init__(self, status: int, error: dict[str, Any], *, retry_after: int | None = None) -> None:
+        super().__init__(
+            str(error.get("message", "the image-store refused the file")),
+            status=status,
+            code=str(error.get("code", "bad_request")),
+            retry_after=retry_after,
+        )

@@ -9,6 +9,8 @@ from typing import Any
 
 import asyncpg
 
+from common.db import connection
+
 STOP_CHANNEL = "retina_stream_stop"
 
 
@@ -53,7 +55,7 @@ class ConversationRepository:
         self._pool = pool
 
     async def conversation_owned(self, conversation_id: uuid.UUID, owner_id: str) -> bool:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             return bool(
                 await conn.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND owner_id = $2)",
@@ -66,7 +68,7 @@ class ConversationRepository:
         """The newest `limit` finished messages, oldest first (the order the model reads them)."""
         if limit <= 0:
             return []
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             records = await conn.fetch(
                 f"""
                 SELECT {_MESSAGE_COLUMNS} FROM (
@@ -91,7 +93,7 @@ class ConversationRepository:
         stream_id: uuid.UUID,
     ) -> NewTurn:
         """The user's message and the (empty, streaming) assistant message: one statement, one round trip."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             record = await conn.fetchrow(
                 """
                 WITH new_conversation AS (
@@ -129,7 +131,7 @@ class ConversationRepository:
 
     async def discard_turn(self, turn: NewTurn, *, new_conversation: bool) -> None:
         """Undo start_turn for a request that failed before streaming (no half-written rows)."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             if new_conversation:
                 await conn.execute("DELETE FROM conversations WHERE id = $1", turn.conversation_id)
             else:
@@ -140,7 +142,7 @@ class ConversationRepository:
 
     async def save_progress(self, message_id: uuid.UUID, content: str) -> None:
         """The answer so far, while it streams: a crash then loses seconds, not the whole answer."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             await conn.execute(
                 "UPDATE messages SET content = $2 WHERE id = $1 AND status = 'streaming'", message_id, content
             )
@@ -154,7 +156,7 @@ class ConversationRepository:
         error: str | None,
         stats: dict[str, Any] | None,
     ) -> None:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             await conn.execute(
                 """
                 UPDATE messages SET content = $2, status = $3, error = $4, stats = $5, completed_at = now(),
@@ -170,7 +172,7 @@ class ConversationRepository:
 
     async def streaming_owner(self, stream_id: uuid.UUID) -> str | None:
         """Owner of a stream that is still running (on any replica)."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             return await conn.fetchval(
                 """
                 SELECT c.owner_id FROM messages m JOIN conversations c ON c.id = m.conversation_id
@@ -180,11 +182,11 @@ class ConversationRepository:
             )
 
     async def notify_stop(self, stream_id: uuid.UUID) -> None:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             await conn.execute("SELECT pg_notify($1, $2)", STOP_CHANNEL, str(stream_id))
 
     async def messages(self, conversation_id: uuid.UUID, owner_id: str) -> list[StoredMessage] | None:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             owned = await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND owner_id = $2)",
                 conversation_id,
