@@ -87,6 +87,8 @@ class GatewaySettings:
     known_models: tuple[str, ...]
     max_upload_bytes: int
     image_serve_endpoint: str
+    stream_sweep_after_seconds: float
+    stream_save_retry_seconds: float
 
 
 def _default_migrations_path() -> Path:
@@ -241,6 +243,8 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         known_models=env.csv("VISION_KNOWN_MODELS", ()),
         max_upload_bytes=env.integer("IMAGE_MAX_SIZE_MB", 20, minimum=1, maximum=1024) * 1024 * 1024,
         image_serve_endpoint=_read_serve_endpoint(env),
+        stream_sweep_after_seconds=env.number("STREAM_SWEEP_AFTER_SECONDS", 60.0, minimum=1.0, maximum=86400.0),
+        stream_save_retry_seconds=env.number("STREAM_SAVE_RETRY_SECONDS", 15.0, minimum=0.0, maximum=600.0),
     )
     if not token:
         env.problem("IMAGE_STORE_TOKEN is required when SERVICE_TOKENS is empty")

@@ -35,7 +35,7 @@ def schema_snapshot(url: str) -> list[tuple[str, str, str, str, str]]:
 
 def test_every_migration_has_a_rollback() -> None:
     ids = migration_ids(MIGRATIONS)
-    assert ids == ["0001_chat_schema", "0002_image_support", "0003_message_streams"]
+    assert ids == ["0001_chat_schema", "0002_image_support", "0003_message_streams", "0004_stream_recovery"]
     for mid in ids:
         assert (MIGRATIONS / f"{mid}.rollback.sql").is_file(), mid
 
@@ -83,7 +83,7 @@ def test_upgrade_keeps_existing_messages(empty_database_url: str) -> None:
         before = conn.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
 
     result = apply_migrations(empty_database_url, MIGRATIONS)
-    assert result.applied == ["0002_image_support", "0003_message_streams"]
+    assert result.applied == ["0002_image_support", "0003_message_streams", "0004_stream_recovery"]
 
     with psycopg.connect(empty_database_url) as conn:
         after = conn.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
@@ -110,15 +110,38 @@ def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> No
             "INSERT INTO images (owner_id, blob_sha256, message_id) VALUES ('alice', %s, %s)",
             ("ab" * 32, message),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS, count=2).rolled_back == [
+    assert rollback_last(empty_database_url, MIGRATIONS, count=3).rolled_back == [
+        "0004_stream_recovery",
         "0003_message_streams",
         "0002_image_support",
     ]
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (1,)
         assert conn.execute("SELECT to_regclass('images')").fetchone() == (None,)
-    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0002_image_support", "0003_message_streams"]
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == [
+        "0002_image_support",
+        "0003_message_streams",
+        "0004_stream_recovery",
+    ]
     assert apply_migrations(empty_database_url, MIGRATIONS).applied == [], "idempotent at head"
+
+
+def test_stream_recovery_rolls_back_with_interrupted_rows(empty_database_url: str) -> None:
+    """`interrupted` does not exist before 0004: rolling back turns such rows into `error`, losing no text."""
+    apply_migrations(empty_database_url, MIGRATIONS)
+    with psycopg.connect(empty_database_url) as conn:
+        conversation = conn.execute("INSERT INTO conversations (owner_id) VALUES ('alice') RETURNING id").fetchone()[0]
+        conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, status, progress_at) "
+            "VALUES (%s, 'assistant', 'half an answer', 'interrupted', now())",
+            (conversation,),
+        )
+    assert rollback_last(empty_database_url, MIGRATIONS, count=1).rolled_back == ["0004_stream_recovery"]
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT status, content FROM messages").fetchall() == [("error", "half an answer")]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE messages SET status = 'interrupted'")
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0004_stream_recovery"]
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -137,12 +160,14 @@ def test_cli_migrate_and_rollback(empty_database_url: str) -> None:
     env = {"DATABASE_URL": empty_database_url}
     first = run_cli("migrate", env=env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "applied: 0001_chat_schema, 0002_image_support, 0003_message_streams"
+    assert first.stdout.strip() == (
+        "applied: 0001_chat_schema, 0002_image_support, 0003_message_streams, 0004_stream_recovery"
+    )
     again = run_cli("migrate", env=env)
     assert again.stdout.strip() == "applied: nothing (already at head)"
     back = run_cli("migrate", "--rollback", env=env)
     assert back.returncode == 0, back.stderr
-    assert back.stdout.strip() == "rolled back: 0003_message_streams"
+    assert back.stdout.strip() == "rolled back: 0004_stream_recovery"
     with psycopg.connect(empty_database_url) as conn:
         columns = {
             r[0]
@@ -150,8 +175,8 @@ def test_cli_migrate_and_rollback(empty_database_url: str) -> None:
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'messages'"
             ).fetchall()
         }
-        assert "stream_id" not in columns
-        assert "has_images" in columns
+        assert "progress_at" not in columns
+        assert "stream_id" in columns
         assert conn.execute("SELECT to_regclass('messages')").fetchone() != (None,)
 
 

@@ -13,6 +13,7 @@ from common.http.error_middleware import API_ERROR_OBSERVER_KEY
 from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
+from services.vision_gateway.chat.image_source import ImageSource
 from services.vision_gateway.handlers import CHAT_SERVICE_KEY, add_routes
 from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
@@ -20,6 +21,7 @@ from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.streams import StreamRegistry, listen_for_stops
+from services.vision_gateway.sweeper import sweeping
 
 SERVICE_NAME = "vision_gateway"
 GATEWAY_SETTINGS_KEY = web.AppKey("gateway_settings", GatewaySettings)
@@ -55,6 +57,15 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             cache_entries=settings.image_cache_entries,
         )
         registry = StreamRegistry()
+        store = ImageStoreClient(
+            session,
+            settings.image_store_url,
+            settings.image_store_token,
+            retries=settings.upstream_retries,
+            metrics=metrics,
+            endpoint=settings.image_serve_endpoint,
+        )
+        repository = ConversationRepository(app[POOL_KEY])
         service = ChatService(
             settings,
             ollama=ollama,
@@ -64,22 +75,18 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
                 ttl_seconds=settings.capability_ttl_seconds,
                 detection_enabled=settings.model_detection_enabled,
             ),
-            store=ImageStoreClient(
-                session,
-                settings.image_store_url,
-                settings.image_store_token,
-                retries=settings.upstream_retries,
-                metrics=metrics,
-                endpoint=settings.image_serve_endpoint,
-            ),
-            preparer=preparer,
-            repository=ConversationRepository(app[POOL_KEY]),
+            store=store,
+            images=ImageSource(store, preparer, metrics),
+            repository=repository,
             registry=registry,
             metrics=metrics,
         )
         app[CHAT_SERVICE_KEY] = service
         try:
-            async with listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening:
+            async with (
+                listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening,
+                sweeping(repository, metrics, after_seconds=settings.stream_sweep_after_seconds),
+            ):
 
                 async def stop_listener() -> None:
                     if not listening.is_set():

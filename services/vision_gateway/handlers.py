@@ -24,7 +24,7 @@ from services.vision_gateway.errors import (
     TooManyImages,
     UnsupportedMediaType,
 )
-from services.vision_gateway.sse import SSE_HEADERS, SseSink
+from services.vision_gateway.sse import EventStream
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)
 
@@ -103,14 +103,17 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
         await service.discard_uploads(uploaded, caller.user_id, request_id)  # a refused request keeps none
         raise
     request[EVENT_STREAM_KEY] = True
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    stream = EventStream(heartbeat_seconds=service.settings.heartbeat_seconds)
     try:
-        await response.prepare(request)
+        await stream.prepare(request)
     except BaseException:  # the client left before the stream began; the turn must not stay "streaming"
         await service.abandon(turn)
         raise
-    await service.relay(turn, SseSink(response))
-    return response
+    try:
+        await service.relay(turn, stream)
+    finally:
+        await stream.close()
+    return stream.response
 
 
 async def _read_multipart(
@@ -172,8 +175,8 @@ async def stop_stream(request: web.Request) -> web.Response:
     stream_id = parse_uuid(raw)
     if stream_id is None:
         raise StreamNotFound("stream not found")
-    await service.stop(stream_id, caller.user_id)
-    return web.json_response({"stream_id": str(stream_id), "stopped": True})
+    result = await service.stop(stream_id, caller.user_id)
+    return web.json_response(result.to_json())
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -94,6 +94,10 @@ class ImageStoreClient:
 
         return await self._call(attempt)
 
+    async def check_access(self, image_id: uuid.UUID, user_id: str, request_id: str = "") -> None:
+        """404 unless the user may read the image: `If-None-Match: *` makes the store answer 304, no body."""
+        await self.fetch(image_id, user_id, request_id, known_sha256="*")
+
     async def upload(
         self,
         user_id: str,

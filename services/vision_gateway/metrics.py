@@ -85,6 +85,19 @@ class GatewayMetrics:
             ["code"],
             registry=registry,
         )
+        self.answer_saves = Counter(
+            "vision_gateway_answer_saves_total",
+            "Final writes of streamed answers: saved, or lost after retrying while PostgreSQL was unreachable.",
+            ["result"],
+            registry=registry,
+        )
+        self.streams_swept = Counter(
+            "vision_gateway_streams_swept_total",
+            "Streaming rows closed as interrupted because no gateway saved progress for them.",
+            registry=registry,
+        )
+        for result in ("saved", "lost"):
+            self.answer_saves.labels(result)
         # The HPA's metric must exist before the first stream, or the autoscaler sees nothing.
         self.in_flight.labels("other")
         for target in ("ollama", "image_store"):

@@ -83,14 +83,25 @@ class ChatStream:
             yield first
             if first.done:
                 return
-        async for line in self._response.content:
+        while True:
+            line = await self._next_line()
+            if not line:
+                raise OllamaStreamError("Ollama closed the stream before it was done")
             if not line.strip():
                 continue
             chunk = parse_line(line)
             yield chunk
             if chunk.done:
                 return
-        raise OllamaStreamError("Ollama closed the stream before it was done")
+
+    async def _next_line(self) -> bytes:
+        """One NDJSON line; a broken connection, truncated body or read timeout is an OllamaStreamError."""
+        try:
+            return await self._response.content.readline()
+        except TimeoutError as exc:  # sock_read: OLLAMA_READ_TIMEOUT_SECONDS without a byte
+            raise OllamaStreamError("Ollama sent nothing for longer than the read timeout") from exc
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise OllamaStreamError(f"the connection to Ollama broke: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         """Drop the connection: this is what makes Ollama stop generating."""

@@ -12,6 +12,12 @@ import asyncpg
 from common.db import connection
 
 STOP_CHANNEL = "retina_stream_stop"
+# pg_advisory lock key of the stuck-stream sweeper (any constant unique within the database).
+SWEEP_LOCK_KEY = 0x7265_7469_6E61_0001
+_INTERRUPTED = (
+    "status = 'interrupted', completed_at = now(), "
+    "error = coalesce(error, 'the stream was interrupted (its gateway stopped); the text saved so far is kept')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,13 @@ class StoredMessage:
             "created_at": self.created_at.isoformat(),
             "completed_at": self.completed_at.isoformat() if self.completed_at else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    owner_id: str
+    status: str
+    message_id: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +86,7 @@ class ConversationRepository:
                 f"""
                 SELECT {_MESSAGE_COLUMNS} FROM (
                     SELECT * FROM messages
-                     WHERE conversation_id = $1 AND status IN ('complete', 'stopped') AND content <> ''
+                     WHERE conversation_id = $1 AND status IN ('complete', 'stopped', 'interrupted') AND content <> ''
                      ORDER BY created_at DESC, id DESC LIMIT $2) recent
                  ORDER BY created_at, id
                 """,
@@ -112,8 +125,10 @@ class ConversationRepository:
                     RETURNING id
                 ), assistant_message AS (
                     -- created_at is the statement time for both rows; order them explicitly.
-                    INSERT INTO messages (conversation_id, role, content, model, status, stream_id, created_at)
-                    SELECT id, 'assistant', '', $4, 'streaming', $6, now() + interval '1 microsecond' FROM target
+                    INSERT INTO messages (conversation_id, role, content, model, status, stream_id, created_at,
+                                          progress_at)
+                    SELECT id, 'assistant', '', $4, 'streaming', $6, now() + interval '1 microsecond', now()
+                      FROM target
                     RETURNING id
                 )
                 SELECT (SELECT id FROM target) AS conversation_id,
@@ -144,7 +159,9 @@ class ConversationRepository:
         """The answer so far, while it streams: a crash then loses seconds, not the whole answer."""
         async with connection(self._pool) as conn:
             await conn.execute(
-                "UPDATE messages SET content = $2 WHERE id = $1 AND status = 'streaming'", message_id, content
+                "UPDATE messages SET content = $2, progress_at = now() WHERE id = $1 AND status = 'streaming'",
+                message_id,
+                content,
             )
 
     async def finish_turn(
@@ -159,8 +176,7 @@ class ConversationRepository:
         async with connection(self._pool) as conn:
             await conn.execute(
                 """
-                UPDATE messages SET content = $2, status = $3, error = $4, stats = $5, completed_at = now(),
-                                    stream_id = NULL
+                UPDATE messages SET content = $2, status = $3, error = $4, stats = $5, completed_at = now()
                  WHERE id = $1
                 """,
                 message_id,
@@ -170,16 +186,43 @@ class ConversationRepository:
                 stats,
             )
 
-    async def streaming_owner(self, stream_id: uuid.UUID) -> str | None:
-        """Owner of a stream that is still running (on any replica)."""
+    async def stream_state(self, stream_id: uuid.UUID) -> StreamState | None:
+        """Who owns a stream and where its answer stands (running or ended, on any replica)."""
         async with connection(self._pool) as conn:
-            return await conn.fetchval(
+            record = await conn.fetchrow(
                 """
-                SELECT c.owner_id FROM messages m JOIN conversations c ON c.id = m.conversation_id
-                 WHERE m.stream_id = $1 AND m.status = 'streaming'
+                SELECT c.owner_id, m.status, m.id AS message_id
+                  FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.stream_id = $1
                 """,
                 stream_id,
             )
+        return StreamState(**dict(record)) if record else None
+
+    async def interrupt_stream(self, message_id: uuid.UUID) -> str:
+        """Close a stream no replica is running; returns the message's status afterwards."""
+        async with connection(self._pool) as conn:
+            status = await conn.fetchval(
+                f"UPDATE messages SET {_INTERRUPTED} WHERE id = $1 AND status = 'streaming' RETURNING status",
+                message_id,
+            )
+            return status or await conn.fetchval("SELECT status FROM messages WHERE id = $1", message_id)
+
+    async def interrupt_stale_streams(self, silent_for_seconds: float) -> int:
+        """Sweep: close streams without progress for that long; one replica at a time (advisory lock)."""
+        async with connection(self._pool) as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK_KEY):
+                return 0
+            records = await conn.fetch(
+                f"""
+                UPDATE messages SET {_INTERRUPTED}
+                 WHERE status = 'streaming'
+                   AND coalesce(progress_at, created_at) < now() - make_interval(secs => $1)
+                RETURNING id
+                """,
+                silent_for_seconds,
+            )
+        return len(records)
 
     async def notify_stop(self, stream_id: uuid.UUID) -> None:
         async with connection(self._pool) as conn:

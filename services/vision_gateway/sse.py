@@ -1,8 +1,17 @@
-"""Server-Sent Events on an aiohttp StreamResponse: one `data: <json>` line per event."""
+"""Server-Sent Events on an aiohttp StreamResponse, with keep-alive pings built in.
+
+Like aiohttp-sse's EventSourceResponse, the response object owns the heartbeat: whenever
+nothing has been written for `heartbeat_seconds` it writes a `: ping` comment, so proxies and
+browsers keep a silent stream (a model loading, a database write being retried) open.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -15,13 +24,46 @@ SSE_HEADERS = {
 }
 
 
-class SseSink:
-    def __init__(self, response: web.StreamResponse) -> None:
-        self._response = response
+class EventStream:
+    """One SSE response: `send()` events as `data: <json>` lines; pings while idle."""
 
-    async def send(self, event: dict[str, Any]) -> None:
+    def __init__(self, *, heartbeat_seconds: float) -> None:
+        self.response = web.StreamResponse(headers=SSE_HEADERS)
+        self._heartbeat_seconds = heartbeat_seconds
+        self._last_write = time.monotonic()
+        self._keepalive: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def prepare(self, request: web.Request) -> None:
+        await self.response.prepare(request)
+        self._last_write = time.monotonic()
+        self._keepalive = asyncio.create_task(self._ping_while_idle(), name="sse-keepalive")
+
+    async def send(self, event: Mapping[str, Any]) -> None:
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        await self._response.write(f"data: {payload}\n\n".encode())
+        await self._write(f"data: {payload}\n\n".encode())
 
     async def ping(self) -> None:
-        await self._response.write(b": ping\n\n")
+        await self._write(b": ping\n\n")
+
+    async def _write(self, data: bytes) -> None:
+        async with self._lock:  # a ping never lands inside an event
+            await self.response.write(data)
+            self._last_write = time.monotonic()
+
+    async def _ping_while_idle(self) -> None:
+        while True:
+            idle = time.monotonic() - self._last_write
+            if idle < self._heartbeat_seconds:
+                await asyncio.sleep(self._heartbeat_seconds - idle)
+                continue
+            try:
+                await self.ping()
+            except (ConnectionError, RuntimeError):
+                return  # the client is gone; the next send() tells the relay
+
+    async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive

@@ -170,6 +170,7 @@ async def test_error_line_mid_stream_keeps_the_partial_answer(stack: Stack, db: 
         "code": "upstream_error",
         "message": "an error was encountered while running the model: unexpected EOF",
         "partial": True,
+        "saved": True,
     }
     assert len(result.of("chunk")) == 4
     assert result.of("done") == []
@@ -251,7 +252,12 @@ async def test_stop_from_another_gateway_replica(stack: Stack, db: asyncpg.Conne
     assert row["status"] == "stopped"
     assert row["content"] == rest.text, "the partial answer is kept"
     again = await other_replica.post(f"/api/stream-message/{start['stream_id']}/stop", headers=auth_headers())
-    assert again.status == 404, "a finished stream cannot be stopped"
+    assert again.status == 200, "stop is idempotent: a finished stream reports how it ended"
+    assert await again.json() == {"stream_id": start["stream_id"], "stopped": False, "status": "stopped"}
+    foreign_again = await other_replica.post(
+        f"/api/stream-message/{start['stream_id']}/stop", headers=auth_headers("bob")
+    )
+    assert foreign_again.status == 404, "someone else's finished stream stays invisible"
 
 
 async def test_stop_unknown_or_malformed_stream(stack: Stack) -> None:

@@ -239,7 +239,7 @@ async def test_custom_image_endpoint_is_used_by_both_services(
 async def test_partial_answer_is_saved_while_streaming(
     stack: Stack, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import services.vision_gateway.chat as chat_module
+    import services.vision_gateway.chat.progress as chat_module
 
     monkeypatch.setattr(chat_module, "PROGRESS_SAVE_SECONDS", 0.3)
     stack.emulator.chunk_delay = 0.15

@@ -1,0 +1,110 @@
+"""AnswerWriter: where one stream's answer goes in PostgreSQL, while it streams and when it ends.
+
+While streaming it saves the text so far every PROGRESS_SAVE_SECONDS when it grew, and touches
+the row at least every `touch_seconds` when it did not: `messages.progress_at` is how the
+sweeper (sweeper.py) tells a live stream from one whose gateway died.
+
+The final write happens once. If PostgreSQL is unreachable it is retried with backoff for
+`retry_seconds`; the result (saved or not) goes to the client in the final event, so an answer
+is never lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from common.errors import DatabaseUnavailable
+from services.vision_gateway.metrics import GatewayMetrics
+from services.vision_gateway.repository import ConversationRepository
+
+log = structlog.get_logger("retina.vision_gateway.answers")
+
+# How often the partial answer is written while it streams (what a crash can lose).
+PROGRESS_SAVE_SECONDS = 2.0
+# How long stopping waits for an in-flight progress save before abandoning it.
+PROGRESS_STOP_SECONDS = 5.0
+RETRY_FIRST_DELAY = 0.2
+RETRY_MAX_DELAY = 2.0
+
+
+class AnswerWriter:
+    def __init__(
+        self,
+        repository: ConversationRepository,
+        message_id: uuid.UUID,
+        metrics: GatewayMetrics,
+        *,
+        retry_seconds: float,
+        touch_seconds: float,
+    ) -> None:
+        self._repository = repository
+        self._message_id = message_id
+        self._metrics = metrics
+        self._retry_seconds = retry_seconds
+        self._touch_seconds = touch_seconds
+        self._progress: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._saved: bool | None = None
+
+    def start_progress(self, text: Callable[[], str]) -> None:
+        self._progress = asyncio.create_task(self._save_progress(text), name=f"progress-{self._message_id}")
+
+    async def _save_progress(self, text: Callable[[], str]) -> None:
+        saved_length, touched = 0, time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PROGRESS_SAVE_SECONDS)
+                return
+            current, now = text(), time.monotonic()
+            if len(current) == saved_length and now - touched < self._touch_seconds:
+                continue
+            try:
+                await self._repository.save_progress(self._message_id, current)
+                saved_length, touched = len(current), now
+            except Exception as exc:  # noqa: BLE001 - progress is best effort; the final write retries
+                log.warning("progress_save_failed", message_id=str(self._message_id), error=repr(exc))
+
+    async def _stop_progress(self) -> None:
+        self._stopping.set()
+        if self._progress is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._progress), PROGRESS_STOP_SECONDS)
+        except TimeoutError:
+            # A late progress save is harmless: it only updates rows still `streaming`.
+            self._progress.cancel()
+
+    async def finish(self, content: str, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
+        """Store the final answer once; True when it is in the database."""
+        if self._saved is not None:
+            return self._saved
+        self._saved = False
+        await self._stop_progress()
+        deadline = time.monotonic() + self._retry_seconds
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                await self._repository.finish_turn(
+                    self._message_id, content=content, status=status, error=error, stats=stats
+                )
+                self._saved = True
+                break
+            except DatabaseUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("store_answer_failed", message_id=str(self._message_id), error=repr(exc.__cause__))
+                    break
+                log.warning("store_answer_retrying", message_id=str(self._message_id), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+            except Exception:
+                log.exception("store_answer_failed", message_id=str(self._message_id))
+                break
+        self._metrics.answer_saves.labels("saved" if self._saved else "lost").inc()
+        return self._saved

@@ -1,0 +1,177 @@
+"""StreamRelay: one stream from its `start` event to its final event, and the answer stored once.
+
+Every way a stream can end goes through one of four endings, each of which stores the answer
+so far exactly once and then tells the client whether that worked (`saved`):
+
+- completed: Ollama's done line arrived -> `done`, status `complete`;
+- stopped: a stop request or shutdown -> `done` (done_reason `stopped`) or `error shutting_down`;
+- failed: anything else while relaying (Ollama reset, truncated body, read timeout, a non-JSON or
+  error line, a bug) -> `error` with `partial`, status `error`;
+- client gone: no event can be sent; status `stopped`, error "client disconnected".
+
+Nothing here writes HTTP status lines: once `start` is sent the response is an event stream and
+stays one (the error middleware enforces the same for anything that escapes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+import structlog
+
+from common.errors import ApiError
+from services.vision_gateway.chat import events
+from services.vision_gateway.chat.progress import AnswerWriter
+from services.vision_gateway.chat.turn import OpenTurn
+from services.vision_gateway.metrics import GatewayMetrics
+from services.vision_gateway.ollama_client import ChatStream, OllamaStreamError
+from services.vision_gateway.streams import LiveStream
+
+log = structlog.get_logger("retina.vision_gateway.relay")
+
+
+class EventSink(Protocol):
+    """Where a stream's events go (an SSE response in production)."""
+
+    async def send(self, event: events.Event) -> None: ...
+
+
+class StreamRelay:
+    """Holds one stream's answer and timing; `run()` relays it and returns the outcome label."""
+
+    def __init__(
+        self, turn: OpenTurn, sink: EventSink, live: LiveStream, writer: AnswerWriter, metrics: GatewayMetrics
+    ) -> None:
+        self.turn = turn
+        self.sink = sink
+        self.live = live
+        self.writer = writer
+        self.metrics = metrics
+        self.label = metrics.model_label(turn.prepared.model)
+        self.content: list[str] = []
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.chunks = 0
+        self.upstream_stats: dict[str, int] = {}
+        self.outcome = "upstream_error"
+
+    def text(self) -> str:
+        return "".join(self.content)
+
+    async def run(self) -> str:
+        in_flight = self.metrics.in_flight.labels(self.label)
+        in_flight.inc()
+        self.writer.start_progress(self.text)
+        try:
+            await self.sink.send(self.turn.start_event())
+            for notice in self.turn.prepared.notices:
+                await self.sink.send(notice)
+            upstream = await self.turn.upstream(wake=self.live.wakeup)
+            if upstream is not None:
+                self.metrics.upstream_ttfc.labels(self.label).observe(upstream.first_chunk_seconds)
+                if await self._pump(upstream):
+                    return self.outcome
+            await self._end_stopped()
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.outcome = "client_disconnected"
+            await asyncio.shield(self.writer.finish(self.text(), "stopped", "client disconnected", self.stats()))
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure ends the stream with an error event
+            if self.live.stop_reason is not None:  # closing the upstream to stop it raised
+                await self._end_stopped()
+            else:
+                await self._end_failed(exc)
+        finally:
+            in_flight.dec()
+            self._record_metrics()
+        return self.outcome
+
+    async def _pump(self, upstream: ChatStream) -> bool:
+        """Relay chunks as they arrive; True once Ollama said done. A stop closes the upstream."""
+        received_at = self.turn.request.received_at
+        stop_watch = asyncio.create_task(self.live.wakeup.wait())
+        stop_watch.add_done_callback(lambda _: upstream.close())
+        try:
+            async for chunk in upstream.chunks():
+                if chunk.content:
+                    now = time.perf_counter()
+                    if self.first_at is None:
+                        self.first_at = now
+                        self.metrics.ttft.labels(self.label).observe(now - received_at)
+                    self.last_at = now
+                    self.chunks += 1
+                    self.content.append(chunk.content)
+                    await self.sink.send(events.chunk(chunk.content))
+                if chunk.done:
+                    self.upstream_stats = chunk.stats
+                    await self._end_completed(chunk.done_reason or "stop")
+                    return True
+        finally:
+            stop_watch.cancel()
+        return False  # only a stop ends the loop without done or an error
+
+    async def _end_completed(self, done_reason: str) -> None:
+        self.outcome = "completed"
+        stats = self.stats()
+        saved = await asyncio.shield(self.writer.finish(self.text(), "complete", None, stats))
+        await self.sink.send(
+            events.done(message_id=self.turn.message_id, done_reason=done_reason, stats=stats, saved=saved)
+        )
+
+    async def _end_stopped(self) -> None:
+        stats = self.stats()
+        if self.live.stop_reason == "shutdown":
+            self.outcome = "shutdown"
+            saved = await asyncio.shield(self.writer.finish(self.text(), "stopped", "server shutting down", stats))
+            message = "the server is shutting down; " + ("the partial answer was saved" if saved else "nothing saved")
+            await self.sink.send(
+                events.error(code="shutting_down", message=message, partial=bool(self.content), saved=saved)
+            )
+            return
+        self.outcome = "stopped"
+        saved = await asyncio.shield(self.writer.finish(self.text(), "stopped", None, stats))
+        await self.sink.send(
+            events.done(message_id=self.turn.message_id, done_reason="stopped", stats=stats, saved=saved)
+        )
+
+    async def _end_failed(self, exc: Exception) -> None:
+        code, message = _describe_failure(exc, self.turn.request.request_id)
+        self.outcome = "upstream_error" if code != "internal_error" else "internal_error"
+        saved = await asyncio.shield(self.writer.finish(self.text(), "error", message, self.stats()))
+        await self.sink.send(events.error(code=code, message=message, partial=bool(self.content), saved=saved))
+
+    def stats(self) -> dict[str, Any]:
+        received = self.turn.request.received_at
+        upstream = self.upstream_stats
+        return {
+            "prompt_tokens": upstream.get("prompt_eval_count", 0),
+            "completion_tokens": upstream.get("eval_count", self.chunks),
+            "time_to_first_token_ms": round((self.first_at - received) * 1000, 2) if self.first_at else None,
+            "total_duration_ms": round((time.perf_counter() - received) * 1000, 2),
+        }
+
+    def _record_metrics(self) -> None:
+        metrics, label = self.metrics, self.label
+        metrics.streams.labels(label, self.outcome).inc()
+        elapsed = time.perf_counter() - self.turn.request.received_at
+        metrics.stream_duration.labels(label, self.outcome).observe(elapsed)
+        if "prompt_eval_count" in self.upstream_stats:
+            metrics.tokens.labels(label, "input").inc(self.upstream_stats["prompt_eval_count"])
+        if "eval_count" in self.upstream_stats:
+            metrics.tokens.labels(label, "output").inc(self.upstream_stats["eval_count"])
+        if self.first_at is not None and self.last_at is not None and self.chunks > 1:
+            metrics.tpot.labels(label).observe((self.last_at - self.first_at) / (self.chunks - 1))
+
+
+def _describe_failure(exc: Exception, request_id: str) -> tuple[str, str]:
+    """The error event's code and message for a failure after the stream began."""
+    if isinstance(exc, OllamaStreamError):
+        log.warning("upstream_failed_mid_stream", error=exc.message)
+        return "upstream_error", exc.message
+    if isinstance(exc, ApiError):
+        log.warning("stream_failed", code=exc.code, error=exc.message)
+        return exc.code, exc.message
+    log.error("stream_failed_unexpectedly", exc_info=exc)
+    return "internal_error", f"internal error; quote request ID {request_id} when reporting it"

@@ -1,0 +1,187 @@
+"""ChatService: the gateway's use cases, independent of HTTP.
+
+prepare() does everything that can refuse a request (model, images, ownership) before any row is
+written; begin() opens Ollama's request and records the turn; relay() hands the stream to a
+StreamRelay. The decisions live in policy.py, images in image_source.py, the prompt in
+prompt.py, the turn in turn.py, the stream in relay.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from common.settings import GatewaySettings
+from services.vision_gateway.capabilities import ModelCapabilities, VisionModelService
+from services.vision_gateway.chat import policy, prompt
+from services.vision_gateway.chat.image_source import ImageSource
+from services.vision_gateway.chat.progress import AnswerWriter
+from services.vision_gateway.chat.relay import EventSink, StreamRelay
+from services.vision_gateway.chat.turn import ChatRequest, OpenTurn, PreparedChat, open_turn
+from services.vision_gateway.errors import (
+    ConversationNotFound,
+    GatewayError,
+    StreamNotFound,
+    TooManyImages,
+    UploadDisabled,
+)
+from services.vision_gateway.image_store_client import ImageStoreClient
+from services.vision_gateway.metrics import GatewayMetrics
+from services.vision_gateway.ollama_client import OllamaClient
+from services.vision_gateway.repository import ConversationRepository, StoredMessage
+from services.vision_gateway.streams import StreamRegistry
+
+# How long a stop request waits for the replica running the stream to record the stop.
+STOP_CONFIRM_SECONDS = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class StopResult:
+    stream_id: uuid.UUID
+    stopped: bool
+    status: str | None  # the message's final status when the stream had already ended
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"stream_id": str(self.stream_id), "stopped": self.stopped}
+        if self.status is not None:
+            body["status"] = self.status
+        return body
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        ollama: OllamaClient,
+        models: VisionModelService,
+        store: ImageStoreClient,
+        images: ImageSource,
+        repository: ConversationRepository,
+        registry: StreamRegistry,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self._ollama = ollama
+        self._models = models
+        self._store = store
+        self._images = images
+        self._repository = repository
+        self.registry = registry
+        self._metrics = metrics
+
+    async def prepare(self, request: ChatRequest) -> PreparedChat:
+        settings = self.settings
+        if len(request.image_ids) > settings.max_images_per_message:
+            raise TooManyImages(
+                f"{len(request.image_ids)} images sent; at most {settings.max_images_per_message} per message"
+            )
+        history: list[StoredMessage] = []
+        if request.conversation_id is not None:
+            if not await self._repository.conversation_owned(request.conversation_id, request.user_id):
+                raise ConversationNotFound()
+            history = await self._repository.history(request.conversation_id, settings.history_messages)
+        past_ids = policy.history_image_ids(
+            history,
+            new_images=len(request.image_ids),
+            history_images=settings.history_images,
+            max_per_request=settings.max_images_per_request,
+        )
+        choice = await self._choose_model(request.model, wants_images=bool(request.image_ids or past_ids))
+        user, request_id = request.user_id, request.request_id
+        if choice.send_images:
+            current = await self._images.prepare_all(request.image_ids, user, request_id, skip_missing=False)
+            past = await self._images.prepare_all(past_ids, user, request_id, skip_missing=True)
+        else:
+            await self._images.check_access(request.image_ids, user, request_id)  # still refuse others' images
+            current, past = {}, {}
+        current_images = [current[i] for i in request.image_ids] if choice.send_images else []
+        messages = prompt.build_messages(history, past, request.message, current_images)
+        self._metrics.image_bytes_sent.inc(prompt.image_bytes(messages))
+        return PreparedChat(request, choice.model, choice.vision, messages, choice.notices, list(request.image_ids))
+
+    async def _choose_model(self, model: str, *, wants_images: bool) -> policy.ModelChoice:
+        requested = await self._models.get(model)
+        fallback_policy = self.settings.fallback_policy
+        fallback = None
+        if policy.needs_fallback_lookup(requested, wants_images=wants_images, policy=fallback_policy):
+            fallback = await self._models.get(self.settings.fallback_model)
+        return policy.choose_model(requested, wants_images=wants_images, policy=fallback_policy, fallback=fallback)
+
+    async def begin(self, prepared: PreparedChat, *, grace_seconds: float) -> OpenTurn:
+        turn = await open_turn(prepared, ollama=self._ollama, repository=self._repository, grace_seconds=grace_seconds)
+        request = prepared.request
+        for image_id in prepared.image_ids:
+            with contextlib.suppress(GatewayError):  # the link is bookkeeping; the turn is recorded either way
+                await self._store.link(image_id, turn.turn.user_message_id, request.user_id, request.request_id)
+        return turn
+
+    async def abandon(self, turn: OpenTurn) -> None:
+        """The client went away before streaming started: close Ollama's request, record the stop."""
+        async with turn:
+            pass
+        writer = self._writer(turn)
+        await asyncio.shield(writer.finish("", "stopped", "client disconnected", None))
+
+    async def relay(self, turn: OpenTurn, sink: EventSink) -> str:
+        """Stream the answer to `sink`; returns the outcome. The (partial) answer is always stored."""
+        async with turn:
+            with self.registry.register(turn.stream_id, turn.request.user_id) as live:
+                return await StreamRelay(turn, sink, live, self._writer(turn), self._metrics).run()
+
+    def _writer(self, turn: OpenTurn) -> AnswerWriter:
+        return AnswerWriter(
+            self._repository,
+            turn.message_id,
+            self._metrics,
+            retry_seconds=self.settings.stream_save_retry_seconds,
+            touch_seconds=self.settings.stream_sweep_after_seconds / 3,
+        )
+
+    async def stop(self, stream_id: uuid.UUID, user_id: str) -> StopResult:
+        """Stop a stream on any replica. Idempotent: an ended stream reports its final status."""
+        state = await self._repository.stream_state(stream_id)
+        if state is None or state.owner_id != user_id:
+            raise StreamNotFound()
+        if state.status != "streaming":
+            return StopResult(stream_id, stopped=False, status=state.status)
+        if self.registry.stop_local(stream_id):
+            return StopResult(stream_id, stopped=True, status=None)
+        await self._repository.notify_stop(stream_id)
+        deadline = time.monotonic() + STOP_CONFIRM_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            state = await self._repository.stream_state(stream_id)
+            if state is None or state.status != "streaming":
+                return StopResult(stream_id, stopped=True, status=None)
+        # No replica answered: the gateway that ran this stream is gone. Close it as it is.
+        status = await self._repository.interrupt_stream(state.message_id)
+        return StopResult(stream_id, stopped=False, status=status)
+
+    async def upload_image(
+        self, user_id: str, chunks: AsyncIterator[bytes], *, filename: str | None, content_type: str, request_id: str
+    ) -> uuid.UUID:
+        if not self.settings.upload_enabled:
+            raise UploadDisabled("image uploads are disabled on this server")
+        record = await self._store.upload(
+            user_id, chunks, filename=filename, content_type=content_type, request_id=request_id
+        )
+        return uuid.UUID(record["id"])
+
+    async def discard_uploads(self, image_ids: list[uuid.UUID], user_id: str, request_id: str) -> None:
+        for image_id in image_ids:
+            await self._store.delete(image_id, user_id, request_id)
+
+    async def list_models(self) -> list[ModelCapabilities]:
+        return await self._models.list_models()
+
+    async def messages(self, conversation_id: uuid.UUID, user_id: str) -> list[StoredMessage]:
+        messages = await self._repository.messages(conversation_id, user_id)
+        if messages is None:
+            raise ConversationNotFound()
+        return messages

@@ -1,0 +1,170 @@
+"""A chat turn from the moment it is decided until its Ollama request is closed.
+
+`open_turn` sends the request to Ollama and records the turn in PostgreSQL at the same time. If
+Ollama refuses within the grace period the rows are removed again and the caller answers with a
+plain JSON error. Otherwise an `OpenTurn` owns the (possibly still opening) upstream request and
+closes it on exit, whatever happened in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from services.vision_gateway.chat import events
+from services.vision_gateway.errors import UpstreamRejected
+from services.vision_gateway.ollama_client import ChatStream, OllamaClient, OllamaStreamError
+from services.vision_gateway.repository import ConversationRepository, NewTurn
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    user_id: str
+    message: str
+    model: str
+    conversation_id: uuid.UUID | None
+    image_ids: list[uuid.UUID]
+    options: dict[str, Any] | None
+    request_id: str = ""
+    received_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedChat:
+    """Everything that could refuse the request has passed; nothing is written yet."""
+
+    request: ChatRequest
+    model: str
+    vision: bool
+    ollama_messages: list[dict[str, Any]]
+    notices: tuple[events.NoticeEvent, ...]
+    image_ids: list[uuid.UUID]
+
+    def ollama_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"model": self.model, "messages": self.ollama_messages}
+        if self.request.options:
+            payload["options"] = self.request.options
+        return payload
+
+
+class OpenTurn:
+    """A recorded turn and its Ollama request; leaving the context closes the request."""
+
+    def __init__(self, prepared: PreparedChat, turn: NewTurn, stream_id: uuid.UUID, opening: asyncio.Task[ChatStream]):
+        self.prepared = prepared
+        self.turn = turn
+        self.stream_id = stream_id
+        self._opening = opening
+
+    @property
+    def request(self) -> ChatRequest:
+        return self.prepared.request
+
+    @property
+    def message_id(self) -> uuid.UUID:
+        return self.turn.assistant_message_id
+
+    def start_event(self) -> events.StartEvent:
+        return events.start(
+            stream_id=self.stream_id,
+            conversation_id=self.turn.conversation_id,
+            user_message_id=self.turn.user_message_id,
+            message_id=self.turn.assistant_message_id,
+            model=self.prepared.model,
+            vision=self.prepared.vision,
+            image_ids=self.prepared.image_ids,
+        )
+
+    async def upstream(self, *, wake: asyncio.Event) -> ChatStream | None:
+        """Ollama's open stream, once its first line arrived; None if `wake` was set first.
+
+        Raises what opening raised (unavailable, refused, an error line).
+        """
+        if self._opening.done():
+            return self._opening.result()
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({self._opening, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        return self._opening.result() if self._opening.done() else None
+
+    def close(self) -> None:
+        _close_opening(self._opening)
+
+    async def __aenter__(self) -> OpenTurn:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+        if not self._opening.done():
+            with contextlib.suppress(BaseException):
+                await self._opening
+
+
+async def open_turn(
+    prepared: PreparedChat,
+    *,
+    ollama: OllamaClient,
+    repository: ConversationRepository,
+    grace_seconds: float,
+) -> OpenTurn:
+    """Open Ollama's request and record the turn concurrently; undo the rows if Ollama refuses early.
+
+    A model still loading after the grace period keeps us waiting longer than that, so the caller
+    starts streaming (and pinging) anyway.
+    """
+    request = prepared.request
+    opening = asyncio.create_task(ollama.open_chat(prepared.ollama_payload(), request_id=request.request_id))
+    stream_id = uuid.uuid4()
+    recording = asyncio.create_task(
+        repository.start_turn(
+            owner_id=request.user_id,
+            conversation_id=request.conversation_id,
+            content=request.message,
+            model=prepared.model,
+            image_ids=prepared.image_ids,
+            stream_id=stream_id,
+        )
+    )
+    try:
+        await asyncio.wait_for(asyncio.shield(opening), grace_seconds)
+    except TimeoutError:
+        pass
+    except BaseException as exc:
+        opening.cancel()
+        await _undo_recording(recording, repository, new_conversation=request.conversation_id is None)
+        if isinstance(exc, OllamaStreamError):  # an error line before any output (Ollama <= 0.12.5: HTTP 200)
+            raise UpstreamRejected(f"Ollama failed before answering: {exc.message}") from exc
+        raise
+    try:
+        turn = await recording
+    except BaseException:
+        _close_opening(opening)
+        raise
+    return OpenTurn(prepared, turn, stream_id, opening)
+
+
+async def _undo_recording(
+    recording: asyncio.Task[NewTurn], repository: ConversationRepository, *, new_conversation: bool
+) -> None:
+    try:
+        turn = await recording
+    except Exception:  # noqa: BLE001 - nothing was recorded
+        return
+    await asyncio.shield(repository.discard_turn(turn, new_conversation=new_conversation))
+
+
+def _close_opening(opening: asyncio.Task[ChatStream]) -> None:
+    """Stop Ollama generating: cancel the request if it is still opening, else drop the connection."""
+    if not opening.done():
+        opening.cancel()
+    elif not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
