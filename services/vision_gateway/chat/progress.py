@@ -58,9 +58,10 @@ class AnswerWriter:
 
     async def _save_progress(self, text: Callable[[], str]) -> None:
         saved_length, touched = 0, time.monotonic()
+        interval = min(PROGRESS_SAVE_SECONDS, self._touch_seconds)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), PROGRESS_SAVE_SECONDS)
+                await asyncio.wait_for(self._stopping.wait(), interval)
                 return
             current, now = text(), time.monotonic()
             if len(current) == saved_length and now - touched < self._touch_seconds:

@@ -1,0 +1,186 @@
+"""PostgreSQL really stopped and started under live services.
+
+These tests run on a private PostgreSQL server (tests/postgres.PrivateServer) that they stop with
+a fast shutdown, so the suite's shared server is never touched. They prove:
+- an answer that ends while the database is down is stored once it is back, within
+  STREAM_SAVE_RETRY_SECONDS, and the client is told `saved: true`; if it stays down, `saved: false`;
+- requests that need the database meanwhile answer `503 database_unavailable` with Retry-After on
+  both services, and `/readyz` is 503, and everything recovers when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from common.app import REGISTRY_KEY
+from tests.conftest import MIGRATIONS, auth_headers
+from tests.postgres import PrivateServer
+from tests.vision_gateway.conftest import Stack, ask, read_sse
+
+pytestmark = pytest.mark.slow
+
+LONG_REPLY = " ".join(f"word{i}" for i in range(40))
+
+
+@pytest.fixture(scope="module")
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
+    server = PrivateServer(tmp_path_factory.mktemp("private-pg") / "data", MIGRATIONS)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def database_url(private_postgres: PrivateServer) -> Iterator[str]:
+    """Overrides the suite's fixture: this module's databases live on the private server."""
+    url = private_postgres.factory.create()
+    yield url
+    private_postgres.start()
+    private_postgres.factory.drop(url)
+
+
+async def stop_postgres(server: PrivateServer) -> None:
+    await asyncio.to_thread(server.stop)
+
+
+async def start_postgres(server: PrivateServer) -> None:
+    await asyncio.to_thread(server.start)
+
+
+async def first_event(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    line = await response.content.readline()
+    assert line.startswith(b"data: "), line
+    assert await response.content.readline() == b"\n"
+    return json.loads(line[len(b"data: ") :])
+
+
+async def until(predicate: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def answer_row(database_url: str) -> asyncpg.Record:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchrow("SELECT status, content FROM messages WHERE role = 'assistant'")
+    finally:
+        await conn.close()
+
+
+def lost_answers(client: TestClient) -> float:
+    registry = client.server.app[REGISTRY_KEY]  # type: ignore[union-attr]
+    return registry.get_sample_value("vision_gateway_answer_saves_total", {"result": "lost"}) or 0.0
+
+
+async def test_answer_is_saved_when_the_database_returns_in_time(
+    stack: Stack, private_postgres: PrivateServer, database_url: str
+) -> None:
+    for model in stack.emulator.models:
+        model.reply = LONG_REPLY
+    stack.emulator.chunk_delay = 0.05
+    gateway = await stack.make_gateway(STREAM_SAVE_RETRY_SECONDS="60")
+    stack.emulator.first_token_delay = 0.0
+    response = await ask(gateway, {"message": "hi", "model": "llava"})
+    start = await first_event(response)
+    stack.emulator.chunk_delay = 0.3  # the rest of the answer arrives while the database is down
+    await stop_postgres(private_postgres)
+    await until(lambda: _completed(stack), within=30)
+    await asyncio.sleep(0.5)  # the gateway is now retrying the final write
+    await start_postgres(private_postgres)
+
+    result = await read_sse(response)
+    done = result.events[-1]
+    assert (done["type"], done["done_reason"], done["saved"]) == ("done", "stop", True)
+    assert done["message_id"] == start["message_id"]
+    row = await answer_row(database_url)
+    assert row["status"] == "complete"
+    assert row["content"] == LONG_REPLY
+    assert lost_answers(gateway) == 0
+
+
+async def _completed(stack: Stack) -> bool:
+    return bool(stack.emulator.chats) and stack.emulator.chats[-1].completed
+
+
+async def test_client_is_told_when_the_answer_could_not_be_saved(
+    stack: Stack, private_postgres: PrivateServer, database_url: str
+) -> None:
+    for model in stack.emulator.models:
+        model.reply = LONG_REPLY
+    gateway = await stack.make_gateway(STREAM_SAVE_RETRY_SECONDS="1")
+    stack.emulator.chunk_delay = 0.1
+    response = await ask(gateway, {"message": "hi", "model": "llava"})
+    await first_event(response)
+    await stop_postgres(private_postgres)
+    result = await read_sse(response)
+    done = result.events[-1]
+    assert done["type"] == "done"
+    assert done["saved"] is False, "never a silent loss"
+    assert lost_answers(gateway) == 1
+    await start_postgres(private_postgres)
+    row = await answer_row(database_url)
+    assert row["status"] == "streaming", "nothing pretended to be stored; the sweeper closes it later"
+
+
+async def test_requests_during_an_outage_are_503_database_unavailable(
+    stack: Stack, private_postgres: PrivateServer
+) -> None:
+    image_id = await stack.upload(_png())
+    conversation = await read_sse(await ask(stack.gateway, {"message": "hi", "model": "llava"}))
+    conversation_id = conversation.events[0]["conversation_id"]
+    async with aiohttp.ClientSession() as session:
+        store_url = str(stack.store.make_url(f"/api/images/{image_id}/meta"))
+        await stop_postgres(private_postgres)
+
+        async with session.get(store_url, headers=auth_headers()) as store_answer:
+            body = await store_answer.json()
+            assert store_answer.status == 503, body
+            assert body["error"]["code"] == "database_unavailable"
+            assert int(store_answer.headers["Retry-After"]) >= 1
+        history = await stack.gateway.get(f"/api/conversations/{conversation_id}/messages", headers=auth_headers())
+        assert history.status == 503
+        assert (await history.json())["error"]["code"] == "database_unavailable"
+        assert int(history.headers["Retry-After"]) >= 1
+        followup = await ask(stack.gateway, {"message": "again", "model": "llava", "conversation_id": conversation_id})
+        assert followup.status == 503
+        assert (await followup.json())["error"]["code"] == "database_unavailable"
+        assert (await stack.gateway.get("/readyz")).status == 503
+        async with session.get(str(stack.store.make_url("/readyz"))) as ready:
+            assert ready.status == 503
+
+        await start_postgres(private_postgres)
+
+        async def store_recovered() -> bool:
+            async with session.get(store_url, headers=auth_headers()) as again:
+                return again.status == 200
+
+        async def gateway_recovered() -> bool:
+            again = await stack.gateway.get(f"/api/conversations/{conversation_id}/messages", headers=auth_headers())
+            return again.status == 200
+
+        await until(store_recovered)
+        await until(gateway_recovered)
+    registry = stack.gateway.server.app[REGISTRY_KEY]  # type: ignore[union-attr]
+    route = "/api/conversations/{conversation_id}/messages"
+    assert (
+        registry.get_sample_value("http_server_requests_total", {"method": "GET", "route": route, "code": "503"}) == 1
+    )
+    assert not registry.get_sample_value("http_server_requests_total", {"method": "GET", "route": route, "code": "500"})
+
+
+def _png() -> bytes:
+    from tests.image_store.conftest import png
+
+    return png()
