@@ -13,14 +13,13 @@ from collections.abc import Awaitable, Callable
 import prometheus_client
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
-    generate_latest,
 )
+from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -77,10 +76,9 @@ class HttpMetrics:
             route = route_template(request)
             started = time.perf_counter()
             status = 500
-            in_flight = self.in_flight.labels(route)
-            in_flight.inc()
             try:
-                response = await handler(request)
+                with self.in_flight.labels(route).track_inprogress():
+                    response = await handler(request)
                 status = response.status
                 return response
             except web.HTTPException as exc:  # redirects and 304s raised as exceptions
@@ -90,7 +88,6 @@ class HttpMetrics:
                 status = CLIENT_CLOSED_REQUEST
                 raise
             finally:
-                in_flight.dec()
                 self.requests.labels(request.method, route, str(status)).inc()
                 if not _is_event_stream(request):
                     self.duration.labels(request.method, route).observe(time.perf_counter() - started)
@@ -118,10 +115,5 @@ def build_info(registry: CollectorRegistry, service: str, version: str) -> None:
 
 
 def metrics_handler(registry: CollectorRegistry) -> Handler:
-    async def serve_metrics(request: web.Request) -> web.Response:
-        del request
-        response = web.Response(body=generate_latest(registry))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    return serve_metrics
+    """prometheus_client's own aiohttp handler: content negotiation (OpenMetrics) and `name[]` filters."""
+    return make_aiohttp_handler(registry, disable_compression=True)

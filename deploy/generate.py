@@ -238,7 +238,7 @@ def image_store_panels() -> list[Panel]:
             "Storage operation latency p95",
             [(quantile(0.95, storage, "operation"), "{{operation}}")],
             unit="s",
-            description="write, fsync, rename, delete, read_open; network volumes show here first.",
+            description="write (including fsync), rename, delete; network volumes show here first.",
             width=8,
         ),
         panel(
@@ -394,6 +394,21 @@ def gateway_panels() -> list[Panel]:
             unit="ops",
             description="Requests refused before streaming, by their JSON error code.",
             width=8,
+        ),
+        row("Stored answers"),
+        panel(
+            "Final answer writes: saved vs lost",
+            [(rate("vision_gateway_answer_saves_total", by="result"), "{{result}}")],
+            unit="ops",
+            description="lost: PostgreSQL stayed unreachable for STREAM_SAVE_RETRY_SECONDS (RetinaAnswersLost).",
+            width=12,
+        ),
+        panel(
+            "Streams swept as interrupted",
+            [(rate("vision_gateway_streams_swept_total"), "swept")],
+            unit="ops",
+            description="Streams whose gateway died (no progress for STREAM_SWEEP_AFTER_SECONDS), closed by a sweeper.",
+            width=12,
         ),
         row("Images and capabilities"),
         panel(

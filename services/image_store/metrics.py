@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -89,10 +88,6 @@ class ImageStoreMetrics:
         for kind in ("missing_file", "orphan_file", "checksum_mismatch"):
             self.integrity_problems.labels(kind)
 
-    @contextlib.contextmanager
-    def storage_timer(self, operation: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.storage_ops.labels(operation).observe(time.perf_counter() - started)
+    def storage_timer(self, operation: str) -> contextlib.AbstractContextManager[Any]:
+        """Times one file-system operation (write, rename, delete) into its histogram."""
+        return self.storage_ops.labels(operation).time()
