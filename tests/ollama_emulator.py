@@ -1,8 +1,10 @@
 """An Ollama server emulator that speaks Ollama's real HTTP wire protocol, for tests and benchmarks.
 
 Why it exists: the gateway must be tested against what Ollama *actually* sends, including the awkward
-parts a hand-written fake tends to smooth over. The facts below come from Ollama's Go source (see
-/work/shared/reference/ollama-api.md) and are reproduced on purpose:
+parts a hand-written fake tends to smooth over. The facts below come from Ollama's Go source
+(github.com/ollama/ollama at v0.33.0-rc2, fb30760996871fa9460115c753afd2c60d4ab0f7: `server/routes.go`
+ChatHandler and streamResponse, `api/types.go`, `server/images.go` Capabilities, `server/sched.go`,
+`types/model/capability.go`, `llm/llama_server.go`, `docs/api.md`) and are reproduced on purpose:
 
 * NDJSON streaming: `application/x-ndjson` (no charset), one JSON object per line, each line written
   (flushed) on its own, integer-nanosecond metrics only on the final `done: true` line, zero values omitted.

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, create_service_app
 from common.health import READINESS_KEY
+from common.periodic import run_periodically
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.decode_pool import DecodePool
@@ -17,7 +18,7 @@ from services.image_store.handlers import (
     add_routes,
     count_served,
 )
-from services.image_store.maintenance import MaintenanceService, run_periodically
+from services.image_store.maintenance import MaintenanceService
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
@@ -71,7 +72,9 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
     maintenance = MaintenanceService(service)
     app[MAINTENANCE_KEY] = maintenance
     try:
-        async with run_periodically(maintenance, settings.maintenance_interval_seconds):
+        async with run_periodically(
+            maintenance.run_once, interval=settings.maintenance_interval_seconds, name="image-store-maintenance"
+        ):
             yield
     finally:
         await decoder.close()

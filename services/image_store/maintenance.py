@@ -6,9 +6,7 @@ A Postgres advisory lock (session-scoped) elects the replica; the others skip th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,29 +138,3 @@ class MaintenanceService:
             await self.cleanup()
             await self.integrity(repair=False, verify_checksums=False)
             return True
-
-
-@contextlib.asynccontextmanager
-async def run_periodically(maintenance: MaintenanceService, interval: float) -> AsyncIterator[None]:
-    """A background task for the app's lifetime; interval 0 disables it."""
-    if interval <= 0:
-        yield
-        return
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await maintenance.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("maintenance_failed")
-
-    task = asyncio.create_task(loop(), name="image-store-maintenance")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -148,8 +148,13 @@ class ImageRepository:
                 message_id,
             )
             if updated and message_id is not None:
-                await conn.execute("UPDATE messages SET has_images = true WHERE id = $1", message_id)
+                await self.mark_has_images(conn, message_id)
         return bool(updated)
+
+    @staticmethod
+    async def mark_has_images(conn: asyncpg.Connection, message_id: uuid.UUID) -> None:
+        """messages.has_images: set in the transaction that links an image to the message."""
+        await conn.execute("UPDATE messages SET has_images = true WHERE id = $1", message_id)
 
     @staticmethod
     async def delete_image_row(conn: asyncpg.Connection, image_id: uuid.UUID, owner_id: str | None) -> str | None:

@@ -219,7 +219,7 @@ class ImageService:
                     expires_at=expires_at,
                 )
                 if message_id is not None:
-                    await conn.execute("UPDATE messages SET has_images = true WHERE id = $1", message_id)
+                    await self.repository.mark_has_images(conn, message_id)
             return StoredImage(row=row, duplicate=duplicate)
         except BaseException:
             if published:

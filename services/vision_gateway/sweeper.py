@@ -9,12 +9,11 @@ at a time do the work.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import structlog
 
+from common.periodic import run_periodically
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.repository import ConversationRepository
 
@@ -29,25 +28,13 @@ async def sweep_once(repository: ConversationRepository, metrics: GatewayMetrics
     return swept
 
 
-@contextlib.asynccontextmanager
-async def sweeping(
+def sweeping(
     repository: ConversationRepository, metrics: GatewayMetrics, *, after_seconds: float
-) -> AsyncIterator[None]:
+) -> contextlib.AbstractAsyncContextManager[None]:
     """Sweep now and every `after_seconds / 2` while the app runs; a database outage only delays it."""
-    interval = max(0.5, after_seconds / 2)
-
-    async def loop() -> None:
-        while True:
-            try:
-                await sweep_once(repository, metrics, after_seconds=after_seconds)
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
-                log.warning("stream_sweep_failed", error=repr(exc))
-            await asyncio.sleep(interval)
-
-    task = asyncio.create_task(loop(), name="stream-sweeper")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return run_periodically(
+        lambda: sweep_once(repository, metrics, after_seconds=after_seconds),
+        interval=max(0.5, after_seconds / 2),
+        name="stream-sweeper",
+        run_at_start=True,
+    )
