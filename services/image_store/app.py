@@ -59,6 +59,7 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
         workers=settings.decode_workers,
         timeout_seconds=settings.decode_timeout_seconds,
         max_pending=settings.max_pending_decodes,
+        budget_bytes=settings.decode_budget_bytes,
     )
     await decoder.start()
     service = ImageService(
