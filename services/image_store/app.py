@@ -18,7 +18,12 @@ from services.image_store.handlers import (
     count_served,
     store_errors_middleware,
 )
-from services.image_store.maintenance import MaintenanceService, run_periodically
+from services.image_store.maintenance import (
+    MaintenanceService,
+    live_temp_file_max_idle_seconds,
+    remove_stale_temp_files,
+    run_periodically,
+)
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
@@ -55,6 +60,7 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
     metrics = ImageStoreMetrics(app[REGISTRY_KEY])
     storage = ImageStorage(settings.storage_path, timer=metrics.storage_timer)
     storage.ensure_layout()
+    await remove_stale_temp_files(storage, live_temp_file_max_idle_seconds(settings))
     decoder = DecodePool(
         workers=settings.decode_workers,
         timeout_seconds=settings.decode_timeout_seconds,
