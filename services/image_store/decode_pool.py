@@ -96,8 +96,10 @@ class DecodePool:
     async def start(self) -> None:
         """Spawn the workers now and prove each one starts (e.g. the memory cap is not too low).
 
-        The first schedule starts pebble's pool from the event loop's thread: PR_SET_PDEATHSIG
-        fires when the thread that spawned a worker exits, and this one lives as long as the server.
+        PR_SET_PDEATHSIG fires when the *thread* that spawned a worker exits, not the process.
+        The first schedule starts pebble's pool, and its first workers, from the event loop's
+        thread (it lives as long as the server); replacements come from pebble's manager
+        thread, which lives as long as the pool.
         """
         if self._closed:
             raise RuntimeError("DecodePool was closed")
