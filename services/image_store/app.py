@@ -68,6 +68,8 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
         budget_bytes=settings.decode_budget_bytes,
     )
     await decoder.start()
+    metrics.decode_budget_used.set_function(lambda: decoder.budget_used_bytes)
+    metrics.decode_budget_limit.set(settings.decode_budget_bytes)
     service = ImageService(
         settings,
         ImageRepository(app[POOL_KEY]),

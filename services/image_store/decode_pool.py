@@ -90,6 +90,11 @@ class DecodePool:
         return self._in_flight
 
     @property
+    def budget(self) -> ByteBudget:
+        """The byte budget decodes are admitted by (metrics read it; tests can hold part of it)."""
+        return self._budget
+
+    @property
     def budget_used_bytes(self) -> int:
         return self._budget.used
 

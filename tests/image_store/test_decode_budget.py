@@ -6,15 +6,21 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from common.app import REGISTRY_KEY
+from services.image_store.app import create_app
 from services.image_store.decode_budget import BudgetExhausted, ByteBudget
 from services.image_store.decode_pool import DecodePool, DecoderBusy
+from services.image_store.handlers import IMAGE_SERVICE_KEY
 from services.image_store.headers import decoded_bytes
 from services.image_store.validation import ValidationLimits
+from tests.conftest import auth_headers
 from tests.image_store import images
+from tests.image_store.conftest import form
 
 LIMITS = ValidationLimits(
     allowed_types=frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"}),
@@ -101,3 +107,33 @@ async def test_pool_refuses_a_second_bomb_while_the_first_decodes(tmp_path: Path
         assert pool.in_flight == 0
     finally:
         await pool.close()
+
+
+async def test_upload_over_the_budget_is_503_busy_with_retry_after_and_metered(
+    settings_for: Any, aiohttp_client: Any
+) -> None:
+    """Through HTTP: while the budget is held (as a running bomb would), an upload waits 2 s and
+    is refused with the contract's busy error; once released, the same upload is stored."""
+    app = create_app(settings_for(IMAGE_DECODE_BUDGET_MB="16", IMAGE_UPLOAD_RATE_PER_MINUTE="0"))
+    client = await aiohttp_client(app)
+    registry = app[REGISTRY_KEY]
+    budget = app[IMAGE_SERVICE_KEY].decoder.budget
+    assert registry.get_sample_value("image_store_decode_budget_bytes") == 16 * 2**20
+    assert registry.get_sample_value("image_store_decode_budget_used_bytes") == 0
+    data = images.solid("PNG")
+
+    async with budget.reserve(16 * 2**20 - 100, wait_seconds=0):
+        assert registry.get_sample_value("image_store_decode_budget_used_bytes") == 16 * 2**20 - 100
+        started = time.monotonic()
+        refused = await client.post("/api/images", data=form(data), headers=auth_headers())
+        waited = time.monotonic() - started
+        assert refused.status == 503
+        body = await refused.json()
+        assert body["error"]["code"] == "busy"
+        assert refused.headers["Retry-After"] == "2"
+        assert waited >= 1.9, "it waited briefly before refusing"
+
+    accepted = await client.post("/api/images", data=form(data), headers=auth_headers())
+    assert accepted.status == 201, await accepted.text()
+    assert registry.get_sample_value("image_store_decode_budget_used_bytes") == 0
+    assert registry.get_sample_value("image_store_uploads_total", {"outcome": "busy"}) == 1
