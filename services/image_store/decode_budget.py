@@ -31,7 +31,7 @@ class BudgetExhausted(Exception):
 
 
 class ByteBudget:
-    """A weighted semaphore over decoded bytes.
+    """A weighted semaphore over the decoded bytes of the decodes running.
 
     A decode charged more than the whole budget is clamped to it, so it runs alone rather than
     never. Waiters are woken on every release and retry; a large decode can lose to a stream of

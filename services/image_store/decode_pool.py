@@ -2,10 +2,12 @@
 
 Pillow work is CPU-bound and a hostile file can be slow or memory-hungry, so it runs in worker
 processes (spawned, never forked from the event loop's threaded process; limits and the tie to
-the server in decode_worker). Admission, in order, each failing fast with DecoderBusy (503):
-1. count: decodes running plus waiting stay under `max_pending`, else refused at once;
-2. bytes: the decoded size the header announces must fit the ByteBudget within a brief wait;
-3. a free worker (a semaphore sized to the pool, so pebble's own queue stays empty).
+the server in decode_worker). Admission, in order:
+1. count: decodes running plus waiting stay under `max_pending`, else DecoderBusy (503) at once;
+2. a free worker (a semaphore sized to the pool, so pebble's own queue stays empty);
+3. bytes: the decoded size the header announces must fit the ByteBudget within a brief wait,
+   else DecoderBusy. Charged only once a worker is free: a queued upload is a file on disk and
+   holds no memory, so a burst of ordinary photos queues as before instead of being refused.
 
 pebble's ProcessPool does the process work: a task past its timeout, or cancelled while it
 runs, has its worker (and only that worker) killed and replaced. ProcessPoolExecutor could not
@@ -143,7 +145,7 @@ class DecodePool:
             cost = await asyncio.to_thread(
                 decoded_bytes, source, max_pixels=limits.max_pixels, max_frames=limits.max_frames
             )
-            async with self._budget.reserve(cost, wait_seconds=self._budget_wait), self._slots:
+            async with self._slots, self._budget.reserve(cost, wait_seconds=self._budget_wait):
                 return await self._run(source, destination, limits)
         except BudgetExhausted as exc:
             raise DecoderBusy(str(exc)) from exc
