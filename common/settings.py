@@ -55,6 +55,7 @@ class ImageStoreSettings:
     decode_workers: int
     decode_timeout_seconds: float
     max_pending_decodes: int
+    decode_budget_bytes: int
     upload_rate_per_minute: int
     maintenance_interval_seconds: float
     orphan_grace_seconds: int
@@ -188,6 +189,8 @@ def read_image_store(env: EnvReader) -> ImageStoreSettings:
         decode_workers=env.integer("IMAGE_DECODE_WORKERS", 2, minimum=1, maximum=64),
         decode_timeout_seconds=env.number("IMAGE_DECODE_TIMEOUT_SECONDS", 20.0, minimum=0.5, maximum=600.0),
         max_pending_decodes=env.integer("IMAGE_MAX_PENDING_DECODES", 16, minimum=1, maximum=10000),
+        # Derived from the pod's 1 Gi limit: tests/deploy/test_memory_budget.py recomputes the worst case.
+        decode_budget_bytes=env.integer("IMAGE_DECODE_BUDGET_MB", 160, minimum=16, maximum=65536) * 1024 * 1024,
         upload_rate_per_minute=env.integer("IMAGE_UPLOAD_RATE_PER_MINUTE", 60, minimum=0, maximum=100000),
         maintenance_interval_seconds=env.number(
             "IMAGE_MAINTENANCE_INTERVAL_SECONDS", 3600.0, minimum=0.0, maximum=7 * 86400.0

@@ -223,6 +223,17 @@ def image_store_panels() -> list[Panel]:
             width=8,
         ),
         panel(
+            "Decode budget",
+            [
+                (f"sum(image_store_decode_budget_used_bytes{sel()})", "reserved"),
+                (f"sum(image_store_decode_budget_bytes{sel()})", "budget"),
+            ],
+            unit="bytes",
+            description="Decoded bytes (from image headers) held by decodes; an upload that does not fit "
+            "within 2 s gets 503 busy. IMAGE_DECODE_BUDGET_MB, docs/deployment.md#image-store-memory.",
+            width=8,
+        ),
+        panel(
             "Processing time p50 by step",
             [(quantile(0.5, processing, "step"), "{{step}}")],
             unit="s",

@@ -18,7 +18,11 @@ from services.image_store.handlers import (
     add_routes,
     count_served,
 )
-from services.image_store.maintenance import MaintenanceService
+from services.image_store.maintenance import (
+    MaintenanceService,
+    live_temp_file_max_idle_seconds,
+    remove_stale_temp_files,
+)
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
@@ -54,12 +58,16 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
     metrics = ImageStoreMetrics(app[REGISTRY_KEY])
     storage = ImageStorage(settings.storage_path, timer=metrics.storage_timer)
     storage.ensure_layout()
+    await remove_stale_temp_files(storage, live_temp_file_max_idle_seconds(settings))
     decoder = DecodePool(
         workers=settings.decode_workers,
         timeout_seconds=settings.decode_timeout_seconds,
         max_pending=settings.max_pending_decodes,
+        budget_bytes=settings.decode_budget_bytes,
     )
     await decoder.start()
+    metrics.decode_budget_used.set_function(lambda: decoder.budget_used_bytes)
+    metrics.decode_budget_limit.set(settings.decode_budget_bytes)
     service = ImageService(
         settings,
         ImageRepository(app[POOL_KEY]),

@@ -1,70 +1,56 @@
 """Bounded, time-limited image decoding in worker processes.
 
-Pillow work is CPU-bound and a hostile file can be slow or memory-hungry, so it runs in separate
-processes (spawned, never forked from the event loop's threaded process) with an address-space
-cap. A semaphore bounds concurrency to the worker count, and a limit on decodes running plus
-waiting turns overload into an immediate DecoderBusy (503) instead of an ever-growing queue.
+Pillow work is CPU-bound and a hostile file can be slow or memory-hungry, so it runs in worker
+processes (spawned, never forked from the event loop's threaded process; limits and the tie to
+the server in decode_worker). Admission, in order:
+1. count: decodes running plus waiting stay under `max_pending`, else DecoderBusy (503) at once;
+2. a free worker (a semaphore sized to the pool, so pebble's own queue stays empty);
+3. bytes: the decoded size the header announces must fit the ByteBudget within a brief wait,
+   else DecoderBusy. Charged only once a worker is free: a queued upload is a file on disk and
+   holds no memory, so a burst of ordinary photos queues as before instead of being refused.
 
-A worker that is stuck or dies cannot be interrupted, so the whole executor is replaced: its
-processes are killed and fresh ones spawned. Decodes that were running next to it on the old
-executor are retried once on the new one; they were not at fault.
+pebble's ProcessPool does the process work: a task past its timeout, or cancelled while it
+runs, has its worker (and only that worker) killed and replaced. ProcessPoolExecutor could not
+stop a running task, which cost ~110 lines of executor replacement and neighbour re-runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
+import math
 import multiprocessing
-import resource
+import os
 import signal
-from collections.abc import Coroutine
-from concurrent.futures import Future as ConcurrentFuture
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from PIL import Image, ImageFile
+from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
-from services.image_store.validation import (
-    ImageRejected,
-    ProcessedImage,
-    ValidationLimits,
-    process_image_file,
-    warm_up,
-)
+from services.image_store.decode_budget import BudgetExhausted, ByteBudget
+from services.image_store.decode_worker import decode_task, init_worker
+from services.image_store.headers import decoded_bytes
+from services.image_store.validation import ImageRejected, ProcessedImage, ValidationLimits
 
 DEFAULT_MEMORY_LIMIT_BYTES: Final = 1536 * 1024 * 1024
 # Pillow's own decompression-bomb threshold inside workers (its warning is an error there). Our
 # ValidationLimits.max_pixels is the real limit; this backstop sits at the highest value the
 # settings accept (IMAGE_MAX_PIXELS) so it never overrides an operator's choice.
 DEFAULT_PILLOW_MAX_PIXELS: Final = 500_000_000
+# Without a budget the pool admits by count only (tests of other behaviour use this).
+UNLIMITED_BUDGET_BYTES: Final = 2**62
+DEFAULT_BUDGET_WAIT_SECONDS: Final = 2.0
+START_TIMEOUT_SECONDS: Final = 60.0
+# A worker killed by its CPU allowance (RLIMIT_CPU's soft limit sends SIGXCPU) timed out.
+_CPU_LIMIT_EXITCODE: Final = -signal.SIGXCPU
 
 
 class DecoderBusy(Exception):
-    """More decodes are running and waiting than the configured limit (or the pool is closed)."""
+    """Too many decodes (by count or by bytes) are running and waiting, or the pool is closed."""
 
 
 class DecodeTimeout(Exception):
     """A decode took longer than the limit; its worker was killed and replaced."""
-
-
-def _init_worker(memory_limit_bytes: int, pillow_max_pixels: int) -> None:
-    """Runs once in each new worker process."""
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if memory_limit_bytes > 0:
-        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        cap = memory_limit_bytes if hard == resource.RLIM_INFINITY else min(memory_limit_bytes, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    Image.MAX_IMAGE_PIXELS = pillow_max_pixels
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark an outcome nobody may await any more as seen (no 'exception never retrieved' noise)."""
-    if not future.cancelled():
-        future.exception()
 
 
 class DecodePool:
@@ -74,177 +60,138 @@ class DecodePool:
         timeout_seconds: float,
         max_pending: int,
         *,
+        budget_bytes: int = UNLIMITED_BUDGET_BYTES,
+        budget_wait_seconds: float = DEFAULT_BUDGET_WAIT_SECONDS,
         memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
         pillow_max_pixels: int = DEFAULT_PILLOW_MAX_PIXELS,
     ) -> None:
-        """`max_pending` counts decodes running plus waiting; `memory_limit_bytes` is each
-        worker's RLIMIT_AS (0 disables it)."""
+        """`max_pending` counts decodes running plus waiting; `budget_bytes` caps the decoded
+        bytes they may hold; `memory_limit_bytes` is each worker's RLIMIT_AS (0 disables it)."""
         if workers < 1 or max_pending < 1 or timeout_seconds <= 0:
             raise ValueError("workers and max_pending must be >= 1 and timeout_seconds > 0")
         self._workers = workers
         self._timeout = timeout_seconds
         self._max_pending = max_pending
-        self._memory_limit = memory_limit_bytes
-        self._pillow_max_pixels = pillow_max_pixels
+        self._budget = ByteBudget(budget_bytes)
+        self._budget_wait = budget_wait_seconds
         self._slots = asyncio.Semaphore(workers)
         self._in_flight = 0
-        self._executor: ProcessPoolExecutor | None = None
+        self._pool = ProcessPool(
+            max_workers=workers,
+            # Not fork: the parent runs an event loop and threads, which fork would copy mid-flight.
+            context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(os.getpid(), memory_limit_bytes, pillow_max_pixels),
+        )
+        self._started = False
         self._closed = False
-        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def in_flight(self) -> int:
         """Decodes running or waiting for a worker right now."""
         return self._in_flight
 
+    @property
+    def budget(self) -> ByteBudget:
+        """The byte budget decodes are admitted by (metrics read it; tests can hold part of it)."""
+        return self._budget
+
+    @property
+    def budget_used_bytes(self) -> int:
+        return self._budget.used
+
     async def start(self) -> None:
-        """Spawn the workers now (each imports Pillow and libmagic), not on the first upload."""
+        """Spawn the workers now and prove each one starts (e.g. the memory cap is not too low).
+
+        PR_SET_PDEATHSIG fires when the *thread* that spawned a worker exits, not the process.
+        The first schedule starts pebble's pool, and its first workers, from the event loop's
+        thread (it lives as long as the server); replacements come from pebble's manager
+        thread, which lives as long as the pool.
+        """
         if self._closed:
             raise RuntimeError("DecodePool was closed")
-        if self._executor is None:
-            executor = self._new_executor()
-            try:
-                await self._warm(executor, strict=True)
-            except BaseException:
-                _kill_workers(executor)
-                await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-                raise
-            self._executor = executor
+        if self._started:
+            return
+        futures = [self._pool.schedule(os.getpid) for _ in range(self._workers)]
+        try:
+            for future in futures:
+                await asyncio.wait_for(asyncio.wrap_future(future), START_TIMEOUT_SECONDS)
+        except BaseException:
+            await self.close()
+            raise
+        self._started = True
 
     async def close(self) -> None:
         """Let running decodes finish (for at most one timeout), then stop the workers."""
         self._closed = True
-        executor, self._executor = self._executor, None
-        if self._background:
-            await asyncio.wait(self._background, timeout=self._timeout)
-        if executor is None:
-            return
-        shutdown = asyncio.ensure_future(asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True))
-        done, _ = await asyncio.wait({shutdown}, timeout=self._timeout)
-        if not done:
-            _kill_workers(executor)
-        await shutdown
+        self._pool.close()
+        try:
+            await asyncio.to_thread(self._pool.join, self._timeout)
+        except TimeoutError:
+            self._pool.stop()
+            await asyncio.to_thread(self._pool.join)
 
     async def process(self, source: Path, destination: Path, limits: ValidationLimits) -> ProcessedImage:
         """Run process_image_file in a worker. Raises ImageRejected (as raised there),
-        DecoderBusy at once when overloaded, DecodeTimeout after `timeout_seconds`."""
-        if self._executor is None and not self._closed:
+        DecoderBusy when overloaded, DecodeTimeout after `timeout_seconds`."""
+        if not self._started and not self._closed:
             raise RuntimeError("DecodePool.start() was not called")
+        if self._closed:
+            raise DecoderBusy("the image decoder is shutting down")
         if self._in_flight >= self._max_pending:
             raise DecoderBusy(f"{self._in_flight} image decodes are already running or waiting")
         self._in_flight += 1
         try:
-            async with self._slots:
+            cost = await asyncio.to_thread(
+                decoded_bytes, source, max_pixels=limits.max_pixels, max_frames=limits.max_frames
+            )
+            async with self._slots, self._budget.reserve(cost, wait_seconds=self._budget_wait):
                 return await self._run(source, destination, limits)
+        except BudgetExhausted as exc:
+            raise DecoderBusy(str(exc)) from exc
         finally:
             self._in_flight -= 1
 
     # ---- internals -----------------------------------------------------------------------
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self._workers,
-            # Not fork: the parent runs an event loop and threads, which fork would copy mid-flight.
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self._memory_limit, self._pillow_max_pixels),
-        )
-
-    async def _warm(self, executor: ProcessPoolExecutor, *, strict: bool) -> None:
-        """Start every worker (submitting them concurrently makes the executor spawn them all).
-
-        `strict` (at start-up) raises if a worker cannot start, e.g. the memory cap is too low.
-        """
-        futures = [asyncio.wrap_future(executor.submit(warm_up)) for _ in range(self._workers)]
-        await asyncio.wait(futures, timeout=max(self._timeout, 30.0))
-        for future in futures:
-            if future.done():
-                _retrieve(future)
-            else:
-                future.add_done_callback(_retrieve)
-        if strict:
-            for future in futures:
-                if future.done():
-                    future.result()
-
-    def _current_executor(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            raise DecoderBusy("the image decoder is shutting down")
-        return self._executor
-
     async def _run(self, source: Path, destination: Path, limits: ValidationLimits) -> ProcessedImage:
+        """One retry after a worker died: the kernel's OOM killer may have picked an innocent one;
+        a file that kills its worker twice is refused."""
         for attempt in (1, 2):
-            executor = self._current_executor()
             try:
-                submitted: ConcurrentFuture[ProcessedImage] = executor.submit(
-                    process_image_file, source, destination, limits
-                )
-                return await self._await_result(asyncio.wrap_future(submitted), executor)
-            except BrokenProcessPool as exc:
-                # A worker died: ours (hostile input, memory cap) or a neighbour's timeout kill.
-                await self._replace(executor)
+                return await self._attempt(source, destination, limits)
+            except ProcessExpired as exc:
+                if exc.exitcode == _CPU_LIMIT_EXITCODE:
+                    raise DecodeTimeout(f"decoding used more than {self._cpu_seconds} s of CPU") from exc
                 if attempt == 2:
                     raise ImageRejected(
                         422, "invalid_image", "the image could not be decoded (the decoder process failed)"
                     ) from exc
         raise AssertionError("unreachable")
 
-    async def _await_result(
-        self, future: asyncio.Future[ProcessedImage], executor: ProcessPoolExecutor
-    ) -> ProcessedImage:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
+    @property
+    def _cpu_seconds(self) -> int:
+        """The per-task CPU allowance: the wall-clock limit, rounded up, plus a second (pebble's
+        timeout should fire first; this one still fires when nobody is left to enforce it)."""
+        return math.ceil(self._timeout) + 1
+
+    async def _attempt(self, source: Path, destination: Path, limits: ValidationLimits) -> ProcessedImage:
+        if self._closed:
+            raise DecoderBusy("the image decoder is shutting down")
         try:
-            done, _ = await asyncio.wait({future}, timeout=self._timeout)
+            future: ProcessFuture[ProcessedImage] = self._pool.schedule(
+                decode_task, args=(source, destination, limits, self._cpu_seconds), timeout=self._timeout
+            )
+        except RuntimeError as exc:  # pebble's pool is closed or broken (workers cannot start)
+            raise DecoderBusy("the image decoder is unavailable") from exc
+        try:
+            return await asyncio.wrap_future(future)
+        except concurrent.futures.TimeoutError as exc:
+            # pebble killed the worker before failing the future: nothing is written after this.
+            raise DecodeTimeout(f"decoding took longer than {self._timeout:g} s") from exc
         except asyncio.CancelledError:
-            # The caller gave up (client went away). The worker cannot be interrupted and would
-            # write `destination` after the caller cleaned it up, so let it finish (or kill it
-            # at the deadline) before the cancellation goes on.
-            future.add_done_callback(_retrieve)
-            settle = self._spawn(self._settle(future, executor, deadline))
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(settle)
+            # The caller gave up and will delete its temp files; wrap_future has cancelled the
+            # task, so pebble kills its worker. Wait until it has (pebble notifies the future's
+            # waiters only then), so the worker cannot write `destination` after the cleanup.
+            await asyncio.shield(asyncio.to_thread(concurrent.futures.wait, [future], self._timeout + 5))
             raise
-        if not done:
-            future.add_done_callback(_retrieve)
-            await self._replace(executor)
-            raise DecodeTimeout(f"decoding took longer than {self._timeout:g} s")
-        return future.result()
-
-    async def _settle(
-        self,
-        future: asyncio.Future[Any],
-        executor: ProcessPoolExecutor,
-        deadline: float,
-    ) -> None:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining > 0:
-            await asyncio.wait({future}, timeout=remaining)
-        if not future.done():
-            await self._replace(executor)
-
-    async def _replace(self, executor: ProcessPoolExecutor) -> None:
-        """Kill `executor`'s workers and put a fresh executor in its place (once per executor)."""
-        if self._executor is not executor:
-            return  # already replaced by a concurrent failure, or the pool is closing
-        fresh = self._new_executor()
-        self._executor = fresh
-        _kill_workers(executor)
-        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-        if self._executor is fresh:
-            # Spawn now so the next decode's time limit does not include process start-up.
-            await self._warm(fresh, strict=False)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-
-def _kill_workers(executor: ProcessPoolExecutor) -> None:
-    """ProcessPoolExecutor (before Python 3.14) cannot stop a running task; kill its processes."""
-    processes = getattr(executor, "_processes", None) or {}
-    for process in list(processes.values()):
-        with contextlib.suppress(Exception):
-            process.kill()

@@ -6,19 +6,46 @@ A Postgres advisory lock (session-scoped) elects the replica; the others skip th
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import structlog
 
+from common.settings import ImageStoreSettings
+from services.image_store.decode_pool import DEFAULT_BUDGET_WAIT_SECONDS
 from services.image_store.service import ImageService
-from services.image_store.storage import file_sha256
+from services.image_store.storage import ImageStorage, file_sha256
 
 log = structlog.get_logger("retina.image_store.maintenance")
 
 MAINTENANCE_LOCK_ID = 0x7265_7469_6E61  # "retina"
 BATCH = 500
+# A client may pause this long between body chunks (the temp file is untouched meanwhile).
+UPLOAD_PAUSE_ALLOWANCE_SECONDS = 30.0
+
+
+def live_temp_file_max_idle_seconds(settings: ImageStoreSettings) -> float:
+    """The longest a live upload in any replica can leave its temp file unmodified: a pause in
+    the body, the budget wait, every decode queued ahead of it, then its own decode."""
+    queued_rounds = math.ceil(settings.max_pending_decodes / settings.decode_workers)
+    decoding = (queued_rounds + 1) * settings.decode_timeout_seconds
+    return UPLOAD_PAUSE_ALLOWANCE_SECONDS + DEFAULT_BUDGET_WAIT_SECONDS + decoding
+
+
+async def remove_stale_temp_files(storage: ImageStorage, older_than_seconds: float) -> int:
+    """At start-up: temp files a crashed process left behind (a kill -9 skips every cleanup).
+
+    Only files untouched for longer than a live upload can leave one are removed, so replicas
+    sharing a ReadWriteMany volume keep theirs; younger leftovers go in the hourly clean-up.
+    """
+    stale = await asyncio.to_thread(storage.stale_temp_files, older_than_seconds)
+    for path in stale:
+        await storage.discard(path)
+    if stale:
+        log.warning("stale_temp_files_removed", count=len(stale), older_than_seconds=older_than_seconds)
+    return len(stale)
 
 
 @dataclass

@@ -65,6 +65,16 @@ class ImageStoreMetrics:
         self.decodes_in_flight = Gauge(
             "image_store_decodes_in_flight", "Decodes running or waiting.", registry=registry
         )
+        # Read from the decode pool at scrape time (app.py wires them); busy 503s with few decodes
+        # in flight but this near the limit mean a burst of very large images.
+        self.decode_budget_used = Gauge(
+            "image_store_decode_budget_used_bytes",
+            "Decoded bytes reserved by decodes running or waiting for a worker.",
+            registry=registry,
+        )
+        self.decode_budget_limit = Gauge(
+            "image_store_decode_budget_bytes", "IMAGE_DECODE_BUDGET_MB in bytes.", registry=registry
+        )
         self.cleanup_deleted = Counter(
             "image_store_cleanup_deleted_total",
             "Removed by retention clean-up.",

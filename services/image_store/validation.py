@@ -25,6 +25,7 @@ from typing import IO, Any, ClassVar, Final
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from common.errors import ApiError
+from services.image_store.headers import declared_size
 
 # Pillow format name for each MIME type we can accept.
 PILLOW_FORMATS: Final[dict[str, str]] = {
@@ -224,7 +225,7 @@ def _reason(exc: Exception) -> str:
 def _open(stream: IO[bytes], head: bytes, mime: str, limits: ValidationLimits) -> Image.Image:
     # Our limits go first where the size sits at a fixed place: Pillow's WebP plugin allocates
     # the whole canvas while opening, and its own bomb check would name no dimensions.
-    declared = _declared_size(head, mime)
+    declared = declared_size(head, mime)
     if declared is not None and min(declared) > 0:  # 0 is left to Pillow (GIFs may say 0x0)
         _check_dimensions(declared, limits)
     return Image.open(stream, formats=[PILLOW_FORMATS[mime]])
@@ -394,36 +395,6 @@ def _to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return image
     return converted if converted is not None else image
-
-
-# ---- headers --------------------------------------------------------------------------------
-
-
-def _declared_size(head: bytes, mime: str) -> tuple[int, int] | None:
-    """Width and height as the header states them, for the formats that put them at a fixed
-    place (JPEG's SOF can follow any number of segments; Pillow reads that one)."""
-    if mime == "image/png" and len(head) >= 24 and head[12:16] == b"IHDR":
-        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    if mime == "image/gif" and len(head) >= 10 and head[:6] in (b"GIF87a", b"GIF89a"):
-        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
-    if mime == "image/webp":
-        return _webp_canvas_size(head)
-    return None
-
-
-def _webp_canvas_size(head: bytes) -> tuple[int, int] | None:
-    """Width and height from the first RIFF chunk, or None if it is not one we know."""
-    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
-        return None
-    fourcc, data = head[12:16], head[20:30]
-    if fourcc == b"VP8X":
-        return int.from_bytes(data[4:7], "little") + 1, int.from_bytes(data[7:10], "little") + 1
-    if fourcc == b"VP8L" and data[0] == 0x2F:
-        bits = int.from_bytes(data[1:5], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if fourcc == b"VP8 " and data[3:6] == b"\x9d\x01\x2a":
-        return int.from_bytes(data[6:8], "little") & 0x3FFF, int.from_bytes(data[8:10], "little") & 0x3FFF
-    return None
 
 
 def _webp_is_lossless(stream: IO[bytes]) -> bool:

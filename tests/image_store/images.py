@@ -133,3 +133,10 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     assert data[index : index + 2] == b"\xff\xc0", "Pillow writes baseline JPEGs"
     data[index + 5 : index + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
+
+
+@functools.cache
+def webp_bomb(width: int = 8000, height: int = 5000) -> bytes:
+    """A valid lossless WebP of one colour: a few dozen bytes that decode to width*height RGB
+    pixels (libwebp's fastest lossless setting writes a single-symbol bitstream)."""
+    return encode(Image.new("RGB", (width, height)), "WEBP", lossless=True, quality=0, method=0)
