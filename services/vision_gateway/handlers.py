@@ -19,10 +19,12 @@ from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.chat import ChatRequest, ChatService
 from services.vision_gateway.errors import BadRequest, GatewayError, StreamNotFound, TooManyImages
+from services.vision_gateway.history import HistoryImages, message_with_images
 from services.vision_gateway.image_store_client import ImageUploadRefused
 from services.vision_gateway.sse import SSE_HEADERS, SseSink
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)
+HISTORY_IMAGES_KEY = web.AppKey("history_images", HistoryImages)
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MODEL_CHARS = 200
@@ -200,7 +202,8 @@ async def conversation_messages(request: web.Request) -> web.Response:
     if conversation_id is None:
         raise ApiError(404, "not_found", "conversation not found")
     messages = await request.app[CHAT_SERVICE_KEY].messages(conversation_id, caller.user_id)
-    return web.json_response({"messages": [m.to_json() for m in messages]})
+    urls = await request.app[HISTORY_IMAGES_KEY].urls(messages, caller.user_id, request_id_of(request))
+    return web.json_response({"messages": [message_with_images(m, urls) for m in messages]})
 
 
 def add_routes(app: web.Application) -> None:
