@@ -87,7 +87,9 @@ async def test_demo_page_attach_ask_stream_stop_and_history(
     await page.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
     thumbs = page.locator("#attachments img")
     assert await thumbs.count() == 2
-    await page.wait_for_function("() => [...document.querySelectorAll('#attachments img')].every(i => i.naturalWidth > 0)")
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('#attachments img')].every(i => i.naturalWidth > 0)"
+    )
     await page.screenshot(path=str(tmp_path / "1-attached.png"))
 
     # Ask: the answer streams in (several reads see it grow before `done`).
@@ -99,7 +101,8 @@ async def test_demo_page_attach_ask_stream_stop_and_history(
     assert await answer_text(page) == reply
     assert "done: stop" in (await page.locator(".message.assistant .event.done").text_content() or "")
     chat = emulator.chats[-1]
-    assert len(chat.images) == 2 and all(image.format == "JPEG" or image.format == "PNG" for image in chat.images)
+    assert len(chat.images) == 2, "both attachments reached the model"
+    assert {image.format for image in chat.images} <= {"JPEG", "PNG"}
     await page.screenshot(path=str(tmp_path / "2-answered.png"))
 
     # A long answer, seen growing, then stopped with the Stop button.
@@ -113,7 +116,8 @@ async def test_demo_page_attach_ask_stream_stop_and_history(
     )
     first_seen = len(await answer_text(page))
     await page.wait_for_function(
-        f"() => document.querySelectorAll('.message.assistant')[1].querySelector('.content').textContent.length > {first_seen}"
+        "seen => document.querySelectorAll('.message.assistant .content')[1].textContent.length > seen",
+        arg=first_seen,
     )
     assert not await page.locator(".message.assistant").nth(1).locator(".event.done").count(), "still streaming"
     await page.screenshot(path=str(tmp_path / "3-streaming.png"))
