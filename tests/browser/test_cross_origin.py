@@ -53,6 +53,9 @@ async (url) => {
   const canvas = Object.assign(document.createElement("canvas"), { width: 4, height: 4 });
   canvas.getContext("2d").drawImage(img, 0, 0);
   result.imgPixel = Array.from(canvas.getContext("2d").getImageData(0, 0, 1, 1).data.slice(0, 3));
+  const plain = new Image(); // no crossorigin: a no-cors load, governed by Cross-Origin-Resource-Policy
+  plain.src = url + "&plain";
+  result.plainWidth = await plain.decode().then(() => plain.naturalWidth, () => 0);
   const again = await fetch(url, { headers: { "If-None-Match": result.etag } });
   result.conditionalStatus = again.status;
   const ranged = await fetch(url, { headers: { Range: "bytes=0-99" } });
@@ -128,6 +131,7 @@ async def test_allowed_origin_reads_pixels_and_unlisted_origin_is_refused(
         expected = stored.getpixel((x, y))
         assert all(abs(a - b) <= 2 for a, b in zip(pixel, expected, strict=True)), ((x, y), pixel, expected)
     assert all(abs(a - b) <= 2 for a, b in zip(result["imgPixel"], stored.getpixel((0, 0)), strict=True))
+    assert result["plainWidth"] == record["width"], "CORP cross-origin (the default with origins) lets <img> show it"
     assert result["conditionalStatus"] == 304, "the If-None-Match preflight passed and the 304 is readable"
     assert result["rangeStatus"] == 206
     assert result["contentRange"] == f"bytes 0-99/{record['size_bytes']}"
