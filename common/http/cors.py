@@ -17,6 +17,9 @@ from collections.abc import Iterable
 import aiohttp_cors
 from aiohttp import hdrs, web
 
+from common.errors import ApiError
+from common.http.request_context import Handler
+
 CORS_ROUTE_NAMES_KEY = web.AppKey("cors_route_names", frozenset)
 
 # Preflight answers may be cached by the browser this long (seconds).
@@ -50,6 +53,19 @@ def enable_cors(
             names.add(resource.name)
     app[CORS_ROUTE_NAMES_KEY] = frozenset(names)
     app.on_response_prepare.append(_vary_on_origin)
+    app.middlewares.append(_explain_refused_preflight)
+
+
+@web.middleware
+async def _explain_refused_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp-cors refuses a preflight with a bare 403 whose text says why; keep the why in our JSON
+    error (the request's own origin or header names are all it can contain)."""
+    try:
+        return await handler(request)
+    except web.HTTPForbidden as exc:
+        if request.method == hdrs.METH_OPTIONS and exc.text and exc.text.startswith("CORS preflight"):
+            raise ApiError(403, "forbidden", exc.text[:300]) from exc
+        raise
 
 
 async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:

@@ -182,3 +182,39 @@ async def test_without_public_base_url_urls_stay_relative(
     record = await response.json()
     assert record["url"].startswith(f"/api/images/{record['id']}?exp=")
     assert response.headers["Location"] == f"/api/images/{record['id']}"
+
+
+async def test_preflights_are_not_counted_as_served_images(
+    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+) -> None:
+    client = await client_with(settings_for, aiohttp_client, IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
+    url = await signed_path(client)
+    preflight = {"Origin": FRONT_END, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"}
+    for _ in range(3):
+        assert (await client.options(url, headers=preflight)).status == 200
+    assert (await client.get(url, headers={"Origin": FRONT_END})).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'image_store_serve_responses_total{status="200"} 1.0' in metrics
+
+
+async def test_a_refused_preflight_says_why(
+    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+) -> None:
+    client = await client_with(settings_for, aiohttp_client, IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
+    url = await signed_path(client)
+    refused = await client.options(url, headers={"Origin": STRANGER, "Access-Control-Request-Method": "GET"})
+    assert refused.status == 403
+    error = (await refused.json())["error"]
+    assert error["code"] == "forbidden"
+    assert error["message"] == (
+        f"CORS preflight request failed: request method 'GET' is not allowed for '{STRANGER}' origin"
+    )
+    header = await client.options(
+        url,
+        headers={
+            "Origin": FRONT_END,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-evil",
+        },
+    )
+    assert (await header.json())["error"]["message"] == "CORS preflight request failed: headers are not allowed: X-EVIL"
