@@ -34,6 +34,8 @@ def test_resource_policy_defaults_follow_the_allow_list(tmp_path: Path) -> None:
     assert load_image_store_settings(minimal_env(tmp_path)).cross_origin_resource_policy == "same-site"
     with_origin = {**minimal_env(tmp_path), "IMAGE_CORS_ALLOWED_ORIGINS": "https://chat.example.com"}
     assert load_image_store_settings(with_origin).cross_origin_resource_policy == "cross-origin"
+    empty = {**with_origin, "IMAGE_CROSS_ORIGIN_RESOURCE_POLICY": ""}
+    assert load_image_store_settings(empty).cross_origin_resource_policy == "cross-origin", "empty = the default"
     explicit = {**with_origin, "IMAGE_CROSS_ORIGIN_RESOURCE_POLICY": "Same-Origin"}
     assert load_image_store_settings(explicit).cross_origin_resource_policy == "same-origin"
     with pytest.raises(SettingsError) as caught:
