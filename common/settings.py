@@ -10,6 +10,7 @@ import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common.env import EnvReader
 
@@ -19,6 +20,11 @@ SUPPORTED_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp
 DEFAULT_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 
 FALLBACK_POLICIES: tuple[str, ...] = ("reject", "fallback_model", "text_only")
+CROSS_ORIGIN_RESOURCE_POLICIES: tuple[str, ...] = ("same-origin", "same-site", "cross-origin")
+
+# The original plan's defaults.
+DEFAULT_STORAGE_PATH = "./uploads/images"
+DEFAULT_MAX_SIZE_MB = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,9 @@ class ImageStoreSettings:
     upload_rate_per_minute: int
     maintenance_interval_seconds: float
     orphan_grace_seconds: int
+    cors_allowed_origins: tuple[str, ...] = ()
+    cross_origin_resource_policy: str = "same-site"
+    public_base_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,8 @@ class GatewaySettings:
     image_serve_endpoint: str
     stream_sweep_after_seconds: float
     stream_save_retry_seconds: float
+    cors_allowed_origins: tuple[str, ...] = ()
+    demo_page_enabled: bool = False
 
 
 def _default_migrations_path() -> Path:
@@ -160,6 +171,50 @@ def _read_serve_endpoint(env: EnvReader) -> str:
     return endpoint
 
 
+def read_cors_origins(env: EnvReader, name: str) -> tuple[str, ...]:
+    """Exact origins (scheme://host[:port]) a browser page may read responses from; empty = no CORS.
+
+    Wildcards are refused on purpose: an allow-list is the point, and a typo must fail at start-up
+    rather than silently open (or close) the service to every page on the web.
+    """
+    origins: list[str] = []
+    for raw in env.csv(name, ()):
+        candidate = raw.rstrip("/")
+        parts = urlsplit(candidate)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or parts.username
+        ):
+            env.problem(f"{name}: {raw!r} is not an origin like https://chat.example.com or http://127.0.0.1:5173")
+            continue
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(dict.fromkeys(origins))
+
+
+def _read_public_base_url(env: EnvReader) -> str:
+    """Where browsers reach the image-store; empty keeps `url` fields relative (today's answers)."""
+    raw = env.string("IMAGE_PUBLIC_BASE_URL", "")
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        env.problem(f"IMAGE_PUBLIC_BASE_URL must be an http:// or https:// URL with a host, got {raw!r}")
+        return ""
+    return raw.rstrip("/")
+
+
+def _read_resource_policy(env: EnvReader, cors_origins: tuple[str, ...]) -> str:
+    """`same-site` protects images from embedding by other sites; a configured front-end origin on
+    another site needs `cross-origin` to show them in a plain <img>, so that becomes the default
+    as soon as IMAGE_CORS_ALLOWED_ORIGINS names one."""
+    default = "cross-origin" if cors_origins else "same-site"
+    return env.choice("IMAGE_CROSS_ORIGIN_RESOURCE_POLICY", default, CROSS_ORIGIN_RESOURCE_POLICIES)
+
+
 def load_image_store_settings(environ: Mapping[str, str]) -> ImageStoreSettings:
     env = EnvReader(environ)
     settings = read_image_store(env)
@@ -168,13 +223,14 @@ def load_image_store_settings(environ: Mapping[str, str]) -> ImageStoreSettings:
 
 
 def read_image_store(env: EnvReader) -> ImageStoreSettings:
+    cors_origins = read_cors_origins(env, "IMAGE_CORS_ALLOWED_ORIGINS")
     return ImageStoreSettings(
         common=read_common(env),
         host=env.string("IMAGE_STORE_HOST", "0.0.0.0"),  # noqa: S104 - a container listens on all interfaces
         port=env.integer("IMAGE_STORE_PORT", 8081, minimum=1, maximum=65535),
         upload_enabled=env.boolean("IMAGE_UPLOAD_ENABLED", True),
-        storage_path=env.writable_directory("IMAGE_STORAGE_PATH", "./var/images"),
-        max_size_bytes=env.integer("IMAGE_MAX_SIZE_MB", 20, minimum=1, maximum=1024) * 1024 * 1024,
+        storage_path=env.writable_directory("IMAGE_STORAGE_PATH", DEFAULT_STORAGE_PATH),
+        max_size_bytes=env.integer("IMAGE_MAX_SIZE_MB", DEFAULT_MAX_SIZE_MB, minimum=1, maximum=1024) * 1024 * 1024,
         retention_days=env.integer("IMAGE_RETENTION_DAYS", 30, minimum=0, maximum=36500),
         allowed_types=_read_allowed_types(env),
         serve_endpoint=_read_serve_endpoint(env),
@@ -196,6 +252,9 @@ def read_image_store(env: EnvReader) -> ImageStoreSettings:
             "IMAGE_MAINTENANCE_INTERVAL_SECONDS", 3600.0, minimum=0.0, maximum=7 * 86400.0
         ),
         orphan_grace_seconds=env.integer("IMAGE_ORPHAN_GRACE_SECONDS", 3600, minimum=0, maximum=30 * 86400),
+        cors_allowed_origins=cors_origins,
+        cross_origin_resource_policy=_read_resource_policy(env, cors_origins),
+        public_base_url=_read_public_base_url(env),
     )
 
 
@@ -244,10 +303,12 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         upstream_retries=env.integer("UPSTREAM_RETRIES", 2, minimum=0, maximum=10),
         heartbeat_seconds=env.number("SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.1, maximum=300.0),
         known_models=env.csv("VISION_KNOWN_MODELS", ()),
-        max_upload_bytes=env.integer("IMAGE_MAX_SIZE_MB", 20, minimum=1, maximum=1024) * 1024 * 1024,
+        max_upload_bytes=env.integer("IMAGE_MAX_SIZE_MB", DEFAULT_MAX_SIZE_MB, minimum=1, maximum=1024) * 1024 * 1024,
         image_serve_endpoint=_read_serve_endpoint(env),
         stream_sweep_after_seconds=env.number("STREAM_SWEEP_AFTER_SECONDS", 60.0, minimum=1.0, maximum=86400.0),
         stream_save_retry_seconds=env.number("STREAM_SAVE_RETRY_SECONDS", 15.0, minimum=0.0, maximum=600.0),
+        cors_allowed_origins=read_cors_origins(env, "GATEWAY_CORS_ALLOWED_ORIGINS"),
+        demo_page_enabled=env.boolean("DEMO_PAGE_ENABLED", False),
     )
     if not token:
         env.problem("IMAGE_STORE_TOKEN is required when SERVICE_TOKENS is empty")

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
@@ -93,6 +93,7 @@ def run_local_stack(
     env["IMAGE_STORE_PORT"] = str(store_port)
     env["VISION_GATEWAY_PORT"] = str(gateway_port)
     env.setdefault("IMAGE_STORE_URL", f"http://127.0.0.1:{store_port}")
+    _browser_defaults(env, host, store_port, gateway_port)
     if not env.get("DATABASE_URL"):
         env["DATABASE_URL"] = start_embedded_postgres(state_dir / "postgres")
         database_note = "embedded PostgreSQL in " + str(state_dir / "postgres")
@@ -121,6 +122,19 @@ def run_local_stack(
     )
 
 
+def _browser_defaults(env: dict[str, str], host: str, store_port: int, gateway_port: int) -> None:
+    """The demo page lives on the gateway's origin and shows images from the store's origin: let that
+    origin read them (CORS, and so a cross-origin CORP) and make the store's URLs absolute."""
+    shown_host = _shown_host(host)
+    env.setdefault("DEMO_PAGE_ENABLED", "true")
+    env.setdefault("IMAGE_PUBLIC_BASE_URL", f"http://{shown_host}:{store_port}")
+    env.setdefault("IMAGE_CORS_ALLOWED_ORIGINS", f"http://{shown_host}:{gateway_port}")
+
+
+def _shown_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - display only
+
+
 def banner(
     env: Mapping[str, str],
     host: str,
@@ -129,17 +143,21 @@ def banner(
     database_note: str,
     elapsed: float,
 ) -> str:
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - display only
+    shown_host = _shown_host(host)
     token = env["SERVICE_TOKENS"].split(",")[0]
     store = f"http://{shown_host}:{store_port}"
     gateway = f"http://{shown_host}:{gateway_port}"
+    demo = ""
+    if env.get("DEMO_PAGE_ENABLED", "").strip().lower() in ("1", "true", "yes", "on"):
+        # The token rides in the fragment, which the browser keeps to itself (no server log sees it).
+        demo = f"\n  demo chat       {gateway}/demo#token={quote(token, safe='')}&user=alice"
     return f"""
 retina is up ({elapsed:.1f}s)
   image-store     {store}   (health: {store}/readyz, metrics: {store}/metrics)
   vision-gateway  {gateway}   (health: {gateway}/readyz, metrics: {gateway}/metrics)
   database        {database_note}
   ollama          {env.get("OLLAMA_URL", "http://127.0.0.1:11434")}
-  service token   {token}
+  service token   {token}{demo}
 
 Try it:
   export RETINA_TOKEN={token}

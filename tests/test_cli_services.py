@@ -108,6 +108,11 @@ def test_retina_up_on_a_bare_machine_serves_both_services(tmp_path: Path) -> Non
         token = next(line.split("=", 1)[1] for line in secrets.splitlines() if line.startswith("SERVICE_TOKENS="))
         assert f"service token   {token}" in banner
         assert oct((tmp_path / "state" / "local.env").stat().st_mode & 0o777) == "0o600"
+        demo_url = f"http://127.0.0.1:{gateway_port}/demo#token={token}&user=alice"
+        assert f"demo chat       {demo_url}" in banner, "retina up turns the demo page on and prints it"
+        status, page = http_get(demo_url.split("#")[0])
+        assert status == 200
+        assert "<title>retina demo chat</title>" in page
         for port in (store_port, gateway_port):
             for path in ("/livez", "/readyz", "/metrics"):
                 status, body = http_get(f"http://127.0.0.1:{port}{path}")

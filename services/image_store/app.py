@@ -8,6 +8,7 @@ from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, create_service_app
 from common.health import READINESS_KEY
+from common.http.cors import enable_cors
 from common.periodic import run_periodically
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
@@ -29,6 +30,17 @@ from services.image_store.service import ImageService
 from services.image_store.storage import ImageStorage
 
 SERVICE_NAME = "image_store"
+# What a page on an allowed origin may send when it reads image bytes (signed URLs need no
+# Authorization header, so it is not offered), and what it may read back.
+CORS_REQUEST_HEADERS = ("Range", "If-None-Match", "If-Match", "If-Range", "If-Modified-Since", "X-Request-ID")
+CORS_EXPOSED_HEADERS = (
+    "ETag",
+    "Content-Range",
+    "Content-Length",
+    "Content-Disposition",
+    "Accept-Ranges",
+    "X-Request-ID",
+)
 IMAGE_STORE_SETTINGS_KEY = web.AppKey("image_store_settings", ImageStoreSettings)
 MAINTENANCE_KEY = web.AppKey("maintenance", MaintenanceService)
 
@@ -43,6 +55,14 @@ def create_app(settings: ImageStoreSettings) -> web.Application:
     app.cleanup_ctx.append(_image_service)
     app.on_response_prepare.append(count_served)
     add_routes(app, settings.serve_endpoint)
+    enable_cors(
+        app,
+        settings.cors_allowed_origins,
+        [app.router["image_bytes"]],
+        allow_methods=("GET", "HEAD"),
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_EXPOSED_HEADERS,
+    )
 
     async def storage_ready() -> None:
         if not settings.storage_path.is_dir():

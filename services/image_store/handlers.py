@@ -77,9 +77,7 @@ async def upload_image(request: web.Request) -> web.Response:
             message_id=parse_optional_uuid(fields.get("message_id"), "message_id"),
         )
     body = record_json(service, stored.row)
-    return web.json_response(
-        body, status=201, headers={"Location": f"{service.settings.serve_endpoint}/{stored.row.id}"}
-    )
+    return web.json_response(body, status=201, headers={"Location": service.image_location(stored.row.id)})
 
 
 async def _receive_multipart(request: web.Request, session: UploadSession) -> tuple[dict[str, str], str | None]:
@@ -141,13 +139,13 @@ class ImageFileResponse(web.FileResponse):
         web.StreamResponse.etag.fset(self, self._content_etag)  # type: ignore[attr-defined]
 
 
-def image_headers(row: ImageRow, max_age: int) -> dict[str, str]:
+def image_headers(row: ImageRow, max_age: int, resource_policy: str = "same-site") -> dict[str, str]:
     return {
         "Content-Type": row.mime_type,
         "Cache-Control": f"private, max-age={max_age}, immutable",
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "default-src 'none'; sandbox",
-        "Cross-Origin-Resource-Policy": "same-site",
+        "Cross-Origin-Resource-Policy": resource_policy,
         "Content-Disposition": content_disposition(row.original_filename, fallback=str(row.id)),
     }
 
@@ -166,7 +164,7 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     else:
         caller = request.app[AUTH_KEY].caller(request)
         row = await service.get(image_id, caller.user_id)
-    headers = image_headers(row, service.settings.cache_max_age_seconds)
+    headers = image_headers(row, service.settings.cache_max_age_seconds, service.settings.cross_origin_resource_policy)
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and _etag_listed(if_none_match, row.sha256):
         headers.pop("Content-Type")
@@ -180,7 +178,7 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
 
 async def count_served(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: the final status of byte responses (200/206/304/416) is known here."""
-    if request.match_info.route.name == "image_bytes":
+    if request.match_info.route.name == "image_bytes" and request.method != "OPTIONS":  # not CORS preflights
         request.app[IMAGE_SERVICE_KEY].metrics.serve_responses.labels(str(response.status)).inc()
 
 

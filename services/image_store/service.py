@@ -242,9 +242,13 @@ class ImageService:
 
     # ---- reading --------------------------------------------------------------------------
 
+    def image_location(self, image_id: uuid.UUID) -> str:
+        """The image's address; absolute when IMAGE_PUBLIC_BASE_URL says where browsers reach us."""
+        return f"{self.settings.public_base_url}{self.settings.serve_endpoint}/{image_id}"
+
     def signed_url(self, image_id: uuid.UUID) -> str:
         expires, signature = self.signer.sign(str(image_id))
-        return f"{self.settings.serve_endpoint}/{image_id}?exp={expires}&sig={signature}"
+        return f"{self.image_location(image_id)}?exp={expires}&sig={signature}"
 
     async def get(self, image_id: uuid.UUID, owner_id: str) -> ImageRow:
         row = await self.repository.get_image(image_id, owner_id)

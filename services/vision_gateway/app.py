@@ -9,12 +9,15 @@ from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, SETTINGS_KEY, create_service_app
 from common.health import READINESS_KEY
+from common.http.cors import enable_cors
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY
 from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.image_source import ImageSource
-from services.vision_gateway.handlers import CHAT_SERVICE_KEY, add_routes
+from services.vision_gateway.demo import add_demo_routes
+from services.vision_gateway.handlers import CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
+from services.vision_gateway.history import HistoryImages
 from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
@@ -33,6 +36,17 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)
     add_routes(app)
+    if settings.demo_page_enabled:
+        add_demo_routes(app)
+    # Browsers call the API directly only in deployments without a chat backend in front.
+    enable_cors(
+        app,
+        settings.cors_allowed_origins,
+        [r for r in app.router.resources() if r.canonical.startswith(("/api/", "/v1/"))],
+        allow_methods=("GET", "POST", "DELETE"),
+        allow_headers=("Authorization", "Content-Type", "X-User-Id", "X-Request-ID", "Accept"),
+        expose_headers=("X-Request-ID", "Retry-After"),
+    )
     return app
 
 
@@ -66,6 +80,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             endpoint=settings.image_serve_endpoint,
         )
         repository = ConversationRepository(app[POOL_KEY])
+        app[HISTORY_IMAGES_KEY] = HistoryImages(store)
         service = ChatService(
             settings,
             ollama=ollama,

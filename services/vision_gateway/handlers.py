@@ -24,9 +24,11 @@ from services.vision_gateway.errors import (
     TooManyImages,
     UnsupportedMediaType,
 )
+from services.vision_gateway.history import HistoryImages, message_with_images
 from services.vision_gateway.sse import EventStream
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)
+HISTORY_IMAGES_KEY = web.AppKey("history_images", HistoryImages)
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MODEL_CHARS = 200
@@ -194,7 +196,8 @@ async def conversation_messages(request: web.Request) -> web.Response:
     if conversation_id is None:
         raise ConversationNotFound()
     messages = await request.app[CHAT_SERVICE_KEY].messages(conversation_id, caller.user_id)
-    return web.json_response({"messages": [m.to_json() for m in messages]})
+    urls = await request.app[HISTORY_IMAGES_KEY].urls(messages, caller.user_id, request_id_of(request))
+    return web.json_response({"messages": [message_with_images(m, urls) for m in messages]})
 
 
 def add_routes(app: web.Application) -> None:

@@ -32,7 +32,7 @@ def test_defaults_follow_the_design(tmp_path: Path) -> None:
     assert store.upload_enabled is True
     assert store.allowed_types == {"image/png", "image/jpeg", "image/webp"}
     assert store.serve_endpoint == "/api/images"
-    assert store.max_size_bytes == 20 * 1024 * 1024
+    assert store.max_size_bytes == 10 * 1024 * 1024, "the original plan's 10 MB"
     assert store.storage_path.is_dir(), "the storage directory is created at start-up"
 
     gateway = load_gateway_settings(minimal_env(tmp_path))
@@ -40,6 +40,18 @@ def test_defaults_follow_the_design(tmp_path: Path) -> None:
     assert gateway.model_detection_enabled is True
     assert gateway.fallback_policy == "reject"
     assert gateway.image_store_token == SERVICE_TOKEN, "defaults to the first service token"
+    assert gateway.max_upload_bytes == 10 * 1024 * 1024
+    assert gateway.demo_page_enabled is False, "the demo page is off unless asked for"
+    assert gateway.cors_allowed_origins == ()
+
+
+def test_storage_path_defaults_to_the_plans_uploads_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = minimal_env(tmp_path)
+    del env["IMAGE_STORAGE_PATH"]
+    store = load_image_store_settings(env)
+    assert store.storage_path == Path("uploads/images")
+    assert (tmp_path / "uploads" / "images").is_dir()
 
 
 def test_every_problem_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
