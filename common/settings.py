@@ -58,6 +58,8 @@ class ImageStoreSettings:
     upload_rate_per_minute: int
     maintenance_interval_seconds: float
     orphan_grace_seconds: int
+    upload_idle_timeout_seconds: float
+    upload_deadline_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,8 @@ class GatewaySettings:
     known_models: tuple[str, ...]
     max_upload_bytes: int
     image_serve_endpoint: str
+    upload_idle_timeout_seconds: float
+    upload_deadline_seconds: float
 
 
 def _default_migrations_path() -> Path:
@@ -157,6 +161,18 @@ def _read_serve_endpoint(env: EnvReader) -> str:
     return endpoint
 
 
+def read_upload_timeouts(env: EnvReader) -> tuple[float, float]:
+    """(idle, deadline) for reading an upload's body; both services read them (the gateway's
+    timeouts towards the store are derived from them, so they must agree)."""
+    idle = env.number("IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS", 30.0, minimum=0.1, maximum=3600.0)
+    deadline = env.number("IMAGE_UPLOAD_DEADLINE_SECONDS", 300.0, minimum=0.5, maximum=86400.0)
+    if idle > deadline:
+        env.problem(
+            f"IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS ({idle:g}) must not exceed IMAGE_UPLOAD_DEADLINE_SECONDS ({deadline:g})"
+        )
+    return idle, deadline
+
+
 def load_image_store_settings(environ: Mapping[str, str]) -> ImageStoreSettings:
     env = EnvReader(environ)
     settings = read_image_store(env)
@@ -165,6 +181,7 @@ def load_image_store_settings(environ: Mapping[str, str]) -> ImageStoreSettings:
 
 
 def read_image_store(env: EnvReader) -> ImageStoreSettings:
+    upload_idle, upload_deadline = read_upload_timeouts(env)
     return ImageStoreSettings(
         common=read_common(env),
         host=env.string("IMAGE_STORE_HOST", "0.0.0.0"),  # noqa: S104 - a container listens on all interfaces
@@ -191,6 +208,8 @@ def read_image_store(env: EnvReader) -> ImageStoreSettings:
             "IMAGE_MAINTENANCE_INTERVAL_SECONDS", 3600.0, minimum=0.0, maximum=7 * 86400.0
         ),
         orphan_grace_seconds=env.integer("IMAGE_ORPHAN_GRACE_SECONDS", 3600, minimum=0, maximum=30 * 86400),
+        upload_idle_timeout_seconds=upload_idle,
+        upload_deadline_seconds=upload_deadline,
     )
 
 
@@ -215,6 +234,7 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
             f"VISION_MAX_IMAGES_PER_REQUEST ({per_request}) must be at least "
             f"VISION_MAX_IMAGES_PER_MESSAGE ({per_message})"
         )
+    upload_idle, upload_deadline = read_upload_timeouts(env)
     settings = GatewaySettings(
         common=common,
         host=env.string("VISION_GATEWAY_HOST", "0.0.0.0"),  # noqa: S104 - a container listens on all interfaces
@@ -241,6 +261,8 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         known_models=env.csv("VISION_KNOWN_MODELS", ()),
         max_upload_bytes=env.integer("IMAGE_MAX_SIZE_MB", 20, minimum=1, maximum=1024) * 1024 * 1024,
         image_serve_endpoint=_read_serve_endpoint(env),
+        upload_idle_timeout_seconds=upload_idle,
+        upload_deadline_seconds=upload_deadline,
     )
     if not token:
         env.problem("IMAGE_STORE_TOKEN is required when SERVICE_TOKENS is empty")

@@ -8,6 +8,8 @@ class StoreError(Exception):
 
     status = 500
     code = "internal_error"
+    # The request body was left unread on purpose (a stalled client): answer, then hang up.
+    closes_connection = False
 
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
@@ -32,6 +34,13 @@ class EmptyUpload(StoreError):
 
 class PayloadTooLarge(StoreError):
     status, code = 413, "payload_too_large"
+
+
+class UploadTimedOut(StoreError):
+    """The body stalled or took too long; the handler also closes the connection."""
+
+    status, code = 408, "request_timeout"
+    closes_connection = True
 
 
 class UploadDisabled(StoreError):

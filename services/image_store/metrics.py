@@ -20,6 +20,7 @@ UPLOAD_OUTCOMES = (
     "disabled",
     "busy",
     "insufficient_storage",
+    "timeout",
     "error",
 )
 

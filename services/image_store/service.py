@@ -31,6 +31,7 @@ from services.image_store.errors import (
     StoreBusy,
     StoreError,
     UploadDisabled,
+    UploadTimedOut,
 )
 from services.image_store.filenames import sanitize_filename
 from services.image_store.metrics import ImageStoreMetrics
@@ -67,6 +68,8 @@ def _outcome_for(exc: BaseException) -> str:
         return "busy"
     if isinstance(exc, InsufficientStorage):
         return "insufficient_storage"
+    if isinstance(exc, UploadTimedOut):
+        return "timeout"
     if isinstance(exc, StoreError) and exc.status < 500:
         return "invalid"
     return "error"

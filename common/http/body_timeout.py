@@ -1,0 +1,100 @@
+"""Time limits for reading a request body, and closing the connection of a client that broke them.
+
+aiohttp's server has no timeout for reading a request body: a client sending one byte per second
+holds a connection, a handler and a temp file for as long as it likes. `read_limits` bounds the
+body by two clocks: an idle clock (no new body byte for `idle_seconds`) and an overall deadline.
+When either runs out, the reading task is cancelled (so every `finally`, temp-file clean-up
+included, runs) and `BodyReadTimeout` is raised in its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+# The idle clock is checked this many times per idle period: a stall is noticed at most a quarter
+# of the idle time late, at the cost of one timer callback per check and upload.
+IDLE_CHECKS_PER_PERIOD = 4
+MIN_CHECK_INTERVAL = 0.05
+
+
+class BodyReadTimeout(Exception):
+    """The body did not arrive in time; `reason` is "idle" or "deadline"."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+
+class _IdleWatch:
+    """Checks `progress()` periodically and expires `timeout` once it stopped moving."""
+
+    def __init__(self, progress: Callable[[], int], idle_seconds: float, timeout: asyncio.Timeout) -> None:
+        self._progress = progress
+        self._idle = idle_seconds
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._interval = max(MIN_CHECK_INTERVAL, idle_seconds / IDLE_CHECKS_PER_PERIOD)
+        self._seen = progress()
+        self._moved_at = self._loop.time()
+        self.fired = False
+        self._handle = self._loop.call_later(self._interval, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        current = self._progress()
+        if current != self._seen:
+            self._seen, self._moved_at = current, now
+        elif now - self._moved_at >= self._idle:
+            self.fired = True
+            self._timeout.reschedule(now)  # expire now: cancels the reading task
+            return
+        self._handle = self._loop.call_later(self._interval, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+@contextlib.asynccontextmanager
+async def read_limits(
+    progress: Callable[[], int], *, idle_seconds: float, deadline_seconds: float
+) -> AsyncIterator[None]:
+    """Run a body-reading block under both clocks; `progress()` counts the body bytes received.
+
+    Nothing blocks: the clocks are a timer callback and an `asyncio.timeout`, so a hundred slow
+    clients cost a hundred timer handles, and the cancellation reaches whatever read is pending.
+    """
+    clock = asyncio.timeout(deadline_seconds)
+    watch: _IdleWatch | None = None
+    try:
+        async with clock:
+            watch = _IdleWatch(progress, idle_seconds, clock)
+            try:
+                yield
+            finally:
+                watch.stop()
+    except TimeoutError:
+        if not clock.expired():
+            raise  # someone else's timeout
+        if watch is not None and watch.fired:
+            raise BodyReadTimeout(f"no upload data arrived for {idle_seconds:g} s", reason="idle") from None
+        raise BodyReadTimeout(f"the upload did not complete within {deadline_seconds:g} s", reason="deadline") from None
+
+
+def close_after_response(request: web.Request) -> None:
+    """Close the connection as soon as the response to `request` has been written.
+
+    `Connection: close` alone is not enough: aiohttp then keeps reading ("lingering") the rest of
+    an unread body for up to 10 s, which is exactly what a slow client must not get. The handler's
+    task ends right after the response is written, so closing the transport then flushes the
+    response first and drops the rest of the body.
+    """
+    task = asyncio.current_task()
+    protocol = request.protocol
+    if task is None or protocol is None:
+        return
+    task.add_done_callback(lambda _: protocol.force_close())
