@@ -6,10 +6,13 @@ from __future__ import annotations
 class GatewayError(Exception):
     status = 500
     code = "internal_error"
+    # The request body was left unread on purpose (a stalled client): answer, then hang up.
+    closes_connection = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after
 
 
 class BadRequest(GatewayError):
@@ -42,6 +45,24 @@ class ModelNotVisionCapable(GatewayError):
 
 class UpstreamUnavailable(GatewayError):
     status, code = 503, "upstream_unavailable"
+
+
+class RequestTimeout(GatewayError):
+    """The client's body stalled or took longer than the upload deadline."""
+
+    status, code = 408, "request_timeout"
+    closes_connection = True
+
+
+class StoreRefusedUpload(GatewayError):
+    """The image-store refused an uploaded file: its status, code, message and Retry-After are
+    passed on unchanged (a 429 must not become a 503, a 408 must not become "unavailable")."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status
+        self.code = code
+        self.closes_connection = status == 408
 
 
 class UploadDisabled(GatewayError):

@@ -14,12 +14,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from common.app import AUTH_KEY
 from common.errors import ApiError
+from common.http.body_timeout import BodyReadTimeout, close_after_response, read_limits
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.chat import ChatRequest, ChatService
-from services.vision_gateway.errors import BadRequest, GatewayError, StreamNotFound, TooManyImages
-from services.vision_gateway.image_store_client import ImageUploadRefused
+from services.vision_gateway.errors import BadRequest, GatewayError, RequestTimeout, StreamNotFound, TooManyImages
 from services.vision_gateway.sse import SSE_HEADERS, SseSink
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)
@@ -42,9 +42,13 @@ async def gateway_errors_middleware(request: web.Request, handler: Any) -> web.S
         service = request.app.get(CHAT_SERVICE_KEY)
         if service is not None:
             service.count_rejection(exc.code)
-        raise ApiError(exc.status, exc.code, exc.message) from exc
-    except ImageUploadRefused as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
+        headers = {}
+        if exc.retry_after:
+            headers["Retry-After"] = str(exc.retry_after)
+        if exc.closes_connection:
+            headers["Connection"] = "close"
+            close_after_response(request)
+        raise ApiError(exc.status, exc.code, exc.message, headers=headers) from exc
 
 
 def _uuid(raw: Any, field: str) -> uuid.UUID:
@@ -92,17 +96,7 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
     request_id = request_id_of(request)
     uploaded: list[uuid.UUID] = []
     try:
-        if request.content_type == "multipart/form-data":
-            fields = await _read_multipart(request, service, caller.user_id, request_id, uploaded)
-        elif request.content_type == "application/json":
-            try:
-                fields = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise BadRequest("the body is not valid JSON") from exc
-            if not isinstance(fields, dict):
-                raise BadRequest("the body must be a JSON object")
-        else:
-            raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+        fields = await _read_body(request, service, caller.user_id, request_id, uploaded)
         chat_request = parse_chat_fields(fields, caller.user_id, request_id)
         if uploaded:
             chat_request = dataclasses.replace(chat_request, image_ids=[*chat_request.image_ids, *uploaded])
@@ -120,6 +114,34 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
         raise
     await service.relay(turn, SseSink(response))
     return response
+
+
+async def _read_body(
+    request: web.Request, service: ChatService, user_id: str, request_id: str, uploaded: list[uuid.UUID]
+) -> dict[str, Any]:
+    """The request's fields, read under the same idle and overall clocks as the image-store's
+    (IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS, IMAGE_UPLOAD_DEADLINE_SECONDS): a stalled client gets 408
+    here, whichever of its parts it stalls in, instead of holding the request open for ever."""
+    settings = service.settings
+    try:
+        async with read_limits(
+            lambda: request.content.total_bytes,
+            idle_seconds=settings.upload_idle_timeout_seconds,
+            deadline_seconds=settings.upload_deadline_seconds,
+        ):
+            if request.content_type == "multipart/form-data":
+                return await _read_multipart(request, service, user_id, request_id, uploaded)
+            if request.content_type == "application/json":
+                try:
+                    fields = await request.json()
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise BadRequest("the body is not valid JSON") from exc
+                if not isinstance(fields, dict):
+                    raise BadRequest("the body must be a JSON object")
+                return fields
+            raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+    except BodyReadTimeout as exc:
+        raise RequestTimeout(exc.message) from exc
 
 
 async def _read_multipart(

@@ -7,11 +7,8 @@ so the timing is the client's, not a library's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,88 +17,25 @@ from aiohttp.test_utils import TestServer
 
 from common.settings import ImageStoreSettings
 from services.image_store.app import create_app
-from tests.conftest import SERVICE_TOKEN
 from tests.image_store.conftest import png, raw_multipart, row_counts, stored_files, temp_files
+from tests.slow_client import RawReply, assert_timed_out, request_head, slow_post
 
 # Short clocks so a test takes seconds; the defaults (30 s / 300 s) are checked in test_settings.
 FAST = {"IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS": "1", "IMAGE_UPLOAD_DEADLINE_SECONDS": "3"}
 
 
-@dataclass
-class RawReply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    closed_after: float  # seconds from the request head to the server closing the socket
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def request_head(port: int, body_length: int, content_type: str, user: str = "alice") -> bytes:
-    return (
-        f"POST /api/images HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {SERVICE_TOKEN}\r\nX-User-Id: {user}\r\n"
-        f"Content-Type: {content_type}\r\nContent-Length: {body_length}\r\n\r\n"
-    ).encode()
-
-
-async def trickle(writer: asyncio.StreamWriter, body: bytes, interval: float) -> None:
-    """One byte per `interval` until the body ends or the server hangs up."""
-    with contextlib.suppress(ConnectionError):
-        for index in range(len(body)):
-            writer.write(body[index : index + 1])
-            await writer.drain()
-            await asyncio.sleep(interval)
-
-
-def parse_reply(raw: bytes, closed_after: float) -> RawReply:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return RawReply(int(lines[0].split()[1]), headers, body, closed_after)
-
-
 async def slow_upload(
-    port: int,
-    body: bytes,
-    content_type: str,
-    *,
-    send_first: int,
-    interval: float | None,
-    wait_for_close: float,
+    port: int, body: bytes, content_type: str, *, send_first: int, interval: float | None, wait_for_close: float
 ) -> RawReply:
-    """Send the head and `send_first` body bytes, then one byte per `interval` (None: go silent).
-
-    Returns what the server answered once it closed the connection; fails if it never does.
-    """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    started = time.monotonic()
-    writer.write(request_head(port, len(body), content_type) + body[:send_first])
-    await writer.drain()
-    sender = asyncio.create_task(trickle(writer, body[send_first:], interval) if interval else asyncio.sleep(0))
-    try:
-        raw = await asyncio.wait_for(reader.read(), wait_for_close)  # read() returns at EOF only
-    except TimeoutError:
-        raise AssertionError(f"the server still held the connection after {wait_for_close} s") from None
-    finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
-        writer.close()
-    return parse_reply(raw, time.monotonic() - started)
-
-
-def assert_timed_out(reply: RawReply, message_part: str) -> None:
-    assert reply.status == 408, reply
-    assert reply.headers["content-type"].startswith("application/json"), reply.headers
-    assert reply.headers.get("connection", "").lower() == "close", reply.headers
-    error = reply.json()["error"]
-    assert error["code"] == "request_timeout", error
-    assert message_part in error["message"], error
+    return await slow_post(
+        port,
+        "/api/images",
+        body,
+        content_type,
+        send_first=send_first,
+        interval=interval,
+        wait_for_close=wait_for_close,
+    )
 
 
 async def assert_nothing_kept(db: asyncpg.Connection, root: Path) -> None:
@@ -183,7 +117,7 @@ async def test_a_prompt_upload_is_unaffected_by_the_clocks(
     body, content_type = raw_multipart(b"photo.png", data)
     interval = 2.0 / len(body)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(request_head(server.port, len(body), content_type))
+    writer.write(request_head(server.port, "/api/images", len(body), content_type))
     chunk = max(1, len(body) // 20)
     for offset in range(0, len(body), chunk):
         writer.write(body[offset : offset + chunk])
