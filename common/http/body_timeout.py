@@ -45,6 +45,8 @@ class _IdleWatch:
         self._handle = self._loop.call_later(self._interval, self._check)
 
     def _check(self) -> None:
+        if self._timeout.expired():
+            return  # the deadline fired in this same loop iteration; it stands
         now = self._loop.time()
         current = self._progress()
         if current != self._seen:
