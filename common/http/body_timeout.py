@@ -32,59 +32,85 @@ class BodyReadTimeout(Exception):
         self.reason = reason
 
 
-class _IdleWatch:
-    """Checks `progress()` periodically and expires `timeout` once it stopped moving."""
+class BodyClocks:
+    """The idle check and the deadline of one body; `pause()` stops both while the handler waits
+    on someone else (the gateway waiting for the image-store to process a forwarded image)."""
 
-    def __init__(self, progress: Callable[[], int], idle_seconds: float, timeout: asyncio.Timeout) -> None:
+    def __init__(self, progress: Callable[[], int], idle_seconds: float, deadline_seconds: float) -> None:
         self._progress = progress
-        self._idle = idle_seconds
-        self._timeout = timeout
+        self.idle_seconds = idle_seconds
+        self.deadline_seconds = deadline_seconds
         self._loop = asyncio.get_running_loop()
         self._interval = max(MIN_CHECK_INTERVAL, idle_seconds / IDLE_CHECKS_PER_PERIOD)
+        self._deadline_at = self._loop.time() + deadline_seconds
+        self.timeout = asyncio.timeout_at(self._deadline_at)
         self._seen = progress()
         self._moved_at = self._loop.time()
-        self.fired = False
+        self._paused_at: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self.idle_fired = False
+
+    def start(self) -> None:
         self._handle = self._loop.call_later(self._interval, self._check)
 
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def pause(self) -> None:
+        if self._paused_at is not None or self.timeout.expired():
+            return
+        self._paused_at = self._loop.time()
+        self.stop()
+        self.timeout.reschedule(None)
+
+    def resume(self) -> None:
+        """Restart both clocks where they stopped: the paused time counts against neither."""
+        if self._paused_at is None or self.timeout.expired():
+            return
+        now = self._loop.time()
+        self._deadline_at += now - self._paused_at
+        self._paused_at = None
+        self._seen, self._moved_at = self._progress(), now
+        self.timeout.reschedule(self._deadline_at)
+        self.start()
+
     def _check(self) -> None:
-        if self._timeout.expired():
+        if self.timeout.expired():
             return  # the deadline fired in this same loop iteration; it stands
         now = self._loop.time()
         current = self._progress()
         if current != self._seen:
             self._seen, self._moved_at = current, now
-        elif now - self._moved_at >= self._idle:
-            self.fired = True
-            self._timeout.reschedule(now)  # expire now: cancels the reading task
+        elif now - self._moved_at >= self.idle_seconds:
+            self.idle_fired = True
+            self.timeout.reschedule(now)  # expire now: cancels the reading task
             return
         self._handle = self._loop.call_later(self._interval, self._check)
-
-    def stop(self) -> None:
-        self._handle.cancel()
 
 
 @contextlib.asynccontextmanager
 async def read_limits(
     progress: Callable[[], int], *, idle_seconds: float, deadline_seconds: float
-) -> AsyncIterator[None]:
+) -> AsyncIterator[BodyClocks]:
     """Run a body-reading block under both clocks; `progress()` counts the body bytes received.
 
     Nothing blocks: the clocks are a timer callback and an `asyncio.timeout`, so a hundred slow
     clients cost a hundred timer handles, and the cancellation reaches whatever read is pending.
     """
-    clock = asyncio.timeout(deadline_seconds)
-    watch: _IdleWatch | None = None
+    clocks = BodyClocks(progress, idle_seconds, deadline_seconds)
     try:
-        async with clock:
-            watch = _IdleWatch(progress, idle_seconds, clock)
+        async with clocks.timeout:
+            clocks.start()
             try:
-                yield
+                yield clocks
             finally:
-                watch.stop()
+                clocks.stop()
     except TimeoutError:
-        if not clock.expired():
+        if not clocks.timeout.expired():
             raise  # someone else's timeout
-        if watch is not None and watch.fired:
+        if clocks.idle_fired:
             raise BodyReadTimeout(f"no upload data arrived for {idle_seconds:g} s", reason="idle") from None
         raise BodyReadTimeout(f"the upload did not complete within {deadline_seconds:g} s", reason="deadline") from None
 

@@ -14,7 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from common.app import AUTH_KEY
 from common.errors import ApiError
-from common.http.body_timeout import BodyReadTimeout, close_after_response, read_limits
+from common.http.body_timeout import BodyClocks, BodyReadTimeout, close_after_response, read_limits
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
@@ -128,9 +128,9 @@ async def _read_body(
             lambda: request.content.total_bytes,
             idle_seconds=settings.upload_idle_timeout_seconds,
             deadline_seconds=settings.upload_deadline_seconds,
-        ):
+        ) as clocks:
             if request.content_type == "multipart/form-data":
-                return await _read_multipart(request, service, user_id, request_id, uploaded)
+                return await _read_multipart(request, service, user_id, request_id, uploaded, clocks)
             if request.content_type == "application/json":
                 try:
                     fields = await request.json()
@@ -145,7 +145,12 @@ async def _read_body(
 
 
 async def _read_multipart(
-    request: web.Request, service: ChatService, user_id: str, request_id: str, uploaded: list[uuid.UUID]
+    request: web.Request,
+    service: ChatService,
+    user_id: str,
+    request_id: str,
+    uploaded: list[uuid.UUID],
+    clocks: BodyClocks,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     try:
@@ -158,13 +163,16 @@ async def _read_multipart(
             if part.name == "images":
                 if len(uploaded) >= service.settings.max_images_per_message:
                     raise TooManyImages(f"at most {service.settings.max_images_per_message} images per message")
-                image_id = await service.upload_image(
-                    user_id,
-                    _chunks(part),
-                    filename=part.filename,
-                    content_type=part.headers.get("Content-Type", "application/octet-stream"),
-                    request_id=request_id,
-                )
+                try:
+                    image_id = await service.upload_image(
+                        user_id,
+                        _chunks(part, clocks),
+                        filename=part.filename,
+                        content_type=part.headers.get("Content-Type", "application/octet-stream"),
+                        request_id=request_id,
+                    )
+                finally:
+                    clocks.resume()
                 uploaded.append(image_id)
             elif part.name in ("message", "model", "conversation_id", "options", "image_ids"):
                 text = await _small_text(part)
@@ -182,9 +190,12 @@ async def _read_multipart(
     return fields
 
 
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _chunks(part: BodyPartReader, clocks: BodyClocks) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(UPLOAD_CHUNK):
         yield chunk
+    # The image is forwarded; until the store has checked and stored it, the client's remaining
+    # bytes wait in buffers, and that wait must not count as the client being idle or slow.
+    clocks.pause()
 
 
 async def _small_text(part: BodyPartReader) -> str:

@@ -122,6 +122,25 @@ async def test_an_image_stalled_mid_way_is_cut_with_408(stack: Stack, db: asyncp
     await assert_nothing_kept(db, stack)
 
 
+async def test_the_stores_processing_time_does_not_count_against_the_client(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    """The whole body arrives at once; the store then takes longer than the gateway's idle clock
+    to validate and re-encode a 9 MP PNG. That wait is the store's, not the client's: no 408."""
+    gateway = await stack.make_gateway(IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS="0.3", IMAGE_UPLOAD_DEADLINE_SECONDS="2")
+    with Image.open(io.BytesIO(photo("astronaut.png"))) as source:
+        image = source.convert("RGB").resize((3000, 3000), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)
+    started = time.monotonic()
+    response = await post_chat_with_image(gateway, buffer.getvalue(), content_type="image/png")
+    result = await read_sse(response)
+    elapsed = time.monotonic() - started
+    assert result.status == 200, result.events
+    assert elapsed > 0.6, f"the store answered in {elapsed:.2f} s: too fast to prove anything"
+    assert await db.fetchval("SELECT count(*) FROM images") == 1
+
+
 @pytest.mark.slow
 async def test_a_legitimate_slow_upload_of_1_5_mib_over_66_seconds_is_stored(
     service_env: dict[str, str], stack: Stack, db: asyncpg.Connection, aiohttp_server: Any
@@ -168,11 +187,11 @@ async def test_a_store_429_is_relayed_with_its_retry_after(stack: Stack, db: asy
     assert await db.fetchval("SELECT count(*) FROM messages WHERE role = 'user'") == 1
 
 
-async def post_chat_with_image(gateway: Any, image: bytes) -> aiohttp.ClientResponse:
+async def post_chat_with_image(gateway: Any, image: bytes, content_type: str = "image/jpeg") -> aiohttp.ClientResponse:
     form = aiohttp.FormData()
     form.add_field("message", "What is this?")
     form.add_field("model", "llava")
-    form.add_field("images", io.BytesIO(image), filename="cat.jpg", content_type="image/jpeg")
+    form.add_field("images", io.BytesIO(image), filename="photo", content_type=content_type)
     return await gateway.post("/api/stream-message", data=form, headers=auth_headers())
 
 
