@@ -21,6 +21,8 @@ class ApiError(Exception):
     code: str = "internal_error"
     # Label for per-service outcome counters; None means "invalid" for 4xx and "error" for 5xx.
     outcome_label: ClassVar[str | None] = None
+    # The request body was left unread on purpose (a stalled client): answer, then hang up.
+    closes_connection: bool = False
 
     def __init__(
         self,

@@ -65,6 +65,8 @@ class ImageStoreSettings:
     upload_rate_per_minute: int
     maintenance_interval_seconds: float
     orphan_grace_seconds: int
+    upload_idle_timeout_seconds: float
+    upload_deadline_seconds: float
     cors_allowed_origins: tuple[str, ...] = ()
     cross_origin_resource_policy: str = "same-site"
     public_base_url: str = ""
@@ -99,6 +101,8 @@ class GatewaySettings:
     image_serve_endpoint: str
     stream_sweep_after_seconds: float
     stream_save_retry_seconds: float
+    upload_idle_timeout_seconds: float
+    upload_deadline_seconds: float
     cors_allowed_origins: tuple[str, ...] = ()
     demo_page_enabled: bool = False
 
@@ -215,6 +219,18 @@ def _read_resource_policy(env: EnvReader, cors_origins: tuple[str, ...]) -> str:
     return env.choice("IMAGE_CROSS_ORIGIN_RESOURCE_POLICY", default, CROSS_ORIGIN_RESOURCE_POLICIES)
 
 
+def read_upload_timeouts(env: EnvReader) -> tuple[float, float]:
+    """(idle, deadline) for reading an upload's body; both services read them (the gateway's
+    timeouts towards the store are derived from them, so they must agree)."""
+    idle = env.number("IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS", 30.0, minimum=0.1, maximum=3600.0)
+    deadline = env.number("IMAGE_UPLOAD_DEADLINE_SECONDS", 300.0, minimum=0.5, maximum=86400.0)
+    if idle > deadline:
+        env.problem(
+            f"IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS ({idle:g}) must not exceed IMAGE_UPLOAD_DEADLINE_SECONDS ({deadline:g})"
+        )
+    return idle, deadline
+
+
 def load_image_store_settings(environ: Mapping[str, str]) -> ImageStoreSettings:
     env = EnvReader(environ)
     settings = read_image_store(env)
@@ -224,6 +240,7 @@ def load_image_store_settings(environ: Mapping[str, str]) -> ImageStoreSettings:
 
 def read_image_store(env: EnvReader) -> ImageStoreSettings:
     cors_origins = read_cors_origins(env, "IMAGE_CORS_ALLOWED_ORIGINS")
+    upload_idle, upload_deadline = read_upload_timeouts(env)
     return ImageStoreSettings(
         common=read_common(env),
         host=env.string("IMAGE_STORE_HOST", "0.0.0.0"),  # noqa: S104 - a container listens on all interfaces
@@ -255,6 +272,8 @@ def read_image_store(env: EnvReader) -> ImageStoreSettings:
         cors_allowed_origins=cors_origins,
         cross_origin_resource_policy=_read_resource_policy(env, cors_origins),
         public_base_url=_read_public_base_url(env),
+        upload_idle_timeout_seconds=upload_idle,
+        upload_deadline_seconds=upload_deadline,
     )
 
 
@@ -279,6 +298,7 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
             f"VISION_MAX_IMAGES_PER_REQUEST ({per_request}) must be at least "
             f"VISION_MAX_IMAGES_PER_MESSAGE ({per_message})"
         )
+    upload_idle, upload_deadline = read_upload_timeouts(env)
     settings = GatewaySettings(
         common=common,
         host=env.string("VISION_GATEWAY_HOST", "0.0.0.0"),  # noqa: S104 - a container listens on all interfaces
@@ -309,6 +329,8 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         stream_save_retry_seconds=env.number("STREAM_SAVE_RETRY_SECONDS", 15.0, minimum=0.0, maximum=600.0),
         cors_allowed_origins=read_cors_origins(env, "GATEWAY_CORS_ALLOWED_ORIGINS"),
         demo_page_enabled=env.boolean("DEMO_PAGE_ENABLED", False),
+        upload_idle_timeout_seconds=upload_idle,
+        upload_deadline_seconds=upload_deadline,
     )
     if not token:
         env.problem("IMAGE_STORE_TOKEN is required when SERVICE_TOKENS is empty")

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from common.errors import ApiError, DatabaseUnavailable, json_error
+from common.http.body_timeout import close_after_response
 from common.http.request_context import Handler, request_id_of
 
 log = structlog.get_logger("retina.http")
@@ -76,7 +77,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         observer = request.app.get(API_ERROR_OBSERVER_KEY)
         if observer is not None:
             observer(request, error)
-        return json_error(error.status, error.code, error.message, headers=error.headers, **error.details)
+        headers = error.headers
+        if error.closes_connection:
+            headers["Connection"] = "close"
+            close_after_response(request)
+        return json_error(error.status, error.code, error.message, headers=headers, **error.details)
 
 
 def _as_api_error(exc: Exception) -> ApiError | None:

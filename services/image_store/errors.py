@@ -15,6 +15,7 @@ __all__ = [
     "StoreBusy",
     "StoreError",
     "UploadDisabled",
+    "UploadTimedOut",
 ]
 
 
@@ -34,6 +35,14 @@ class EmptyUpload(StoreError):
 class PayloadTooLarge(StoreError):
     status, code = 413, "payload_too_large"
     outcome_label = "too_large"
+
+
+class UploadTimedOut(StoreError):
+    """The body stalled or took too long; the error middleware also closes the connection."""
+
+    status, code = 408, "request_timeout"
+    outcome_label = "timeout"
+    closes_connection = True
 
 
 class UploadDisabled(StoreError):

@@ -7,17 +7,22 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader
 
 from common.app import AUTH_KEY
 from common.errors import UnsupportedMediaType
+from common.http.body_timeout import BodyReadTimeout, read_limits
 from common.ids import parse_uuid
-from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, PreconditionFailed
+from common.settings import ImageStoreSettings
+from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, PreconditionFailed, UploadTimedOut
 from services.image_store.filenames import content_disposition
 from services.image_store.models import ImageRow
 from services.image_store.service import ImageService, UploadSession
+
+log = structlog.get_logger("retina.image_store")
 
 IMAGE_SERVICE_KEY = web.AppKey("image_service", ImageService)
 
@@ -65,19 +70,35 @@ async def upload_image(request: web.Request) -> web.Response:
             raise PayloadTooLarge(
                 f"the upload exceeds the limit of {service.settings.max_size_bytes // (1024 * 1024)} MiB"
             )
-        if request.content_type == "multipart/form-data":
-            fields, filename = await _receive_multipart(request, session)
-        elif request.content_type.startswith("image/") or request.content_type == "application/octet-stream":
-            await session.receive(request.content.iter_chunked(CHUNK_SIZE))
-            fields, filename = dict(request.query), request.query.get("filename")
-        else:
-            raise UnsupportedMediaType("send multipart/form-data with one part named 'file' (or a raw image body)")
+        fields, filename = await _receive_body(request, session, service.settings)
         stored = await session.commit(
             original_filename=filename,
             message_id=parse_optional_uuid(fields.get("message_id"), "message_id"),
         )
     body = record_json(service, stored.row)
     return web.json_response(body, status=201, headers={"Location": service.image_location(stored.row.id)})
+
+
+async def _receive_body(
+    request: web.Request, session: UploadSession, settings: ImageStoreSettings
+) -> tuple[dict[str, str], str | None]:
+    """Read the whole body under the idle and overall clocks; a slow client gets 408 and a closed
+    connection (keeping it open would let it hold the handler and its temp file for ever)."""
+    try:
+        async with read_limits(
+            lambda: request.content.total_bytes,
+            idle_seconds=settings.upload_idle_timeout_seconds,
+            deadline_seconds=settings.upload_deadline_seconds,
+        ):
+            if request.content_type == "multipart/form-data":
+                return await _receive_multipart(request, session)
+            if request.content_type.startswith("image/") or request.content_type == "application/octet-stream":
+                await session.receive(request.content.iter_chunked(CHUNK_SIZE))
+                return dict(request.query), request.query.get("filename")
+            raise UnsupportedMediaType("send multipart/form-data with one part named 'file' (or a raw image body)")
+    except BodyReadTimeout as exc:
+        log.info("upload_timed_out", reason=exc.reason, received_bytes=request.content.total_bytes)
+        raise UploadTimedOut(exc.message) from exc
 
 
 async def _receive_multipart(request: web.Request, session: UploadSession) -> tuple[dict[str, str], str | None]:

@@ -19,6 +19,7 @@ UPLOAD_OUTCOMES = (
     "disabled",
     "busy",
     "insufficient_storage",
+    "timeout",
     "error",
 )
 

@@ -78,6 +78,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             retries=settings.upstream_retries,
             metrics=metrics,
             endpoint=settings.image_serve_endpoint,
+            upload_deadline_seconds=settings.upload_deadline_seconds,
         )
         repository = ConversationRepository(app[POOL_KEY])
         app[HISTORY_IMAGES_KEY] = HistoryImages(store)

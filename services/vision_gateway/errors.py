@@ -11,6 +11,8 @@ __all__ = [
     "ImageNotFound",
     "ModelNotVisionCapable",
     "RateLimited",
+    "RequestTimeout",
+    "StoreRefusedUpload",
     "StreamNotFound",
     "TooManyImages",
     "UnknownModel",
@@ -58,6 +60,22 @@ class RateLimited(GatewayError):
 
 class UpstreamUnavailable(GatewayError):
     status, code = 503, "upstream_unavailable"
+
+
+class RequestTimeout(GatewayError):
+    """The client's body stalled or took longer than the upload deadline."""
+
+    status, code = 408, "request_timeout"
+    closes_connection = True
+
+
+class StoreRefusedUpload(GatewayError):
+    """The image-store refused an uploaded file: its status, code, message and Retry-After are
+    passed on unchanged (a 429 must not become a 503, a 408 must not become "unavailable")."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message, status=status, code=code, retry_after=retry_after)
+        self.closes_connection = status == 408
 
 
 class UploadDisabled(GatewayError):

@@ -13,6 +13,7 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from common.app import AUTH_KEY
+from common.http.body_timeout import BodyClocks, BodyReadTimeout, read_limits
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
@@ -20,6 +21,7 @@ from services.vision_gateway.chat import ChatRequest, ChatService
 from services.vision_gateway.errors import (
     BadRequest,
     ConversationNotFound,
+    RequestTimeout,
     StreamNotFound,
     TooManyImages,
     UnsupportedMediaType,
@@ -85,17 +87,7 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
     request_id = request_id_of(request)
     uploaded: list[uuid.UUID] = []
     try:
-        if request.content_type == "multipart/form-data":
-            fields = await _read_multipart(request, service, caller.user_id, request_id, uploaded)
-        elif request.content_type == "application/json":
-            try:
-                fields = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise BadRequest("the body is not valid JSON") from exc
-            if not isinstance(fields, dict):
-                raise BadRequest("the body must be a JSON object")
-        else:
-            raise UnsupportedMediaType("send application/json or multipart/form-data")
+        fields = await _read_body(request, service, caller.user_id, request_id, uploaded)
         chat_request = parse_chat_fields(fields, caller.user_id, request_id)
         if uploaded:
             chat_request = dataclasses.replace(chat_request, image_ids=[*chat_request.image_ids, *uploaded])
@@ -118,8 +110,41 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
     return stream.response
 
 
-async def _read_multipart(
+async def _read_body(
     request: web.Request, service: ChatService, user_id: str, request_id: str, uploaded: list[uuid.UUID]
+) -> dict[str, Any]:
+    """The request's fields, read under the same idle and overall clocks as the image-store's
+    (IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS, IMAGE_UPLOAD_DEADLINE_SECONDS): a stalled client gets 408
+    here, whichever of its parts it stalls in, instead of holding the request open for ever."""
+    settings = service.settings
+    try:
+        async with read_limits(
+            lambda: request.content.total_bytes,
+            idle_seconds=settings.upload_idle_timeout_seconds,
+            deadline_seconds=settings.upload_deadline_seconds,
+        ) as clocks:
+            if request.content_type == "multipart/form-data":
+                return await _read_multipart(request, service, user_id, request_id, uploaded, clocks)
+            if request.content_type == "application/json":
+                try:
+                    fields = await request.json()
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise BadRequest("the body is not valid JSON") from exc
+                if not isinstance(fields, dict):
+                    raise BadRequest("the body must be a JSON object")
+                return fields
+            raise UnsupportedMediaType("send application/json or multipart/form-data")
+    except BodyReadTimeout as exc:
+        raise RequestTimeout(exc.message) from exc
+
+
+async def _read_multipart(
+    request: web.Request,
+    service: ChatService,
+    user_id: str,
+    request_id: str,
+    uploaded: list[uuid.UUID],
+    clocks: BodyClocks,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     try:
@@ -132,13 +157,16 @@ async def _read_multipart(
             if part.name == "images":
                 if len(uploaded) >= service.settings.max_images_per_message:
                     raise TooManyImages(f"at most {service.settings.max_images_per_message} images per message")
-                image_id = await service.upload_image(
-                    user_id,
-                    _chunks(part),
-                    filename=part.filename,
-                    content_type=part.headers.get("Content-Type", "application/octet-stream"),
-                    request_id=request_id,
-                )
+                try:
+                    image_id = await service.upload_image(
+                        user_id,
+                        _chunks(part, clocks),
+                        filename=part.filename,
+                        content_type=part.headers.get("Content-Type", "application/octet-stream"),
+                        request_id=request_id,
+                    )
+                finally:
+                    clocks.resume()
                 uploaded.append(image_id)
             elif part.name in ("message", "model", "conversation_id", "options", "image_ids"):
                 text = await _small_text(part)
@@ -156,9 +184,12 @@ async def _read_multipart(
     return fields
 
 
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _chunks(part: BodyPartReader, clocks: BodyClocks) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(UPLOAD_CHUNK):
         yield chunk
+    # The image is forwarded; until the store has checked and stored it, the client's remaining
+    # bytes wait in buffers, and that wait must not count as the client being idle or slow.
+    clocks.pause()
 
 
 async def _small_text(part: BodyPartReader) -> str:

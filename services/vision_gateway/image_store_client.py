@@ -13,9 +13,18 @@ from typing import Any
 
 import aiohttp
 
-from services.vision_gateway.errors import GatewayError, ImageNotFound, UpstreamRejected, UpstreamUnavailable
+from services.vision_gateway.errors import ImageNotFound, StoreRefusedUpload, UpstreamRejected, UpstreamUnavailable
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.retry import Retryable, call_upstream, connection_failures_are_retryable
+from services.vision_gateway.retry import (
+    Retryable,
+    call_upstream,
+    connection_failures_are_retryable,
+    retry_after_seconds,
+)
+
+# What the store may still spend on an upload after its last byte arrived: waiting for a decode
+# worker, the decode itself (IMAGE_DECODE_TIMEOUT_SECONDS, 20 s by default) and the database rows.
+UPLOAD_PROCESSING_ALLOWANCE_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +45,7 @@ class ImageStoreClient:
         retries: int,
         metrics: GatewayMetrics,
         endpoint: str = "/api/images",
+        upload_deadline_seconds: float = 300.0,
     ) -> None:
         self._session = session
         self._base = base_url + endpoint
@@ -43,6 +53,13 @@ class ImageStoreClient:
         self._retries = retries
         self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=60, sock_connect=5)
+        # Derived from the store's own IMAGE_UPLOAD_DEADLINE_SECONDS: the store always answers a
+        # slow upload (408) before the gateway would give up on it, so the gateway never masks
+        # the store's verdict with a 503 of its own. No sock_read: while a slow client's bytes
+        # are still being forwarded the store has nothing to say yet.
+        self._upload_timeout = aiohttp.ClientTimeout(
+            total=upload_deadline_seconds + UPLOAD_PROCESSING_ALLOWANCE_SECONDS, sock_connect=5
+        )
 
     def _headers(self, user_id: str, request_id: str) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self._token}", "X-User-Id": user_id}
@@ -81,7 +98,8 @@ class ImageStoreClient:
                     if response.status == 404:
                         raise ImageNotFound(f"image {image_id} not found")
                     if response.status >= 500:
-                        raise Retryable(f"HTTP {response.status}")
+                        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                        raise Retryable(f"HTTP {response.status}", retry_after=retry_after)
                     if response.status != 200:
                         raise UpstreamRejected(f"the image-store refused image {image_id}: HTTP {response.status}")
                     data = await response.read()
@@ -107,21 +125,28 @@ class ImageStoreClient:
         content_type: str,
         request_id: str = "",
     ) -> dict[str, Any]:
-        """Forward one file as it streams in (not retried: the stream can only be read once)."""
+        """Forward one file as it streams in (not retried: the stream can only be read once).
+
+        The store's verdict is passed on unchanged (StoreRefusedUpload); only a store that cannot
+        be reached, breaks the connection without answering or overruns the upload timeout is
+        503 upstream_unavailable.
+        """
         form = aiohttp.FormData(quote_fields=False)
         form.add_field("file", chunks, filename=filename or "upload", content_type=content_type)
         try:
             async with self._session.post(
-                self._base, data=form, headers=self._headers(user_id, request_id), timeout=self._timeout
+                self._base, data=form, headers=self._headers(user_id, request_id), timeout=self._upload_timeout
             ) as response:
                 self._count(response.status)
-                body = await response.json(content_type=None)
                 if response.status == 201:
-                    return body
-                if response.status >= 500 and response.status != 503 and response.status != 507:
-                    raise UpstreamUnavailable("the image-store failed to store an image")
-                raise ImageUploadRefused(response.status, body.get("error", {}))
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                    return await response.json(content_type=None)
+                raise await _refusal(response)
+        except TimeoutError as exc:
+            self._count("error")
+            raise UpstreamUnavailable(
+                f"the image-store did not answer the upload within {self._upload_timeout.total:g} s"
+            ) from exc
+        except aiohttp.ClientConnectionError as exc:
             self._count("error")
             raise UpstreamUnavailable(f"the image-store is unavailable: {exc}") from exc
 
@@ -177,13 +202,18 @@ class ImageStoreClient:
             self._count("error")
 
 
-class ImageUploadRefused(GatewayError):
-    """The store refused an uploaded file; its status, code and Retry-After are passed on unchanged."""
-
-    def __init__(self, status: int, error: dict[str, Any], *, retry_after: int | None = None) -> None:
-        super().__init__(
-            str(error.get("message", "the image-store refused the file")),
-            status=status,
-            code=str(error.get("code", "bad_request")),
-            retry_after=retry_after,
-        )
+async def _refusal(response: aiohttp.ClientResponse) -> Exception:
+    """The store's error for a refused upload, as the gateway passes it on."""
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    try:
+        error = (await response.json(content_type=None)).get("error", {})
+    except (ValueError, AttributeError, aiohttp.ClientPayloadError):
+        error = {}  # not the store's JSON (a proxy's page?): keep the status, say so
+    if not isinstance(error, dict):
+        error = {}
+    code, message = error.get("code"), error.get("message")
+    if response.status >= 500 and response.status not in (503, 507):
+        return UpstreamUnavailable("the image-store failed to store an image", retry_after=retry_after)
+    if not isinstance(code, str) or not isinstance(message, str):
+        return UpstreamRejected(f"the image-store refused the upload: HTTP {response.status}")
+    return StoreRefusedUpload(response.status, code, message, retry_after=retry_after)

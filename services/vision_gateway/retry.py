@@ -16,7 +16,14 @@ T = TypeVar("T")
 
 
 class Retryable(Exception):
-    """Raised by an attempt that may succeed if tried again (connection failure, 5xx)."""
+    """Raised by an attempt that may succeed if tried again (connection failure, 5xx).
+
+    `retry_after` keeps the upstream's Retry-After, so the 503 that ends the retries can pass it on.
+    """
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 async def with_retries(
@@ -46,7 +53,17 @@ async def call_upstream(
     try:
         return await with_retries(attempt, retries=retries, on_retry=on_retry)
     except Retryable as exc:
-        raise UpstreamUnavailable(f"{unavailable}: {exc}") from exc
+        raise UpstreamUnavailable(f"{unavailable}: {exc}", retry_after=exc.retry_after) from exc
+
+
+def retry_after_seconds(header: str | None) -> int | None:
+    """An upstream's Retry-After in whole seconds; an HTTP date or garbage is dropped, not guessed."""
+    if header is None:
+        return None
+    value = header.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        return None
+    return int(value)
 
 
 @contextlib.contextmanager

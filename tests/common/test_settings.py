@@ -137,3 +137,20 @@ def test_env_example_lists_every_variable_with_a_default_and_meaning(tmp_path: P
         "IMAGE_SERVE_ENDPOINT",
     ):
         assert plan_variable in documented
+
+
+def test_upload_clocks_default_to_30_and_300_seconds_on_both_services(tmp_path: Path) -> None:
+    store = load_image_store_settings(minimal_env(tmp_path))
+    gateway = load_gateway_settings(minimal_env(tmp_path))
+    for settings in (store, gateway):
+        assert settings.upload_idle_timeout_seconds == 30.0
+        assert settings.upload_deadline_seconds == 300.0
+
+
+def test_an_idle_clock_longer_than_the_deadline_is_refused(tmp_path: Path) -> None:
+    env = {**minimal_env(tmp_path), "IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS": "60", "IMAGE_UPLOAD_DEADLINE_SECONDS": "10"}
+    with pytest.raises(SettingsError) as caught:
+        load_image_store_settings(env)
+    assert caught.value.problems == [
+        "IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS (60) must not exceed IMAGE_UPLOAD_DEADLINE_SECONDS (10)"
+    ]
