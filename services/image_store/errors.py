@@ -9,10 +9,11 @@ class StoreError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class ImageNotFound(StoreError):
@@ -20,6 +21,18 @@ class ImageNotFound(StoreError):
 
     def __init__(self) -> None:
         super().__init__("image not found")
+
+
+class PreconditionFailed(StoreError):
+    status, code = 412, "precondition_failed"
+
+
+class RangeNotSatisfiable(StoreError):
+    status, code = 416, "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        # RFC 9110 §15.5.17: a 416 names the current length in an unsatisfied Content-Range.
+        super().__init__("the requested range is not within the image", headers={"Content-Range": f"bytes */{size}"})
 
 
 class BadRequest(StoreError):

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader
 
 from common.app import AUTH_KEY
 from common.errors import ApiError
 from common.ids import parse_uuid
+from services.image_store.conditional import Precondition, evaluate_preconditions, select_range
 from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, StoreError
-from services.image_store.filenames import content_disposition
 from services.image_store.models import ImageRow
-from services.image_store.service import ImageService, UploadSession
+from services.image_store.service import MAX_PAGE_SIZE, ImageService, UploadSession
+from services.image_store.serving import ImageBytesResponse, image_headers
 from services.image_store.validation import ImageRejected
 
 IMAGE_SERVICE_KEY = web.AppKey("image_service", ImageService)
@@ -27,10 +29,11 @@ CHUNK_SIZE = 256 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 1024
+_PAGE_LIMIT = re.compile(r"[0-9]{1,3}")
 
 
 def to_api_error(exc: StoreError | ImageRejected) -> ApiError:
-    headers = {}
+    headers = dict(getattr(exc, "headers", {}))
     retry_after = getattr(exc, "retry_after", None)
     if retry_after:
         headers["Retry-After"] = str(retry_after)
@@ -61,6 +64,13 @@ def parse_optional_uuid(raw: str | None, field: str) -> uuid.UUID | None:
     if value is None:
         raise BadRequest(f"{field} must be a UUID")
     return value
+
+
+def parse_limit(raw: str) -> int:
+    """ASCII digits only: str.isdigit() also accepts '²' (int() refuses it) and '٣' (it accepts)."""
+    if not _PAGE_LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    return int(raw)
 
 
 def service_of(request: web.Request) -> ImageService:
@@ -146,40 +156,8 @@ async def _read_small_field(part: BodyPartReader) -> str:
 # ---- serving -----------------------------------------------------------------------------
 
 
-class ImageFileResponse(web.FileResponse):
-    """sendfile with a strong ETag equal to the content's SHA-256 (not aiohttp's mtime tag)."""
-
-    def __init__(self, path: Any, *, sha256: str, **kwargs: Any) -> None:
-        super().__init__(path, **kwargs)
-        self._content_etag = sha256
-
-    @property
-    def etag(self) -> Any:
-        return web.StreamResponse.etag.fget(self)  # type: ignore[attr-defined]
-
-    @etag.setter
-    def etag(self, value: Any) -> None:
-        del value
-        web.StreamResponse.etag.fset(self, self._content_etag)  # type: ignore[attr-defined]
-
-
-def image_headers(row: ImageRow, max_age: int) -> dict[str, str]:
-    return {
-        "Content-Type": row.mime_type,
-        "Cache-Control": f"private, max-age={max_age}, immutable",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "default-src 'none'; sandbox",
-        "Cross-Origin-Resource-Policy": "same-site",
-        "Content-Disposition": content_disposition(row.original_filename, fallback=str(row.id)),
-    }
-
-
-def _etag_listed(header: str, sha256: str) -> bool:
-    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
-    return "*" in tags or f'"{sha256}"' in tags
-
-
 async def serve_image(request: web.Request) -> web.StreamResponse:
+    """GET/HEAD of the bytes: authorise, decide preconditions and range once, then send."""
     service = service_of(request)
     image_id = parse_image_id(request.match_info["image_id"])
     query = request.query
@@ -189,15 +167,18 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         caller = request.app[AUTH_KEY].caller(request)
         row = await service.get(image_id, caller.user_id)
     headers = image_headers(row, service.settings.cache_max_age_seconds)
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match is not None and _etag_listed(if_none_match, row.sha256):
-        headers.pop("Content-Type")
-        headers["ETag"] = f'"{row.sha256}"'
+    if evaluate_preconditions(request.if_match, request.if_none_match, row.sha256) is Precondition.NOT_MODIFIED:
+        del headers["Content-Type"]
         return web.Response(status=304, headers=headers)
-    if_match = request.headers.get("If-Match")
-    if if_match is not None and not _etag_listed(if_match, row.sha256):
-        raise ApiError(412, "precondition_failed", "the image does not match If-Match")
-    return ImageFileResponse(service.file_path(row), sha256=row.sha256, headers=headers)
+    opened = await service.open_file(row)
+    try:
+        byte_range = select_range(
+            request.headers.get(hdrs.RANGE), request.headers.get(hdrs.IF_RANGE), row.sha256, opened.size
+        )
+    except BaseException:
+        opened.file.close()
+        raise
+    return ImageBytesResponse(opened.file, opened.size, byte_range, headers)
 
 
 async def count_served(request: web.Request, response: web.StreamResponse) -> None:
@@ -242,13 +223,10 @@ async def delete_image(request: web.Request) -> web.Response:
 async def list_images(request: web.Request) -> web.Response:
     caller = request.app[AUTH_KEY].caller(request)
     service = service_of(request)
-    raw_limit = request.query.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise BadRequest("limit must be a whole number from 1 to 100")
     rows, next_cursor = await service.list(
         caller.user_id,
         message_id=parse_optional_uuid(request.query.get("message_id"), "message_id"),
-        limit=int(raw_limit),
+        limit=parse_limit(request.query.get("limit", "50")),
         cursor=request.query.get("cursor") or None,
     )
     return web.json_response({"images": [record_json(service, row) for row in rows], "next_cursor": next_cursor})
