@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, create_service_app
+from common.content_disposition import ignore_aiohttp_disposition_warnings
 from common.health import READINESS_KEY
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
@@ -36,6 +37,7 @@ def create_app(settings: ImageStoreSettings) -> web.Application:
         client_max_size=settings.max_size_bytes + MULTIPART_OVERHEAD,
     )
     app.middlewares.append(store_errors_middleware)
+    ignore_aiohttp_disposition_warnings()
     app[IMAGE_STORE_SETTINGS_KEY] = settings
     app.cleanup_ctx.append(_image_service)
     app.on_response_prepare.append(count_served)

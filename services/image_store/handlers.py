@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.multipart import BadContentDispositionHeader
 
 from common.app import AUTH_KEY
+from common.content_disposition import parse_form_data_disposition
 from common.errors import ApiError
 from common.ids import parse_uuid
 from services.image_store.conditional import Precondition, evaluate_preconditions, select_range
@@ -126,12 +126,14 @@ async def _receive_multipart(request: web.Request, session: UploadSession) -> tu
                 raise BadRequest(f"at most {MAX_PARTS} multipart parts are accepted")
             if isinstance(part, MultipartReader):
                 raise BadRequest("nested multipart bodies are not accepted")
-            if part.name == "file":
-                filename = part.filename
+            # Not part.name / part.filename: aiohttp's parser splits quoted names at ';'.
+            disposition = parse_form_data_disposition(part.headers.get(hdrs.CONTENT_DISPOSITION))
+            if disposition.name == "file":
+                filename = disposition.filename
                 await session.receive(_part_chunks(part))
             else:
-                fields[part.name or ""] = await _read_small_field(part)
-    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError, BadContentDispositionHeader) as exc:
+                fields[disposition.name or ""] = await _read_small_field(part)
+    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as exc:
         # aiohttp's messages can echo raw header bytes; keep ours short and printable.
         raise BadRequest("malformed multipart body") from exc
     if session.received is None:
