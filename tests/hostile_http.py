@@ -42,14 +42,21 @@ class Answer:
         return error
 
 
-def request(port: int, method: str, target: str, headers: list[tuple[str, bytes | str]] | None = None) -> Answer:
+def request(
+    port: int,
+    method: str,
+    target: str,
+    headers: list[tuple[str, bytes | str]] | None = None,
+    *,
+    body: bytes | None = None,
+) -> Answer:
     """One request on a fresh connection; `target` must already be percent-encoded."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.putrequest(method, target, skip_accept_encoding=True)
         for name, value in headers or []:
             connection.putheader(name, field_bytes(value))
-        connection.endheaders()
+        connection.endheaders(body)
         response = connection.getresponse()
         body = response.read()
         return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, body, method)

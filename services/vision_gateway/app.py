@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, SETTINGS_KEY, create_service_app
+from common.content_disposition import ignore_aiohttp_disposition_warnings
 from common.health import READINESS_KEY
 from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import VisionModelService
@@ -28,6 +29,7 @@ HTTP_SESSION_KEY = web.AppKey("http_session", aiohttp.ClientSession)
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(service=SERVICE_NAME, settings=settings.common)
     app.middlewares.append(gateway_errors_middleware)
+    ignore_aiohttp_disposition_warnings()
     app[GATEWAY_SETTINGS_KEY] = settings
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)
