@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from services.image_store.conditional import select_range
+from services.image_store.errors import RangeNotSatisfiable
 from tests.conftest import auth_headers
 from tests.image_store.conftest import png, upload
 
@@ -220,3 +224,37 @@ async def test_a_missing_file_is_json_404_logged_and_counted(
     # The row is still there for the integrity check to report; nothing was deleted by serving.
     meta = await store_client.get(f"/api/images/{stored['id']}/meta", headers=auth_headers())
     assert meta.status == 200
+
+
+# ---- the range grammar on its own ------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    size=st.integers(min_value=1, max_value=10_000),
+    first=st.one_of(st.none(), st.integers(min_value=0, max_value=20_000)),
+    last=st.one_of(st.none(), st.integers(min_value=0, max_value=20_000)),
+)
+def test_select_range_agrees_with_rfc_9110(size: int, first: int | None, last: int | None) -> None:
+    spec = f"bytes={'' if first is None else first}-{'' if last is None else last}"
+    data = bytes(range(256)) * (size // 256 + 1)
+    data = data[:size]
+    if first is None and last is None:
+        expected: bytes | None = None  # no range at all: unsatisfiable
+    elif first is None:
+        expected = data[-last:] if last else None
+    elif first >= size or (last is not None and last < first):
+        expected = None
+    else:
+        expected = data[first : (size if last is None else last + 1)]
+    if expected is None:
+        with pytest.raises(RangeNotSatisfiable) as refused:
+            select_range(spec, None, "t", size)
+        assert refused.value.headers == {"Content-Range": f"bytes */{size}"}
+        return
+    chosen = select_range(spec, None, "t", size)
+    assert chosen is not None
+    assert data[chosen.start : chosen.start + chosen.length] == expected
+    assert chosen.content_range == f"bytes {chosen.start}-{chosen.start + chosen.length - 1}/{size}"
+    assert select_range(spec, 'W/"t"', "t", size) is None, "a weak If-Range tag never matches"
+    assert select_range(spec, '"t"', "t", size) == chosen
