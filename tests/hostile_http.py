@@ -110,6 +110,7 @@ path_segments = st.one_of(
     st.uuids().map(str),
     st.uuids().map(lambda u: str(u).upper()),
     st.uuids().map(lambda u: "{" + str(u) + "}"),
+    st.uuids().map(lambda u: f"{u}\n"),  # `$` in a regex also matches before a final newline
     st.text("0123456789abcdef-", min_size=36, max_size=36),
 )
 

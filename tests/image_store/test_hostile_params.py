@@ -143,6 +143,7 @@ async def test_listing_parameters_are_200_or_400(live: dict[str, Any]) -> None:
     @example(limit="²", cursor=None, message_id=None)
     @example(limit="9" * 5000, cursor=None, message_id=None)
     @example(limit=None, cursor="é", message_id=None)
+    @example(limit=None, cursor=None, message_id="00000000-0000-4000-8000-000000000000\n")
     def check(limit: Any, cursor: Any, message_id: Any) -> None:
         params = {"limit": limit, "cursor": cursor, "message_id": message_id}
         query = "&".join(f"{name}={encode(value)}" for name, value in params.items() if value is not None)
@@ -194,6 +195,7 @@ async def test_path_ids_are_404(live: dict[str, Any]) -> None:
 
     @PROPERTY
     @given(segment=path_segments, suffix=st.sampled_from(["", "/meta"]))
+    @example(segment="00000000-0000-4000-8000-000000000000\n", suffix="")
     def check(segment: str | bytes, suffix: str) -> None:
         answer = request(port, "GET", f"/api/images/{encode(segment)}{suffix}", AUTH)
         assert_sane(answer, {404}, NOT_FOUND)

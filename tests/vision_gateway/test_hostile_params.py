@@ -77,6 +77,8 @@ async def test_path_ids_are_404(stack: Any) -> None:
 
     @PROPERTY
     @given(segment=path_segments, kind=st.sampled_from(["messages", "stop"]))
+    @example(segment="00000000-0000-4000-8000-000000000000\n", kind="messages")
+    @example(segment="00000000-0000-4000-8000-000000000000\n", kind="stop")
     def check(segment: str | bytes, kind: str) -> None:
         if kind == "messages":
             answer = request(port, "GET", f"/api/conversations/{encode(segment)}/messages", AUTH)
