@@ -28,7 +28,11 @@ class ServiceAuth:
         self._tokens = tuple(token.encode() for token in tokens)
 
     def token_is_valid(self, presented: str) -> bool:
-        candidate = presented.encode()
+        try:
+            candidate = presented.encode()
+        except UnicodeEncodeError:
+            # aiohttp hands over bytes that are not UTF-8 as lone surrogates; no token contains them.
+            return False
         # Compare against every token so timing does not reveal which one nearly matched.
         matches = [hmac.compare_digest(candidate, token) for token in self._tokens]
         return any(matches)

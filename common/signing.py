@@ -9,7 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
+
+# Explicit ASCII classes: \d would also match the digits of every other script.
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class UrlSigner:
@@ -30,9 +35,16 @@ class UrlSigner:
         return expires, self._mac(self._keys[0], subject, expires)
 
     def verify(self, subject: str, expires: str, signature: str, *, now: float | None = None) -> bool:
-        if not expires.isdigit() or len(expires) > 12 or not signature or len(signature) > 128:
+        """False for anything but an unexpired signature we made; never raises on hostile input.
+
+        Both values come straight from a URL: only ASCII digits and base64url characters are let
+        through (str.isdigit() would accept '²', which int() refuses, and compare_digest()
+        refuses non-ASCII text), and the comparison is done on bytes.
+        """
+        if not _EXPIRES.fullmatch(expires) or not _SIGNATURE.fullmatch(signature):
             return False
         expires_at = int(expires)
         if expires_at < (time.time() if now is None else now):
             return False
-        return any(hmac.compare_digest(self._mac(key, subject, expires_at), signature) for key in self._keys)
+        presented = signature.encode("ascii")
+        return any(hmac.compare_digest(self._mac(key, subject, expires_at).encode(), presented) for key in self._keys)

@@ -294,8 +294,15 @@ def image_store_panels() -> list[Panel]:
         ),
         panel(
             "Integrity problems per hour",
-            [(f"sum by (kind) (increase(image_store_integrity_problems_total{sel()}[1h]))", "{{kind}}")],
-            description="missing_file, orphan_file, checksum_mismatch (docs/operations.md#retinaintegrityproblems).",
+            [
+                (f"sum by (kind) (increase(image_store_integrity_problems_total{sel()}[1h]))", "{{kind}}"),
+                (f"sum(increase(image_store_missing_files_total{sel()}[1h]))", "missing when requested"),
+            ],
+            description=(
+                "missing_file, orphan_file, checksum_mismatch (docs/operations.md#retinaintegrityproblems); "
+                "missing when requested: image rows whose file a request did not find "
+                "(docs/operations.md#retinaimagefilesmissing)."
+            ),
             width=8,
         ),
         panel(

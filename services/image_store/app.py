@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, create_service_app
+from common.content_disposition import ignore_aiohttp_disposition_warnings
 from common.health import READINESS_KEY
 from common.http.cors import enable_cors
 from common.periodic import run_periodically
@@ -51,6 +52,7 @@ def create_app(settings: ImageStoreSettings) -> web.Application:
         settings=settings.common,
         client_max_size=settings.max_size_bytes + MULTIPART_OVERHEAD,
     )
+    ignore_aiohttp_disposition_warnings()
     app[IMAGE_STORE_SETTINGS_KEY] = settings
     app.cleanup_ctx.append(_image_service)
     app.on_response_prepare.append(count_served)

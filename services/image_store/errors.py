@@ -11,6 +11,7 @@ __all__ = [
     "InsufficientStorage",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "RangeNotSatisfiable",
     "RateLimited",
     "StoreBusy",
     "StoreError",
@@ -26,6 +27,14 @@ class StoreError(ApiError):
 class ImageNotFound(NotFound):
     def __init__(self, message: str = "image not found") -> None:
         super().__init__(message)
+
+
+class RangeNotSatisfiable(StoreError):
+    status, code = 416, "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        # RFC 9110 §15.5.17: a 416 names the current length in an unsatisfied Content-Range.
+        super().__init__("the requested range is not within the image", headers={"Content-Range": f"bytes */{size}"})
 
 
 class EmptyUpload(StoreError):

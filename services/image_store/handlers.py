@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.multipart import BadContentDispositionHeader
 
 from common.app import AUTH_KEY
+from common.content_disposition import parse_form_data_disposition
 from common.errors import UnsupportedMediaType
 from common.http.body_timeout import BodyReadTimeout, read_limits
 from common.ids import parse_uuid
 from common.settings import ImageStoreSettings
-from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, PreconditionFailed, UploadTimedOut
-from services.image_store.filenames import content_disposition
+from services.image_store.conditional import Precondition, evaluate_preconditions, select_range
+from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, UploadTimedOut
 from services.image_store.models import ImageRow
-from services.image_store.service import ImageService, UploadSession
+from services.image_store.service import MAX_PAGE_SIZE, ImageService, UploadSession
+from services.image_store.serving import ImageBytesResponse, image_headers
 
 log = structlog.get_logger("retina.image_store")
 
@@ -31,6 +33,7 @@ CHUNK_SIZE = 256 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 1024
+_PAGE_LIMIT = re.compile(r"[0-9]{1,3}")
 
 
 def parse_image_id(raw: str) -> uuid.UUID:
@@ -48,6 +51,13 @@ def parse_optional_uuid(raw: str | None, field: str) -> uuid.UUID | None:
     if value is None:
         raise BadRequest(f"{field} must be a UUID")
     return value
+
+
+def parse_limit(raw: str) -> int:
+    """ASCII digits only: str.isdigit() also accepts '²' (int() refuses it) and '٣' (it accepts)."""
+    if not _PAGE_LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    return int(raw)
 
 
 def service_of(request: web.Request) -> ImageService:
@@ -113,12 +123,14 @@ async def _receive_multipart(request: web.Request, session: UploadSession) -> tu
                 raise BadRequest(f"at most {MAX_PARTS} multipart parts are accepted")
             if isinstance(part, MultipartReader):
                 raise BadRequest("nested multipart bodies are not accepted")
-            if part.name == "file":
-                filename = part.filename
+            # Not part.name / part.filename: aiohttp's parser splits quoted names at ';'.
+            disposition = parse_form_data_disposition(part.headers.get(hdrs.CONTENT_DISPOSITION))
+            if disposition.name == "file":
+                filename = disposition.filename
                 await session.receive(_part_chunks(part))
             else:
-                fields[part.name or ""] = await _read_small_field(part)
-    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError, BadContentDispositionHeader) as exc:
+                fields[disposition.name or ""] = await _read_small_field(part)
+    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as exc:
         # aiohttp's messages can echo raw header bytes; keep ours short and printable.
         raise BadRequest("malformed multipart body") from exc
     if session.received is None:
@@ -143,40 +155,8 @@ async def _read_small_field(part: BodyPartReader) -> str:
 # ---- serving -----------------------------------------------------------------------------
 
 
-class ImageFileResponse(web.FileResponse):
-    """sendfile with a strong ETag equal to the content's SHA-256 (not aiohttp's mtime tag)."""
-
-    def __init__(self, path: Any, *, sha256: str, **kwargs: Any) -> None:
-        super().__init__(path, **kwargs)
-        self._content_etag = sha256
-
-    @property
-    def etag(self) -> Any:
-        return web.StreamResponse.etag.fget(self)  # type: ignore[attr-defined]
-
-    @etag.setter
-    def etag(self, value: Any) -> None:
-        del value
-        web.StreamResponse.etag.fset(self, self._content_etag)  # type: ignore[attr-defined]
-
-
-def image_headers(row: ImageRow, max_age: int, resource_policy: str = "same-site") -> dict[str, str]:
-    return {
-        "Content-Type": row.mime_type,
-        "Cache-Control": f"private, max-age={max_age}, immutable",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "default-src 'none'; sandbox",
-        "Cross-Origin-Resource-Policy": resource_policy,
-        "Content-Disposition": content_disposition(row.original_filename, fallback=str(row.id)),
-    }
-
-
-def _etag_listed(header: str, sha256: str) -> bool:
-    tags = [tag.strip().removeprefix("W/") for tag in header.split(",")]
-    return "*" in tags or f'"{sha256}"' in tags
-
-
 async def serve_image(request: web.Request) -> web.StreamResponse:
+    """GET/HEAD of the bytes: authorise, decide preconditions and range once, then send."""
     service = service_of(request)
     image_id = parse_image_id(request.match_info["image_id"])
     query = request.query
@@ -186,15 +166,18 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         caller = request.app[AUTH_KEY].caller(request)
         row = await service.get(image_id, caller.user_id)
     headers = image_headers(row, service.settings.cache_max_age_seconds, service.settings.cross_origin_resource_policy)
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match is not None and _etag_listed(if_none_match, row.sha256):
-        headers.pop("Content-Type")
-        headers["ETag"] = f'"{row.sha256}"'
+    if evaluate_preconditions(request.if_match, request.if_none_match, row.sha256) is Precondition.NOT_MODIFIED:
+        del headers["Content-Type"]
         return web.Response(status=304, headers=headers)
-    if_match = request.headers.get("If-Match")
-    if if_match is not None and not _etag_listed(if_match, row.sha256):
-        raise PreconditionFailed("the image does not match If-Match")
-    return ImageFileResponse(service.file_path(row), sha256=row.sha256, headers=headers)
+    opened = await service.open_file(row)
+    try:
+        byte_range = select_range(
+            request.headers.get(hdrs.RANGE), request.headers.get(hdrs.IF_RANGE), row.sha256, opened.size
+        )
+    except BaseException:
+        opened.file.close()
+        raise
+    return ImageBytesResponse(opened.file, opened.size, byte_range, headers)
 
 
 async def count_served(request: web.Request, response: web.StreamResponse) -> None:
@@ -239,13 +222,10 @@ async def delete_image(request: web.Request) -> web.Response:
 async def list_images(request: web.Request) -> web.Response:
     caller = request.app[AUTH_KEY].caller(request)
     service = service_of(request)
-    raw_limit = request.query.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise BadRequest("limit must be a whole number from 1 to 100")
     rows, next_cursor = await service.list(
         caller.user_id,
         message_id=parse_optional_uuid(request.query.get("message_id"), "message_id"),
-        limit=int(raw_limit),
+        limit=parse_limit(request.query.get("limit", "50")),
         cursor=request.query.get("cursor") or None,
     )
     return web.json_response({"images": [record_json(service, row) for row in rows], "next_cursor": next_cursor})

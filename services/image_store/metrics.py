@@ -63,6 +63,11 @@ class ImageStoreMetrics:
             ["status"],
             registry=registry,
         )
+        self.missing_files = Counter(
+            "image_store_missing_files_total",
+            "Image rows whose file was missing from storage when their bytes were requested.",
+            registry=registry,
+        )
         self.decodes_in_flight = Gauge(
             "image_store_decodes_in_flight", "Decodes running or waiting.", registry=registry
         )

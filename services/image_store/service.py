@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
+import stat
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 from prometheus_client import Gauge
@@ -268,6 +271,26 @@ class ImageService:
     def file_path(self, row: ImageRow) -> Path:
         return self.storage.path_for(row.storage_key)
 
+    async def open_file(self, row: ImageRow) -> OpenedFile:
+        """The image's file, open for reading, with its size on disk.
+
+        A row whose file is gone is data loss (a bad restore, a hand-deleted file): the caller
+        sees the same 404 as for any missing image, and operators get an error log line and
+        `image_store_missing_files_total`, which an alert watches.
+        """
+        try:
+            return await asyncio.to_thread(_open_for_reading, self.file_path(row))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            self.metrics.missing_files.inc()
+            log.error(
+                "image_file_missing",
+                image_id=str(row.id),
+                sha256=row.sha256,
+                storage_key=row.storage_key,
+                error=type(exc).__name__,
+            )
+            raise ImageNotFound() from exc
+
     async def list(
         self, owner_id: str, *, message_id: uuid.UUID | None, limit: int, cursor: str | None
     ) -> tuple[list[ImageRow], str | None]:
@@ -324,6 +347,24 @@ class ImageService:
         self.metrics.blobs.set(stats.blobs)
         self.metrics.stored_bytes.set(stats.bytes)
         return stats
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedFile:
+    file: BinaryIO
+    size: int
+
+
+def _open_for_reading(path: Path) -> OpenedFile:
+    file = path.open("rb")
+    try:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        return OpenedFile(file, status.st_size)
+    except BaseException:
+        file.close()
+        raise
 
 
 def encode_cursor(row: ImageRow) -> str:

@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, SETTINGS_KEY, create_service_app
+from common.content_disposition import ignore_aiohttp_disposition_warnings
 from common.health import READINESS_KEY
 from common.http.cors import enable_cors
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY
@@ -32,6 +33,7 @@ GATEWAY_SETTINGS_KEY = web.AppKey("gateway_settings", GatewaySettings)
 
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(service=SERVICE_NAME, settings=settings.common)
+    ignore_aiohttp_disposition_warnings()
     app[GATEWAY_SETTINGS_KEY] = settings
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)

@@ -9,10 +9,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from common.app import AUTH_KEY
+from common.content_disposition import parse_form_data_disposition
 from common.http.body_timeout import BodyClocks, BodyReadTimeout, read_limits
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
@@ -154,31 +155,33 @@ async def _read_multipart(
             parts += 1
             if parts > MAX_PARTS or isinstance(part, MultipartReader):
                 raise BadRequest("too many or nested multipart parts")
-            if part.name == "images":
+            # Not part.name / part.filename: aiohttp's parser splits quoted names at ';'.
+            disposition = parse_form_data_disposition(part.headers.get(hdrs.CONTENT_DISPOSITION))
+            if disposition.name == "images":
                 if len(uploaded) >= service.settings.max_images_per_message:
                     raise TooManyImages(f"at most {service.settings.max_images_per_message} images per message")
                 try:
                     image_id = await service.upload_image(
                         user_id,
                         _chunks(part, clocks),
-                        filename=part.filename,
+                        filename=disposition.filename,
                         content_type=part.headers.get("Content-Type", "application/octet-stream"),
                         request_id=request_id,
                     )
                 finally:
                     clocks.resume()
                 uploaded.append(image_id)
-            elif part.name in ("message", "model", "conversation_id", "options", "image_ids"):
+            elif (name := disposition.name) in ("message", "model", "conversation_id", "options", "image_ids"):
                 text = await _small_text(part)
-                if part.name in ("options", "image_ids"):
+                if name in ("options", "image_ids"):
                     try:
-                        fields[part.name] = json.loads(text) if text else None
+                        fields[name] = json.loads(text) if text else None
                     except ValueError as exc:
-                        raise BadRequest(f"{part.name} must be JSON text") from exc
+                        raise BadRequest(f"{name} must be JSON text") from exc
                 else:
-                    fields[part.name] = text
+                    fields[name] = text
             else:
-                raise BadRequest(f"unexpected multipart field {part.name!r}")
+                raise BadRequest(f"unexpected multipart field {name!r}")
     except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise BadRequest("malformed multipart body") from exc
     return fields

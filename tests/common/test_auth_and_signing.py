@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from common.auth import ServiceAuth
 from common.errors import ApiError
@@ -88,3 +90,26 @@ def test_key_rotation_keeps_old_urls_valid() -> None:
     new_expires, new_signature = rotated.sign("image-1", now=1000)
     assert new_signature != signature
     assert not old.verify("image-1", str(new_expires), new_signature, now=1000)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(expires=st.text(max_size=20), signature=st.text(max_size=200))
+@example(expires="\u00b2", signature="x")
+@example(expires="\u0663", signature="x")
+@example(expires="9999999999", signature="\u00e9" * 43)
+@example(expires="9" * 5000, signature="x")
+def test_hostile_signed_url_values_are_refused_never_raise(expires: str, signature: str) -> None:
+    signer = UrlSigner((KEY_A,), ttl_seconds=60)
+    assert signer.verify("image-1", expires, signature) is False
+
+
+@pytest.mark.parametrize("token", ["t\u00e9st", "x" * 10_000])
+def test_tokens_that_are_not_ours_are_401_whatever_their_bytes(token: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        ServiceAuth(TOKENS).check_token(request_with({"Authorization": "Bearer " + token}))
+    assert caught.value.status == 401
+
+
+def test_a_token_of_non_utf8_bytes_is_invalid_not_a_crash() -> None:
+    # aiohttp decodes header bytes that are not UTF-8 to lone surrogates ("\udcff" for 0xff).
+    assert ServiceAuth(TOKENS).token_is_valid("\udcff\udcfe" + TOKENS[0]) is False

@@ -1,0 +1,129 @@
+"""Hostile headers, path IDs and query parameters never make the gateway answer 5xx (issue 8 item 8).
+
+Driven by hypothesis against the gateway's real socket (with a real image-store, the Ollama
+emulator and PostgreSQL behind it): every refusal is a JSON error with a stable code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from typing import Any
+
+import aiohttp
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import SERVICE_TOKEN, auth_headers
+from tests.hostile_http import assert_sane, encode, header_values, path_segments, request, short_values
+from tests.image_store.conftest import photo
+from tests.vision_gateway.conftest import read_sse
+
+PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
+AUTH = list(auth_headers().items())
+
+
+def _start_conversation(port: int) -> str:
+    """One real turn, so the listing has a conversation of alice's to list."""
+    body = json.dumps({"message": "hello", "model": "llama3.2"}).encode()
+    answer = request(
+        port,
+        "POST",
+        "/api/stream-message",
+        [*AUTH, ("Content-Type", b"application/json"), ("Content-Length", str(len(body)).encode())],
+        body=body,
+    )
+    assert answer.status == 200, answer.body[:300]
+    start = json.loads(answer.body.split(b"\n\n")[0].removeprefix(b"data: "))
+    return str(start["conversation_id"])
+
+
+async def test_auth_headers_never_crash(stack: Any) -> None:
+    port = stack.gateway.server.port
+
+    @PROPERTY
+    @given(
+        authorization=st.one_of(st.none(), header_values, header_values.map(lambda v: f"Bearer {v!s}")),
+        user=st.one_of(st.none(), header_values),
+        target=st.sampled_from(
+            [
+                ("GET", "/api/models"),
+                ("GET", "/api/conversations/00000000-0000-4000-8000-000000000000/messages"),
+                ("POST", "/api/stream-message/00000000-0000-4000-8000-000000000000/stop"),
+                ("POST", "/api/stream-message"),
+            ]
+        ),
+    )
+    @example(authorization="Bearer t\u00e9st", user=b"alice", target=("GET", "/api/models"))
+    @example(authorization=f"Bearer {SERVICE_TOKEN}", user=b"\xff\xfe", target=("POST", "/api/stream-message"))
+    @example(authorization=f"Bearer {SERVICE_TOKEN}", user="é" * 200, target=("POST", "/api/stream-message"))
+    def check(authorization: Any, user: Any, target: tuple[str, str]) -> None:
+        headers = [(n, v) for n, v in (("Authorization", authorization), ("X-User-Id", user)) if v is not None]
+        method, path = target
+        # An empty JSON object: whoever gets past authentication is refused for the body, never streams.
+        body = b"{}" if path == "/api/stream-message" else None
+        if body is not None:
+            headers += [("Content-Type", b"application/json"), ("Content-Length", b"2")]
+        answer = request(port, method, path, headers, body=body)
+        assert_sane(answer, {200, 400, 401, 404}, {"bad_request", "unauthorized", "not_found"})
+
+    await asyncio.to_thread(check)
+
+
+async def test_path_ids_are_404(stack: Any) -> None:
+    port = stack.gateway.server.port
+
+    @PROPERTY
+    @given(segment=path_segments, kind=st.sampled_from(["messages", "stop"]))
+    @example(segment="00000000-0000-4000-8000-000000000000\n", kind="messages")
+    @example(segment="00000000-0000-4000-8000-000000000000\n", kind="stop")
+    def check(segment: str | bytes, kind: str) -> None:
+        if kind == "messages":
+            answer = request(port, "GET", f"/api/conversations/{encode(segment)}/messages", AUTH)
+        else:
+            answer = request(port, "POST", f"/api/stream-message/{encode(segment)}/stop", AUTH)
+        assert_sane(answer, {404}, {"not_found"})
+
+    await asyncio.to_thread(check)
+
+
+async def test_message_listing_parameters_never_crash(stack: Any) -> None:
+    port = stack.gateway.server.port
+    conversation_id = await asyncio.to_thread(_start_conversation, port)
+
+    @PROPERTY
+    @given(
+        params=st.dictionaries(
+            st.one_of(st.sampled_from(["limit", "before", "after", "cursor", "order"]), st.text(max_size=8)),
+            short_values,
+            max_size=4,
+        ),
+        owner=st.sampled_from(["alice", "mallory"]),
+    )
+    @example(params={"limit": "²"}, owner="alice")
+    @example(params={"limit": "9" * 5000}, owner="alice")
+    def check(params: dict[str, Any], owner: str) -> None:
+        query = "&".join(f"{encode(k)}={encode(v)}" for k, v in params.items())
+        path = f"/api/conversations/{conversation_id}/messages?{query}"
+        answer = request(port, "GET", path, list(auth_headers(owner).items()))
+        assert_sane(answer, {200, 400, 404}, {"bad_request", "not_found"})
+        if owner == "mallory":
+            assert answer.status == 404, "another user's conversation looks missing"
+
+    await asyncio.to_thread(check)
+
+
+async def test_a_quoted_file_name_with_separators_reaches_the_store(stack: Any, db: Any) -> None:
+    """The legal `filename="a;b=c; x.png"` is forwarded, not refused as a nameless part."""
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("message", "Describe this")
+    form.add_field("model", "llava")
+    form.add_field("images", io.BytesIO(photo("rocket.jpg")), filename="a;b=c; x.png", content_type="image/jpeg")
+    response = await stack.gateway.post("/api/stream-message", data=form, headers=auth_headers())
+    result = await read_sse(response)
+    assert result.status == 200, result.events
+    [image_id] = result.events[0]["image_ids"]
+    stored = await db.fetchval("SELECT original_filename FROM images WHERE id = $1", uuid.UUID(image_id))
+    assert stored == "a;b=c; x.png"
