@@ -55,12 +55,20 @@ def parse_image_id(raw: str) -> uuid.UUID:
 
 
 def parse_optional_uuid(raw: str | None, field: str) -> uuid.UUID | None:
-    if raw is None or raw == "":
+    """Absent (or JSON null) means none; an empty string is a malformed ID, as the document says."""
+    if raw is None:
         return None
     value = parse_uuid(raw)
     if value is None:
         raise BadRequest(f"{field} must be a UUID")
     return value
+
+
+def parse_cursor(raw: str | None) -> str | None:
+    """Absent means the first page; an empty cursor is not one this server issued."""
+    if raw == "":
+        raise BadRequest("cursor is not one this server issued")
+    return raw
 
 
 def service_of(request: web.Request) -> ImageService:
@@ -249,7 +257,7 @@ async def list_images(request: web.Request) -> web.Response:
         caller.user_id,
         message_id=parse_optional_uuid(request.query.get("message_id"), "message_id"),
         limit=int(raw_limit),
-        cursor=request.query.get("cursor") or None,
+        cursor=parse_cursor(request.query.get("cursor")),
     )
     return web.json_response({"images": [record_json(service, row) for row in rows], "next_cursor": next_cursor})
 
