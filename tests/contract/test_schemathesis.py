@@ -53,7 +53,7 @@ async def schemathesis(document: str, base_url: str, token: str, report: Path) -
         "junit",
         "--report-junit-path",
         str(report),
-        cwd=HERE,
+        cwd=report.parent,  # schemathesis and Hypothesis leave their working files there
         timeout=BUDGET_SECONDS,
         env={"COLUMNS": "200"},
     )
