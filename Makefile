@@ -22,8 +22,11 @@ $(VENV)/.dev-installed: $(BIN)/python pyproject.toml requirements/constraints.tx
 	$(BIN)/pip install -q $(PIN) -e '.[dev]'
 	touch $@ $(VENV)/.stack-installed
 
+# Extra arguments for `retina up`, e.g. make up ARGS="--store-port 9001 --gateway-port 9002".
+ARGS ?=
+
 up: $(VENV)/.stack-installed
-	$(BIN)/retina up
+	$(BIN)/retina up $(ARGS)
 
 $(TOOLS)/.installed: requirements/tools.txt requirements/tools-constraints.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -31,10 +34,20 @@ $(TOOLS)/.installed: requirements/tools.txt requirements/tools-constraints.txt
 	$(TOOLS)/bin/pip install -q -c requirements/tools-constraints.txt -r requirements/tools.txt
 	touch $@
 
-test: $(VENV)/.dev-installed $(TOOLS)/.installed
+# newman (the Postman collection's runner), pinned with its lockfile. Without npm the newman test skips
+# with the reason locally and fails in CI (.ci/run sets CI=1).
+NODE_TOOLS := $(TOOLS)/node
+
+$(NODE_TOOLS)/.installed: requirements/node/package.json requirements/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  mkdir -p $(NODE_TOOLS) && cp requirements/node/package.json requirements/node/package-lock.json $(NODE_TOOLS)/ && \
+	  npm ci --prefix $(NODE_TOOLS) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: newman is not installed, so its test will skip (and fail in CI)"; fi
+
+test: $(VENV)/.dev-installed $(TOOLS)/.installed $(NODE_TOOLS)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(NODE_TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

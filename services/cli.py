@@ -26,8 +26,8 @@ def _parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run the whole stack locally (embedded Postgres if needed)")
     up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--store-port", type=int, default=8081)
-    up.add_argument("--gateway-port", type=int, default=8082)
+    up.add_argument("--store-port", type=int, default=None, help="default: IMAGE_STORE_PORT, else 8081")
+    up.add_argument("--gateway-port", type=int, default=None, help="default: VISION_GATEWAY_PORT, else 8082")
 
     migrate = commands.add_parser("migrate", help="apply database migrations (under yoyo's lock)")
     migrate.add_argument("--rollback", action="store_true", help="undo the newest migration")

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
+from common.env import EnvReader
 from common.migrations import apply_migrations
 from common.settings import generate_secret, load_gateway_settings, load_image_store_settings
 from services.image_store.app import create_app as create_image_store
@@ -76,16 +77,34 @@ def describe_database(url: str) -> str:
     return urlunsplit(parts)
 
 
+def resolve_ports(environ: Mapping[str, str], store_port: int | None, gateway_port: int | None) -> tuple[int, int]:
+    """Flags win, then IMAGE_STORE_PORT / VISION_GATEWAY_PORT (as .env.example documents), then 8081/8082."""
+
+    def read(env: Mapping[str, str]) -> tuple[int, int]:
+        reader = EnvReader(env)
+        store = reader.integer("IMAGE_STORE_PORT", 8081, minimum=1, maximum=65535)
+        gateway = reader.integer("VISION_GATEWAY_PORT", 8082, minimum=1, maximum=65535)
+        reader.raise_if_problems()
+        return store, gateway
+
+    from_env = load_or_exit(read, environ)
+    return (
+        store_port if store_port is not None else from_env[0],
+        gateway_port if gateway_port is not None else from_env[1],
+    )
+
+
 def run_local_stack(
     environ: MutableMapping[str, str],
     *,
     host: str,
-    store_port: int,
-    gateway_port: int,
+    store_port: int | None,
+    gateway_port: int | None,
     state_dir: Path,
 ) -> None:
     started = time.perf_counter()
     env: dict[str, str] = dict(environ)
+    store_port, gateway_port = resolve_ports(env, store_port, gateway_port)
     env.setdefault("LOG_FORMAT", "console")
     for key, value in local_secrets(state_dir).items():
         env.setdefault(key, value)

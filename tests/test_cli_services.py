@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,3 +172,51 @@ def test_invalid_configuration_refuses_to_start_with_one_line_per_problem(tmp_pa
         "  - IMAGE_SIGNING_KEYS is required (secret for signed image URLs) but is not set",
     ]
     assert "hunter2" not in result.stderr
+
+
+def test_retina_up_takes_ports_from_the_environment_and_flags_win(database_url: str, tmp_path: Path) -> None:
+    """IMAGE_STORE_PORT / VISION_GATEWAY_PORT (listed in .env.example) are honoured; a flag overrides one."""
+    env_store, env_gateway, flag_gateway = free_port(), free_port(), free_port()
+    env = clean_env(
+        DATABASE_URL=database_url,
+        RETINA_STATE_DIR=str(tmp_path / "state"),
+        IMAGE_STORE_PORT=str(env_store),
+        VISION_GATEWAY_PORT=str(env_gateway),
+        OLLAMA_URL="http://127.0.0.1:9",
+    )
+    with retina("up", "--gateway-port", str(flag_gateway), env=env) as (process, output):
+        output.wait_for("Press Ctrl-C to stop.", timeout=60)
+        banner = "".join(output.lines)
+        assert f"image-store     http://127.0.0.1:{env_store}" in banner
+        assert f"vision-gateway  http://127.0.0.1:{flag_gateway}" in banner
+        assert http_get(f"http://127.0.0.1:{env_store}/livez")[0] == 200
+        assert http_get(f"http://127.0.0.1:{flag_gateway}/livez")[0] == 200
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{env_gateway}/livez", timeout=2)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0, "".join(output.lines)
+
+
+def test_retina_up_refuses_a_malformed_port_variable(tmp_path: Path) -> None:
+    env = clean_env(RETINA_STATE_DIR=str(tmp_path / "state"), IMAGE_STORE_PORT="eighty")
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2, result.stderr
+    assert "IMAGE_STORE_PORT" in result.stderr
+    assert not (tmp_path / "state" / "postgres").exists()  # refused before starting anything
+
+
+def test_make_up_passes_its_arguments_to_retina_up() -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(
+        [make, "-n", "up", "ARGS=--store-port 9001 --gateway-port 9002"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ".venv/bin/retina up --store-port 9001 --gateway-port 9002" in result.stdout

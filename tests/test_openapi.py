@@ -72,17 +72,31 @@ def test_postman_collection_is_generated_and_has_the_main_flows() -> None:
     committed = (ROOT / "docs" / "retina.postman_collection.json").read_text()
     assert committed == module.render(), "stale: run docs/generate_postman.py"
     collection = json.loads(committed)
-    requests = {
-        (item["request"]["method"], item["request"]["url"]["raw"]): item
-        for folder in collection["item"]
-        for item in folder["item"]
-    }
-    upload = requests[("POST", "{{imageStoreUrl}}/api/images")]
-    assert upload["request"]["body"]["formdata"][0]["key"] == "file"
-    ask = requests[("POST", "{{gatewayUrl}}/api/stream-message")]
-    assert json.loads(ask["request"]["body"]["raw"])["image_ids"] == ["{{imageId}}"]
-    assert ("POST", "{{gatewayUrl}}/api/stream-message/{{streamId}}/stop") in requests
-    assert ("GET", "{{imageStoreUrl}}/api/images/{{imageId}}") in requests
-    assert ("GET", "{{imageStoreUrl}}{{signedPath}}") in requests
-    headers = {h["key"] for h in upload["request"]["header"]}
-    assert headers == {"Authorization", "X-User-Id"}
+    walkthrough = collection["item"][0]["item"]
+    names = [item["name"] for item in walkthrough]
+    order = [
+        "Upload a photo",
+        "Image record",
+        "Ask about the photo (SSE)",
+        "Conversation history",
+        "Stop the (finished) stream",
+        "Image bytes with the signed URL (no token)",
+        "Delete the photo",
+    ]
+    assert [name for name in names if name in order] == order
+    for folder in collection["item"]:
+        for item in folder["item"]:
+            url = item["request"]["url"]
+            # Full url objects: newman sends host/path/query, not `raw` alone ("request url is empty").
+            assert url["host"], item["name"]
+            assert url["path"], item["name"]
+            assert any(e["listen"] == "test" and e["script"]["exec"] for e in item["event"]), item["name"]
+    upload = walkthrough[0]["request"]
+    assert upload["body"]["formdata"][0] == {"key": "file", "type": "file", "src": module.PHOTO}
+    assert (ROOT / "docs" / module.PHOTO).is_file()
+    assert {h["key"] for h in upload["header"]} == {"Authorization", "X-User-Id"}
+    signed = next(item for item in walkthrough if "signed URL" in item["name"])["request"]
+    assert signed["header"] == []
+    assert {q["key"] for q in signed["url"]["query"]} == {"exp", "sig"}
+    ask = next(item for item in walkthrough if item["name"].startswith("Ask"))["request"]
+    assert json.loads(ask["body"]["raw"])["image_ids"] == ["{{imageId}}"]

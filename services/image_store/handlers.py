@@ -45,7 +45,8 @@ def parse_image_id(raw: str) -> uuid.UUID:
 
 
 def parse_optional_uuid(raw: str | None, field: str) -> uuid.UUID | None:
-    if raw is None or raw == "":
+    """Absent (or JSON null) means none; an empty string is a malformed ID, as the document says."""
+    if raw is None:
         return None
     value = parse_uuid(raw)
     if value is None:
@@ -58,6 +59,13 @@ def parse_limit(raw: str) -> int:
     if not _PAGE_LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
     return int(raw)
+
+
+def parse_cursor(raw: str | None) -> str | None:
+    """Absent means the first page; an empty cursor is not one this server issued."""
+    if raw == "":
+        raise BadRequest("cursor is not one this server issued")
+    return raw
 
 
 def service_of(request: web.Request) -> ImageService:
@@ -226,7 +234,7 @@ async def list_images(request: web.Request) -> web.Response:
         caller.user_id,
         message_id=parse_optional_uuid(request.query.get("message_id"), "message_id"),
         limit=parse_limit(request.query.get("limit", "50")),
-        cursor=request.query.get("cursor") or None,
+        cursor=parse_cursor(request.query.get("cursor")),
     )
     return web.json_response({"images": [record_json(service, row) for row in rows], "next_cursor": next_cursor})
 

@@ -47,7 +47,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         [r for r in app.router.resources() if r.canonical.startswith(("/api/", "/v1/"))],
         allow_methods=("GET", "POST", "DELETE"),
         allow_headers=("Authorization", "Content-Type", "X-User-Id", "X-Request-ID", "Accept"),
-        expose_headers=("X-Request-ID", "Retry-After"),
+        expose_headers=("X-Request-ID", "Retry-After", "X-Stream-Id", "X-Conversation-Id"),
     )
     return app
 

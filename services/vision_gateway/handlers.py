@@ -52,32 +52,55 @@ def _uuid(raw: Any, field: str) -> uuid.UUID:
     return value
 
 
+# What the document's `not: {pattern: "^\s*$"}` calls space: ECMAScript's \s. Python's str.strip() also strips
+# U+001C..U+001F and U+0085, which would refuse text the document calls valid.
+_ECMA_SPACE = "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(map(chr, range(0x2000, 0x200B)))
+
+
+def _has_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip(_ECMA_SPACE))
+
+
+def _storable(text: str, field: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone surrogates (JSON allows both): refuse them as a 400, not a 500."""
+    if "\x00" in text:
+        raise BadRequest(f"{field} must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{field} must be valid Unicode text") from exc
+    return text
+
+
 def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> ChatRequest:
     message = fields.get("message")
-    if not isinstance(message, str) or not message.strip():
+    if not _has_text(message):
         raise BadRequest("message is required and must be non-empty text")
     if len(message) > MAX_MESSAGE_CHARS:
         raise BadRequest(f"message is longer than {MAX_MESSAGE_CHARS} characters")
+    _storable(message, "message")
     model = fields.get("model")
-    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS:
+    if not _has_text(model) or len(model) > MAX_MODEL_CHARS:
         raise BadRequest("model is required and must be a model name")
+    _storable(model, "model")
+    # Only an absent or null conversation_id starts a new conversation: "" is a client bug, not a request.
     conversation = fields.get("conversation_id")
-    conversation_id = None if conversation in (None, "") else _uuid(conversation, "conversation_id")
-    raw_ids = fields.get("image_ids") or []
+    conversation_id = None if conversation is None else _uuid(conversation, "conversation_id")
+    raw_ids = fields.get("image_ids", [])
     if not isinstance(raw_ids, list):
         raise BadRequest("image_ids must be a list of image IDs")
-    options = fields.get("options")
-    if options is not None and not isinstance(options, dict):
+    options = fields.get("options", {})
+    if not isinstance(options, dict):
         raise BadRequest("options must be a JSON object")
-    if options is not None and len(json.dumps(options)) > MAX_OPTIONS_BYTES:
+    if len(json.dumps(options)) > MAX_OPTIONS_BYTES:
         raise BadRequest(f"options is larger than {MAX_OPTIONS_BYTES} bytes")
     return ChatRequest(
         user_id=user_id,
         message=message,
-        model=model.strip(),
+        model=model.strip(_ECMA_SPACE),
         conversation_id=conversation_id,
         image_ids=[_uuid(raw, "image_ids") for raw in raw_ids],
-        options=options,
+        options=options or None,
         request_id=request_id,
     )
 
@@ -98,7 +121,10 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
         await service.discard_uploads(uploaded, caller.user_id, request_id)  # a refused request keeps none
         raise
     request[EVENT_STREAM_KEY] = True
-    stream = EventStream(heartbeat_seconds=service.settings.heartbeat_seconds)
+    # The IDs as headers too, so a client (or an OpenAPI link) can stop the stream or read the history
+    # without parsing the event stream.
+    ids = {"X-Stream-Id": str(turn.stream_id), "X-Conversation-Id": str(turn.turn.conversation_id)}
+    stream = EventStream(heartbeat_seconds=service.settings.heartbeat_seconds, headers=ids)
     try:
         await stream.prepare(request)
     except BaseException:  # the client left before the stream began; the turn must not stay "streaming"
@@ -171,13 +197,12 @@ async def _read_multipart(
                 finally:
                     clocks.resume()
                 uploaded.append(image_id)
-            elif (name := disposition.name) in ("message", "model", "conversation_id", "options", "image_ids"):
+            elif disposition.name == "image_ids":
+                fields.setdefault("image_ids", []).extend(parse_image_ids_part(await _small_text(part)))
+            elif (name := disposition.name) in ("message", "model", "conversation_id", "options"):
                 text = await _small_text(part)
-                if name in ("options", "image_ids"):
-                    try:
-                        fields[name] = json.loads(text) if text else None
-                    except ValueError as exc:
-                        raise BadRequest(f"{name} must be JSON text") from exc
+                if name == "options":
+                    fields["options"] = _json_text(text, "options")
                 else:
                     fields[name] = text
             else:
@@ -185,6 +210,24 @@ async def _read_multipart(
     except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise BadRequest("malformed multipart body") from exc
     return fields
+
+
+def _json_text(text: str, field: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"{field} must be JSON text") from exc
+
+
+def parse_image_ids_part(text: str) -> list[Any]:
+    """One `image_ids` form part: a single ID (the part may repeat, as HTML forms and OpenAPI send arrays)
+    or, as before, a JSON array of IDs. The IDs themselves are checked with the JSON body's rules."""
+    if not text.lstrip().startswith("["):
+        return [text]
+    ids = _json_text(text, "image_ids")
+    if not isinstance(ids, list):
+        raise BadRequest("image_ids must be a list of image IDs")
+    return ids
 
 
 async def _chunks(part: BodyPartReader, clocks: BodyClocks) -> AsyncIterator[bytes]:

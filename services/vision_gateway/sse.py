@@ -27,8 +27,8 @@ SSE_HEADERS = {
 class EventStream:
     """One SSE response: `send()` events as `data: <json>` lines; pings while idle."""
 
-    def __init__(self, *, heartbeat_seconds: float) -> None:
-        self.response = web.StreamResponse(headers=SSE_HEADERS)
+    def __init__(self, *, heartbeat_seconds: float, headers: Mapping[str, str] | None = None) -> None:
+        self.response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
         self._heartbeat_seconds = heartbeat_seconds
         self._last_write = time.monotonic()
         self._keepalive: asyncio.Task[None] | None = None

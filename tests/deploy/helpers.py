@@ -41,7 +41,16 @@ INSTALL_HINTS = {
     "checkov": "pip install -c requirements/tools-constraints.txt -r requirements/tools.txt "
     "(make test puts .venv-tools/bin on PATH), or set CHECKOV=/path/to/checkov",
     "promtool": "apt-get install prometheus (Debian ships promtool in it), or set PROMTOOL=/path/to/promtool",
+    "newman": "make test installs it with npm ci from requirements/node into .venv-tools/node (needs npm), "
+    "or set NEWMAN=/path/to/newman",
 }
+# Tools .ci/run installs: in CI (CI set and not "0"/"false") their absence is a failure, not a skip.
+REQUIRED_IN_CI = frozenset({"promtool", "newman"})
+NODE_TOOLS_BIN = ROOT / ".venv-tools" / "node" / "node_modules" / ".bin"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def find_tool(name: str) -> str:
@@ -51,11 +60,13 @@ def find_tool(name: str) -> str:
         if not Path(configured).is_file():
             pytest.fail(f"{name.upper()}={configured} does not exist")
         return configured
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", ""), str(NODE_TOOLS_BIN)])
     path = shutil.which(name, path=search)
     if path is None:
-        hint = INSTALL_HINTS.get(name, f"install {name}")
-        pytest.skip(f"{name} not found on PATH and {name.upper()} is unset: {hint}")
+        reason = f"{name} not found on PATH and {name.upper()} is unset: {INSTALL_HINTS.get(name, f'install {name}')}"
+        if name in REQUIRED_IN_CI and in_ci():
+            pytest.fail(f"{reason} (.ci/run installs it, so in CI this is a failure)")
+        pytest.skip(reason)
     return path
 
 
