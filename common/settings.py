@@ -19,6 +19,8 @@ SUPPORTED_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp
 DEFAULT_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 
 FALLBACK_POLICIES: tuple[str, ...] = ("reject", "fallback_model", "text_only")
+STORAGE_BACKENDS: tuple[str, ...] = ("filesystem", "s3")
+SERVE_MODES: tuple[str, ...] = ("proxy", "redirect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,19 @@ class ImageStoreSettings:
     upload_rate_per_minute: int
     maintenance_interval_seconds: float
     orphan_grace_seconds: int
+    storage_backend: str
+    serve_mode: str
+    s3: S3Settings
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Where the s3 backend keeps blobs; credentials come from botocore's standard chain, not here."""
+
+    endpoint_url: str | None  # None = AWS itself
+    bucket: str
+    region: str | None
+    prefix: str  # "" or ends with "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +180,7 @@ def load_image_store_settings(environ: Mapping[str, str]) -> ImageStoreSettings:
 
 
 def read_image_store(env: EnvReader) -> ImageStoreSettings:
+    backend, serve_mode, s3 = _read_storage_backend(env)
     return ImageStoreSettings(
         common=read_common(env),
         host=env.string("IMAGE_STORE_HOST", "0.0.0.0"),  # noqa: S104 - a container listens on all interfaces
@@ -191,6 +207,32 @@ def read_image_store(env: EnvReader) -> ImageStoreSettings:
             "IMAGE_MAINTENANCE_INTERVAL_SECONDS", 3600.0, minimum=0.0, maximum=7 * 86400.0
         ),
         orphan_grace_seconds=env.integer("IMAGE_ORPHAN_GRACE_SECONDS", 3600, minimum=0, maximum=30 * 86400),
+        storage_backend=backend,
+        serve_mode=serve_mode,
+        s3=s3,
+    )
+
+
+def _read_storage_backend(env: EnvReader) -> tuple[str, str, S3Settings]:
+    """IMAGE_STORAGE_BACKEND, IMAGE_SERVE_MODE and the S3_* location, checked together."""
+    backend = env.choice("IMAGE_STORAGE_BACKEND", "filesystem", STORAGE_BACKENDS)
+    serve_mode = env.choice("IMAGE_SERVE_MODE", "proxy", SERVE_MODES)
+    s3 = read_s3(env, required=backend == "s3")
+    if serve_mode == "redirect" and backend != "s3":
+        env.problem("IMAGE_SERVE_MODE=redirect needs IMAGE_STORAGE_BACKEND=s3 (a file has no URL to redirect to)")
+    return backend, serve_mode, s3
+
+
+def read_s3(env: EnvReader, *, required: bool) -> S3Settings:
+    bucket = env.string("S3_BUCKET", "")
+    if required and not bucket:
+        env.problem("S3_BUCKET is required when IMAGE_STORAGE_BACKEND=s3")
+    prefix = env.string("S3_PREFIX", "").strip("/")
+    return S3Settings(
+        endpoint_url=env.string("S3_ENDPOINT_URL", "") or None,
+        bucket=bucket,
+        region=env.string("S3_REGION", "") or None,
+        prefix=f"{prefix}/" if prefix else "",
     )
 
 

@@ -10,6 +10,7 @@ from common.app import POOL_KEY, REGISTRY_KEY, create_service_app
 from common.health import READINESS_KEY
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
+from services.image_store.backends import open_blob_store
 from services.image_store.decode_pool import DecodePool
 from services.image_store.handlers import (
     IMAGE_SERVICE_KEY,
@@ -22,7 +23,6 @@ from services.image_store.maintenance import MaintenanceService, run_periodicall
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
-from services.image_store.storage import ImageStorage
 
 SERVICE_NAME = "image_store"
 IMAGE_STORE_SETTINGS_KEY = web.AppKey("image_store_settings", ImageStoreSettings)
@@ -44,6 +44,8 @@ def create_app(settings: ImageStoreSettings) -> web.Application:
     async def storage_ready() -> None:
         if not settings.storage_path.is_dir():
             raise RuntimeError(f"{settings.storage_path} is missing")
+        if IMAGE_SERVICE_KEY in app:
+            await app[IMAGE_SERVICE_KEY].storage.check_ready()
 
     app[READINESS_KEY].add("storage", storage_ready)
     return app
@@ -53,27 +55,26 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
     """Runs after the database pool exists (cleanup contexts start in order)."""
     settings = app[IMAGE_STORE_SETTINGS_KEY]
     metrics = ImageStoreMetrics(app[REGISTRY_KEY])
-    storage = ImageStorage(settings.storage_path, timer=metrics.storage_timer)
-    storage.ensure_layout()
-    decoder = DecodePool(
-        workers=settings.decode_workers,
-        timeout_seconds=settings.decode_timeout_seconds,
-        max_pending=settings.max_pending_decodes,
-    )
-    await decoder.start()
-    service = ImageService(
-        settings,
-        ImageRepository(app[POOL_KEY]),
-        storage,
-        decoder,
-        UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
-        metrics,
-    )
-    app[IMAGE_SERVICE_KEY] = service
-    maintenance = MaintenanceService(service)
-    app[MAINTENANCE_KEY] = maintenance
-    try:
-        async with run_periodically(maintenance, settings.maintenance_interval_seconds):
-            yield
-    finally:
-        await decoder.close()
+    async with open_blob_store(settings, timer=metrics.storage_timer) as storage:
+        decoder = DecodePool(
+            workers=settings.decode_workers,
+            timeout_seconds=settings.decode_timeout_seconds,
+            max_pending=settings.max_pending_decodes,
+        )
+        await decoder.start()
+        service = ImageService(
+            settings,
+            ImageRepository(app[POOL_KEY]),
+            storage,
+            decoder,
+            UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
+            metrics,
+        )
+        app[IMAGE_SERVICE_KEY] = service
+        maintenance = MaintenanceService(service)
+        app[MAINTENANCE_KEY] = maintenance
+        try:
+            async with run_periodically(maintenance, settings.maintenance_interval_seconds):
+                yield
+        finally:
+            await decoder.close()

@@ -18,6 +18,7 @@ from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLar
 from services.image_store.filenames import content_disposition
 from services.image_store.models import ImageRow
 from services.image_store.service import ImageService, UploadSession
+from services.image_store.serving_s3 import object_response
 from services.image_store.validation import ImageRejected
 
 IMAGE_SERVICE_KEY = web.AppKey("image_service", ImageService)
@@ -197,7 +198,10 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     if_match = request.headers.get("If-Match")
     if if_match is not None and not _etag_listed(if_match, row.sha256):
         raise ApiError(412, "precondition_failed", "the image does not match If-Match")
-    return ImageFileResponse(service.file_path(row), sha256=row.sha256, headers=headers)
+    path = service.file_path(row)
+    if path is None:
+        return await object_response(request, service, row, headers)
+    return ImageFileResponse(path, sha256=row.sha256, headers=headers)
 
 
 async def count_served(request: web.Request, response: web.StreamResponse) -> None:

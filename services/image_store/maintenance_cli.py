@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from common.db import open_pool
 from common.metrics import new_registry
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
+from services.image_store.backends import open_blob_store
 from services.image_store.decode_pool import DecodePool
 from services.image_store.maintenance import MaintenanceService
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
-from services.image_store.storage import ImageStorage
 
 
 async def run_maintenance(settings: ImageStoreSettings, task: str, *, repair: bool) -> int:
     """Print a JSON report; exit status 1 when integrity problems were found and left unrepaired."""
-    async with open_pool(settings.common.database_url, min_size=1, max_size=2) as pool:
+    async with (
+        open_pool(settings.common.database_url, min_size=1, max_size=2) as pool,
+        contextlib.AsyncExitStack() as stack,
+    ):
         metrics = ImageStoreMetrics(new_registry())
-        storage = ImageStorage(settings.storage_path)
-        storage.ensure_layout()
+        storage = await stack.enter_async_context(open_blob_store(settings))
         service = ImageService(
             settings,
             ImageRepository(pool),
