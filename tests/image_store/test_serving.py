@@ -11,7 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import SERVICE_TOKEN, auth_headers
-from tests.image_store.conftest import photo, upload
+from tests.image_store.conftest import BACKENDS, photo, upload
+
+pytestmark = pytest.mark.parametrize("storage_backend", BACKENDS, indirect=True)
 
 
 @pytest.fixture
