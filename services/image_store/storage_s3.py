@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import os
 import re
 import time
@@ -53,7 +54,7 @@ def error_code(exc: ClientError) -> str:
 def client_config() -> AioConfig:
     """Standard retries (backoff with jitter on 5xx, throttling and dropped connections), short timeouts."""
     return AioConfig(
-        retries={"max_attempts": 4, "mode": "standard"},
+        retries={"total_max_attempts": 4, "mode": "standard"},
         connect_timeout=5,
         read_timeout=30,
         max_pool_connections=64,
@@ -115,6 +116,7 @@ class S3BlobStore:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.conditional_put = True  # cleared if the server refuses If-None-Match
+        self.page_size = 1000  # ListObjectsV2's maximum; tests lower it to cross page boundaries
 
     def object_key(self, key: str) -> str:
         return f"{self.prefix}{key}"
@@ -225,7 +227,7 @@ class S3BlobStore:
                     Key=object_key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,
+                    Body=io.BytesIO(data),  # aiohttp sends a buffer in chunks; raw bytes in one write
                     ContentMD5=md5,
                 )
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
@@ -285,7 +287,10 @@ class S3BlobStore:
         """ListObjectsV2 pages (1,000 keys each) in key order; foreign keys under the prefix are skipped."""
         paginator = self.client.get_paginator("list_objects_v2")
         with unavailable_on_failure("list"):
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            pages = paginator.paginate(
+                Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": self.page_size}
+            )
+            async for page in pages:
                 for item in page.get("Contents", []):
                     key = item["Key"][len(self.prefix) :]
                     if _KEY_PATTERN.match(key):

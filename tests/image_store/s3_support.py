@@ -7,6 +7,7 @@ backend stored (a directory tree or a bucket) through one set of methods.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import boto3
 import botocore.config
+from aiohttp import web
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "retina-test", "AWS_SECRET_ACCESS_KEY": "retina-test-secret"}
 REGION = "eu-central-1"
@@ -136,3 +139,90 @@ class BlobView:
 
 def key_of(sha256: str) -> str:
     return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+@dataclass
+class Fault:
+    """Answer matching requests with `status` (or drop the connection when status is 0)."""
+
+    method: str
+    path_contains: str = ""
+    query_contains: str = ""
+    status: int = 503
+    times: int = 1_000_000
+
+    def matches(self, request: web.Request) -> bool:
+        return (
+            self.times > 0
+            and request.method == self.method
+            and self.path_contains in request.path
+            and self.query_contains in request.query_string
+        )
+
+
+_ERROR_CODES = {500: "InternalError", 503: "SlowDown", 502: "BadGateway"}
+
+
+class FaultProxy:
+    """A tiny aiohttp reverse proxy in front of moto that injects 5xx answers and dropped connections.
+
+    It records every request it saw (method, path, query, headers) so tests can count retries
+    and check what the backend sent.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.faults: list[Fault] = []
+        self.seen: list[tuple[str, str, str, dict[str, str]]] = []
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def requests(self, method: str, query_contains: str = "") -> list[tuple[str, str, str, dict[str, str]]]:
+        return [seen for seen in self.seen if seen[0] == method and query_contains in seen[2]]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append((request.method, request.path, request.query_string, dict(request.headers)))
+        for fault in self.faults:
+            if fault.matches(request):
+                fault.times -= 1
+                if fault.status == 0:
+                    if request.transport is not None:
+                        request.transport.close()
+                    return web.Response(status=500)
+                code = _ERROR_CODES.get(fault.status, "ServiceUnavailable")
+                xml = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
+                return web.Response(status=fault.status, text=xml, content_type="application/xml")
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+        async with self._session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=io.BytesIO(body),
+            allow_redirects=False,
+        ) as upstream:
+            payload = await upstream.read()
+            drop = ("content-length", "transfer-encoding")
+            out = {k: v for k, v in upstream.headers.items() if k.lower() not in drop}
+            return web.Response(status=upstream.status, body=payload, headers=out)
