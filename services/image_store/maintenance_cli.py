@@ -13,12 +13,17 @@ from services.image_store.backends import open_blob_store
 from services.image_store.decode_pool import DecodePool
 from services.image_store.maintenance import MaintenanceService
 from services.image_store.metrics import ImageStoreMetrics
+from services.image_store.migrate_storage import migrate_storage
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
 
 
-async def run_maintenance(settings: ImageStoreSettings, task: str, *, repair: bool) -> int:
+async def run_maintenance(settings: ImageStoreSettings, task: str, *, repair: bool, verify: bool = True) -> int:
     """Print a JSON report; exit status 1 when integrity problems were found and left unrepaired."""
+    if task == "migrate-storage":
+        migration = await migrate_storage(settings, verify=verify)
+        print(json.dumps({"task": "migrate-storage", **migration.as_dict()}))
+        return 1 if migration.problems else 0
     async with (
         open_pool(settings.common.database_url, min_size=1, max_size=2) as pool,
         contextlib.AsyncExitStack() as stack,

@@ -246,6 +246,17 @@ class S3BlobStore:
                 raise
         return True
 
+    async def size_of(self, key: str) -> int | None:
+        """The stored object's length (HEAD), or None when there is none."""
+        with unavailable_on_failure("head"):
+            try:
+                answer = await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            except ClientError as exc:
+                if error_code(exc) in _ABSENT:
+                    return None
+                raise
+        return int(answer["ContentLength"])
+
     async def delete(self, key: str) -> bool:
         with self._timer("delete"), unavailable_on_failure("delete"):
             await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
