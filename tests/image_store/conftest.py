@@ -108,11 +108,18 @@ async def make_message(db: asyncpg.Connection, owner: str) -> str:
 
 
 # ---- storage backends ----------------------------------------------------------------------
-# Tests that should hold on both backends say so with
-#     pytestmark = pytest.mark.parametrize("storage_backend", BACKENDS, indirect=True)
-# everything else keeps running on the filesystem backend only.
+# A test module that should hold on both backends says `STORAGE_BACKENDS = BACKENDS`: each of its
+# tests that (through store_env) reaches storage then runs once per backend; other modules, and
+# pure functions, run once on the filesystem backend. A single test can also parametrize
+# "storage_backend" itself (indirect=True).
 
 BACKENDS = ["filesystem", "s3"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = getattr(metafunc.module, "STORAGE_BACKENDS", None)
+    if backends and "storage_backend" in metafunc.fixturenames:
+        metafunc.parametrize("storage_backend", backends, indirect=True)
 
 
 @pytest.fixture(scope="session")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import auth_headers
 from tests.image_store.conftest import BACKENDS, png, upload
 from tests.image_store.s3_support import BlobView
 
-pytestmark = pytest.mark.parametrize("storage_backend", BACKENDS, indirect=True)
+STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
 
 
 async def test_concurrent_upload_and_delete_of_the_same_bytes(

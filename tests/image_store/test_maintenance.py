@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import asyncpg
-import pytest
 from aiohttp.test_utils import TestClient
 
 from services.image_store.app import MAINTENANCE_KEY
@@ -19,7 +18,7 @@ from tests.conftest import ROOT, auth_headers
 from tests.image_store.conftest import BACKENDS, png, row_counts, upload
 from tests.image_store.s3_support import BlobView, key_of
 
-pytestmark = pytest.mark.parametrize("storage_backend", BACKENDS, indirect=True)
+STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
 
 
 async def test_cleanup_expires_images_and_keeps_shared_blobs(

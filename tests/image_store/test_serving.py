@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import BACKENDS, photo, upload
 
-pytestmark = pytest.mark.parametrize("storage_backend", BACKENDS, indirect=True)
+STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
 
 
 @pytest.fixture
