@@ -20,18 +20,15 @@ import io
 import os
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
-import aiohttp
 import structlog
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from common.settings import S3Settings
-from services.image_store.errors import StorageUnavailable
+from services.image_store.s3_client import ABSENT, ALREADY_THERE, error_code, unavailable_on_failure
 from services.image_store.storage import ImageStorage, OpTimer, _no_timer
 from services.image_store.storage_backend import ReceivedFile, StoredObject, sha256_of_key
 
@@ -43,54 +40,6 @@ MULTIPART_THRESHOLD = 8 * MIB
 PART_SIZE = 8 * MIB
 HASH_CHUNK = 1 * MIB
 _KEY_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}$")
-_ABSENT = {"404", "NoSuchKey", "NotFound"}
-_ALREADY_THERE = {"412", "PreconditionFailed"}
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def client_config() -> AioConfig:
-    """Standard retries (backoff with jitter on 5xx, throttling and dropped connections), short timeouts."""
-    return AioConfig(
-        retries={"total_max_attempts": 4, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=30,
-        max_pool_connections=64,
-        signature_version="s3v4",  # presigned URLs too (botocore would otherwise presign with SigV2)
-        # Only the checksums we send ourselves: S3-compatible servers differ in what else they accept.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-
-
-@contextlib.asynccontextmanager
-async def s3_client(settings: S3Settings) -> AsyncIterator[Any]:
-    """One client (one connection pool) per process; credentials from botocore's standard chain."""
-    session = get_session()
-    async with session.create_client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region or "us-east-1",
-        config=client_config(),
-    ) as client:
-        yield client
-
-
-@contextlib.contextmanager
-def unavailable_on_failure(operation: str) -> Iterator[None]:
-    """Transport failures and server errors left after retries become a clear 503."""
-    try:
-        yield
-    except ClientError as exc:
-        if error_code(exc) in _ABSENT | _ALREADY_THERE:
-            raise
-        log.warning("s3_request_failed", operation=operation, code=error_code(exc), error=str(exc))
-        raise StorageUnavailable() from exc
-    except (BotoCoreError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-        log.warning("s3_unreachable", operation=operation, error=repr(exc))
-        raise StorageUnavailable() from exc
 
 
 class S3BlobStore:
@@ -147,7 +96,7 @@ class S3BlobStore:
                 else:
                     await self._put_multipart(temp, key)
             except ClientError as exc:
-                if error_code(exc) not in _ALREADY_THERE:
+                if error_code(exc) not in ALREADY_THERE:
                     raise
                 # Another replica published the same bytes first: content-addressed, so done.
                 log.info("s3_object_already_present", key=key)
@@ -241,7 +190,7 @@ class S3BlobStore:
             try:
                 await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
             except ClientError as exc:
-                if error_code(exc) in _ABSENT:
+                if error_code(exc) in ABSENT:
                     return False
                 raise
         return True
@@ -252,7 +201,7 @@ class S3BlobStore:
             try:
                 answer = await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
             except ClientError as exc:
-                if error_code(exc) in _ABSENT:
+                if error_code(exc) in ABSENT:
                     return None
                 raise
         return int(answer["ContentLength"])
@@ -270,7 +219,7 @@ class S3BlobStore:
             try:
                 answer = await self.client.get_object(Bucket=self.bucket, Key=self.object_key(key), **extra)
             except ClientError as exc:
-                if error_code(exc) not in _ABSENT:
+                if error_code(exc) not in ABSENT:
                     raise
                 answer = None
         if answer is None:
