@@ -22,6 +22,8 @@ from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
+from services.vision_gateway.openai_compat.handlers import COMPLETION_SERVICE_KEY, add_openai_routes
+from services.vision_gateway.openai_compat.service import CompletionService
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.streams import StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
@@ -36,6 +38,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)
     add_routes(app)
+    add_openai_routes(app)
     if settings.demo_page_enabled:
         add_demo_routes(app)
     # Browsers call the API directly only in deployments without a chat backend in front.
@@ -97,6 +100,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
         )
         app[CHAT_SERVICE_KEY] = service
+        app[COMPLETION_SERVICE_KEY] = CompletionService(service)
         try:
             async with (
                 listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening,
