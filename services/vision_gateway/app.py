@@ -15,6 +15,8 @@ from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.image_source import ImageSource
+from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
+from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
 from services.vision_gateway.handlers import CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
 from services.vision_gateway.history import HistoryImages
@@ -39,6 +41,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.on_shutdown.append(_end_open_streams)
     add_routes(app)
     add_openai_routes(app)
+    add_conversation_routes(app)
     if settings.demo_page_enabled:
         add_demo_routes(app)
     # Browsers call the API directly only in deployments without a chat backend in front.
@@ -101,6 +104,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
         )
         app[CHAT_SERVICE_KEY] = service
         app[COMPLETION_SERVICE_KEY] = CompletionService(service)
+        app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
         try:
             async with (
                 listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening,
