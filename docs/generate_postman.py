@@ -28,6 +28,24 @@ EXAMPLE_BODIES: dict[str, dict[str, Any]] = {
         "raw": json.dumps({"message": "What is in this picture?", "model": "llava", "image_ids": ["{{imageId}}"]}),
         "options": {"raw": {"language": "json"}},
     },
+    "createChatCompletion": {
+        "mode": "raw",
+        "raw": json.dumps(
+            {
+                "model": "llava",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is in this picture?"},
+                            {"type": "image_url", "image_url": {"url": "retina:{{imageId}}"}},
+                        ],
+                    }
+                ],
+            }
+        ),
+        "options": {"raw": {"language": "json"}},
+    },
     "linkImage": {
         "mode": "raw",
         "raw": json.dumps({"message_id": "{{messageId}}"}),
