@@ -11,6 +11,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from services.vision_gateway.conversations import conversation_title
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import photo
 from tests.vision_gateway.conftest import Stack, ask, read_sse
@@ -174,3 +175,19 @@ async def test_list_needs_a_token_and_a_user(stack: Stack) -> None:
     response = await stack.gateway.get("/api/conversations", headers={"Authorization": f"Bearer {SERVICE_TOKEN}"})
     assert response.status == 400
     assert "X-User-Id" in (await response.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("first_message", "title"),
+    [
+        (None, None),
+        ("   \n ", None),
+        ("Hello", "Hello"),
+        ("one two three four five six seven eight", "one two three four five six seven eight"),
+        ("one two three four five six seven eight nine", "one two three four five six seven eight…"),
+        ("a" * 100, "a" * 80 + "…"),
+        ("short " + "b" * 90, "short…"),
+    ],
+)
+def test_title_is_the_first_words(first_message: str | None, title: str | None) -> None:
+    assert conversation_title(first_message) == title

@@ -11,6 +11,7 @@ import asyncpg
 import openai
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.vision_gateway.openai_compat import handlers as openai_handlers
 from tests.conftest import SERVICE_TOKEN, auth_headers
@@ -64,6 +65,7 @@ async def test_non_streaming_text_answer_is_recorded_as_a_new_conversation(
         top_p=0.9,
         seed=7,
         stop=["\n\n"],
+        user="mallory",  # the X-User-Id header (alice) wins over the body's user field
     )
     completion = raw.parse()
     assert completion.object == "chat.completion"
@@ -341,3 +343,25 @@ async def test_oversized_and_malformed_bodies_use_openai_errors(stack: Stack, mo
     response = await stack.gateway.get("/api/models", headers={"Authorization": "Bearer wrong"})
     assert response.status == 401
     assert set((await response.json())["error"]) == {"code", "message"}
+
+
+async def test_openai_calls_are_counted_like_other_streams(stack: Stack, client: openai.AsyncOpenAI) -> None:
+    await client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+    stream = await client.chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    assert [chunk async for chunk in stream]
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "Hi"}])
+    response = await stack.gateway.get("/metrics")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(await response.text())
+        for sample in family.samples
+    }
+    streams = ("vision_gateway_streams_total", (("model", "llama3.2"), ("outcome", "completed")))
+    assert samples[streams] == 2
+    assert samples[("vision_gateway_rejections_total", (("code", "unknown_model"),))] == 1
+    route = ("route", "/v1/chat/completions")
+    assert samples[("http_server_requests_total", (("code", "200"), ("method", "POST"), route))] == 2
+    assert samples[("http_server_requests_total", (("code", "404"), ("method", "POST"), route))] == 1
