@@ -365,3 +365,28 @@ async def test_openai_calls_are_counted_like_other_streams(stack: Stack, client:
     route = ("route", "/v1/chat/completions")
     assert samples[("http_server_requests_total", (("code", "200"), ("method", "POST"), route))] == 2
     assert samples[("http_server_requests_total", (("code", "404"), ("method", "POST"), route))] == 1
+
+
+async def test_unknown_v1_routes_and_methods_answer_in_openai_shape(stack: Stack, client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.embeddings.create(model="nomic-embed-text", input="hello")
+    assert missing.value.code == "not_found"
+    assert missing.value.type == "invalid_request_error"
+    response = await stack.gateway.post("/v1/models", json={}, headers=auth_headers())
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET"
+    assert (await response.json())["error"]["code"] == "method_not_allowed"
+    response = await stack.gateway.get("/v1/chat/completions", headers=auth_headers())
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+
+
+async def test_an_image_without_text_is_a_question(stack: Stack, client: openai.AsyncOpenAI) -> None:
+    parts = [{"type": "image_url", "image_url": {"url": data_url(photo("chelsea.png"), "image/png")}}]
+    completion = await client.chat.completions.create(model="llava", messages=[{"role": "user", "content": parts}])
+    assert completion.choices[0].message.content == LLAVA_REPLY
+    assert len(stack.emulator.chats[-1].images) == 1
+    conversations = await stack.gateway.get("/api/conversations", headers=auth_headers())
+    [summary] = (await conversations.json())["conversations"]
+    assert summary["title"] is None
+    assert summary["has_images"] is True

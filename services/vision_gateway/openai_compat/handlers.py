@@ -18,7 +18,7 @@ from aiohttp import web
 
 from common.app import AUTH_KEY
 from common.auth import USER_ID_HEADER, parse_user_id
-from common.errors import ApiError, BadRequest, UnsupportedMediaType
+from common.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY, STARTED_RESPONSE_KEY
 from common.http.request_context import Handler, request_id_of
 from common.metrics import EVENT_STREAM_KEY
@@ -172,7 +172,24 @@ def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "ollama"}
 
 
+class MethodNotAllowed(ApiError):
+    status, code = 405, "method_not_allowed"
+
+
+_ALLOWED = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
+
+
+@openai_errors
+async def no_such_route(request: web.Request) -> web.Response:
+    """Unknown /v1 paths and wrong methods, in OpenAI's shape (an OpenAI client may probe for them)."""
+    allowed = _ALLOWED.get(request.path) or ("GET" if request.path.startswith("/v1/models/") else None)
+    if allowed is not None:
+        raise MethodNotAllowed(f"method {request.method} is not allowed here", headers={"Allow": allowed})
+    raise NotFound(f"no such route: {request.path} (this server offers /v1/chat/completions and /v1/models)")
+
+
 def add_openai_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions, name="openai_chat_completions")
     app.router.add_get("/v1/models", list_models, name="openai_models")
     app.router.add_get("/v1/models/{model:.+}", retrieve_model, name="openai_model")
+    app.router.add_route("*", "/v1/{tail:.*}", no_such_route, name="openai_no_such_route")
