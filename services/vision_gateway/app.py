@@ -24,7 +24,12 @@ from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
-from services.vision_gateway.openai_compat.handlers import COMPLETION_SERVICE_KEY, add_openai_routes
+from services.vision_gateway.openai_compat.handlers import (
+    COMPLETION_SERVICE_KEY,
+    RETINA_HEADERS,
+    add_openai_fallback_route,
+    add_openai_routes,
+)
 from services.vision_gateway.openai_compat.service import CompletionService
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.streams import StreamRegistry, listen_for_stops
@@ -51,8 +56,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
         [r for r in app.router.resources() if r.canonical.startswith(("/api/", "/v1/"))],
         allow_methods=("GET", "POST", "DELETE"),
         allow_headers=("Authorization", "Content-Type", "X-User-Id", "X-Request-ID", "Accept"),
-        expose_headers=("X-Request-ID", "Retry-After"),
+        expose_headers=("X-Request-ID", "Retry-After", *RETINA_HEADERS),
     )
+    add_openai_fallback_route(app)
     return app
 
 

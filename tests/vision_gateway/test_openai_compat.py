@@ -390,3 +390,27 @@ async def test_an_image_without_text_is_a_question(stack: Stack, client: openai.
     [summary] = (await conversations.json())["conversations"]
     assert summary["title"] is None
     assert summary["has_images"] is True
+
+
+async def test_browsers_of_listed_origins_may_call_v1_and_read_the_retina_headers(stack: Stack) -> None:
+    front_end = "http://chat.example"
+    client = await stack.make_gateway(GATEWAY_CORS_ALLOWED_ORIGINS=front_end)
+    preflight = await client.options(
+        "/v1/chat/completions",
+        headers={
+            "Origin": front_end,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-user-id",
+        },
+    )
+    assert preflight.status == 200, await preflight.text()
+    assert preflight.headers["Access-Control-Allow-Origin"] == front_end
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "Hi"}]}
+    response = await client.post("/v1/chat/completions", json=body, headers={**auth_headers(), "Origin": front_end})
+    assert response.status == 200
+    exposed = response.headers["Access-Control-Expose-Headers"]
+    assert "X-Retina-Stream-Id" in exposed
+    assert "X-Retina-Conversation-Id" in exposed
+    unknown = await client.post("/v1/embeddings", json={}, headers=auth_headers())
+    assert unknown.status == 404, "the fallback route still answers once CORS wraps the others"
+    assert (await unknown.json())["error"]["type"] == "invalid_request_error"

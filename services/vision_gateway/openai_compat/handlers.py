@@ -37,6 +37,8 @@ MAX_BODY_BYTES = 48 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 PARSE_IN_THREAD_BYTES = 256 * 1024  # decoding megabytes of base64 would stall the event loop
 OPEN_GRACE_SECONDS = 1.0
+# What a completion was recorded as (browsers may read them: exposed through CORS).
+RETINA_HEADERS = ("X-Retina-Conversation-Id", "X-Retina-Message-Id", "X-Retina-Stream-Id", "X-Retina-Notices")
 
 
 class PayloadTooLarge(ApiError):
@@ -81,13 +83,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     turn = await service.begin(
         parsed, user_id=user_id, request_id=request_id_of(request), grace_seconds=OPEN_GRACE_SECONDS
     )
+    conversation, message, stream_id, notices = RETINA_HEADERS
     headers = {
-        "X-Retina-Conversation-Id": str(turn.turn.conversation_id),
-        "X-Retina-Message-Id": str(turn.message_id),
-        "X-Retina-Stream-Id": str(turn.stream_id),
+        conversation: str(turn.turn.conversation_id),
+        message: str(turn.message_id),
+        stream_id: str(turn.stream_id),
     }
     if turn.prepared.notices:
-        headers["X-Retina-Notices"] = ",".join(n["code"] for n in turn.prepared.notices)
+        headers[notices] = ",".join(n["code"] for n in turn.prepared.notices)
     if not parsed.stream:
         collector = CompletionCollector()
         await service.chat.relay(turn, collector)
@@ -192,4 +195,8 @@ def add_openai_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions, name="openai_chat_completions")
     app.router.add_get("/v1/models", list_models, name="openai_models")
     app.router.add_get("/v1/models/{model:.+}", retrieve_model, name="openai_model")
+
+
+def add_openai_fallback_route(app: web.Application) -> None:
+    """Last, after CORS is set up: aiohttp-cors cannot wrap a route that takes every method."""
     app.router.add_route("*", "/v1/{tail:.*}", no_such_route, name="openai_no_such_route")
