@@ -58,6 +58,8 @@ def openai_errors(handler: Handler) -> Handler:
             if (observer := request.app.get(API_ERROR_OBSERVER_KEY)) is not None:
                 observer(request, error)
             return web.json_response(openai_error(error), status=error.status, headers=error.headers)
+        except web.HTTPException:
+            raise  # aiohttp's own (redirects, body limits): the common middleware renders them
         except Exception:
             if _started(request):
                 raise
