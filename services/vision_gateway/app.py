@@ -16,6 +16,8 @@ from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.image_source import ImageSource
+from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
+from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
 from services.vision_gateway.handlers import CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
 from services.vision_gateway.history import HistoryImages
@@ -23,6 +25,13 @@ from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
+from services.vision_gateway.openai_compat.handlers import (
+    COMPLETION_SERVICE_KEY,
+    RETINA_HEADERS,
+    add_openai_fallback_route,
+    add_openai_routes,
+)
+from services.vision_gateway.openai_compat.service import CompletionService
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.streams import StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
@@ -38,6 +47,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)
     add_routes(app)
+    add_openai_routes(app)
+    add_conversation_routes(app)
     if settings.demo_page_enabled:
         add_demo_routes(app)
     # Browsers call the API directly only in deployments without a chat backend in front.
@@ -47,8 +58,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
         [r for r in app.router.resources() if r.canonical.startswith(("/api/", "/v1/"))],
         allow_methods=("GET", "POST", "DELETE"),
         allow_headers=("Authorization", "Content-Type", "X-User-Id", "X-Request-ID", "Accept"),
-        expose_headers=("X-Request-ID", "Retry-After", "X-Stream-Id", "X-Conversation-Id"),
+        expose_headers=("X-Request-ID", "Retry-After", "X-Stream-Id", "X-Conversation-Id", *RETINA_HEADERS),
     )
+    add_openai_fallback_route(app)
     return app
 
 
@@ -100,6 +112,8 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
         )
         app[CHAT_SERVICE_KEY] = service
+        app[COMPLETION_SERVICE_KEY] = CompletionService(service)
+        app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
         try:
             async with (
                 listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening,
