@@ -241,7 +241,7 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         image_cache_entries=env.integer("VISION_IMAGE_CACHE_ENTRIES", 256, minimum=0, maximum=100000),
         image_cache_bytes=env.integer("VISION_IMAGE_CACHE_MB", 32, minimum=1, maximum=65536) * 1024 * 1024,
         encode_workers=env.integer("VISION_ENCODE_WORKERS", 2, minimum=1, maximum=64),
-        prep_budget_bytes=env.integer("VISION_PREP_BUDGET_MB", 128, minimum=16, maximum=65536) * 1024 * 1024,
+        prep_budget_bytes=env.integer("VISION_PREP_BUDGET_MB", 160, minimum=16, maximum=65536) * 1024 * 1024,
         max_streams_per_user=env.integer("VISION_MAX_STREAMS_PER_USER", 4, minimum=0, maximum=100000),
         stream_rate_per_minute=env.integer("VISION_STREAM_RATE_PER_MINUTE", 30, minimum=0, maximum=1000000),
         ollama_connect_timeout_seconds=env.number("OLLAMA_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=120.0),

@@ -62,7 +62,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             cache_entries=settings.image_cache_entries,
             cache_bytes=settings.image_cache_bytes,
         )
-        budget = app[PREP_BUDGET_KEY] = PrepBudget(settings.prep_budget_bytes, on_change=metrics.prep_budget_used.set)
+        budget = app[PREP_BUDGET_KEY] = PrepBudget(settings.prep_budget_bytes)
         registry = StreamRegistry()
         store = ImageStoreClient(
             session,

@@ -73,11 +73,6 @@ class GatewayMetrics:
         self.image_bytes_sent = Counter(
             "vision_gateway_image_bytes_sent_total", "Base64 bytes of images sent to Ollama.", registry=registry
         )
-        self.prep_budget_used = Gauge(
-            "vision_gateway_prep_budget_bytes",
-            "Bytes of VISION_PREP_BUDGET_MB reserved by images being fetched and prepared.",
-            registry=registry,
-        )
         self.capability_cache = Counter(
             "vision_gateway_capability_cache_requests_total",
             "Capability look-ups by cache result.",

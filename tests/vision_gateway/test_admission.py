@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
+from PIL import Image
 
 from common.app import REGISTRY_KEY
-from services.vision_gateway.admission import PrepBudget
+from services.vision_gateway.admission import PrepBudget, prep_cost
 from services.vision_gateway.app import PREP_BUDGET_KEY
 from tests.conftest import auth_headers
 from tests.vision_gateway.conftest import Stack, ask, big_photo, read_sse
@@ -155,3 +161,43 @@ async def test_prep_budget_admits_an_oversized_image_alone_and_gives_bytes_back_
     await asyncio.gather(task, return_exceptions=True)
     await waiter  # woken by the cancelled holder's release, within its wait
     assert budget.in_use == 60
+
+
+# VmHWM (peak RSS) of a fresh process; ru_maxrss would carry over pytest's own peak across exec.
+PEAK_SCRIPT = """
+import sys
+from services.vision_gateway.image_prep import prepare_for_model
+def peak():
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+data = open(sys.argv[1], "rb").read()
+prepare_for_model(open(sys.argv[2], "rb").read(), 1024)  # imports and warm-up out of the measurement
+before = peak()
+prepared = prepare_for_model(data, 1024)
+print(peak() - before, prepared.width, prepared.height)
+"""
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
+def test_prep_cost_covers_the_real_peak_of_preparing_a_40_mp_image(mode: str, tmp_path: Path) -> None:
+    """The budget's estimate (from metadata alone) is at least what decoding really takes."""
+    width, height = 8000, 5000  # the store's default IMAGE_MAX_PIXELS
+    colour = {"RGB": (200, 30, 40), "RGBA": (200, 30, 40, 128), "P": 7}[mode]
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.new(mode, (width, height), colour).save(big)
+    Image.new("RGB", (64, 64)).save(small)
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(big), str(small)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert run.returncode == 0, run.stderr
+    grew, out_width, out_height = (int(n) for n in run.stdout.split())
+    assert (out_width, out_height) == (1024, 640)
+    estimate = prep_cost(big.stat().st_size, width, height)
+    print(f"{mode}: peak +{grew / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB")
+    assert grew > 100 * 2**20, "the measurement saw the decode"
+    assert grew <= estimate
