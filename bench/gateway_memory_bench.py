@@ -89,6 +89,14 @@ async def one_ask(session: aiohttp.ClientSession, gateway: str, image_id: str) -
         return "200 done" if b'"type":"done"' in last else "200 error"
 
 
+async def store_downloads(session: aiohttp.ClientSession, store: str) -> float:
+    """Full (200) image responses the store sent, from its own /metrics."""
+    async with session.get(f"{store}/metrics") as response:
+        text = await response.text()
+    prefix = 'image_store_serve_responses_total{status="200"} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
 async def burst(store: str, gateway: str, pid: int, distinct: int) -> None:
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
@@ -100,10 +108,11 @@ async def burst(store: str, gateway: str, pid: int, distinct: int) -> None:
         with PeakRss(pid) as peak:
             outcomes = await asyncio.gather(*(one_ask(session, gateway, i) for i in image_ids))
         elapsed = time.perf_counter() - started
+        served = await store_downloads(session, store)
     counts = ", ".join(f"{n} x {outcome}" for outcome, n in sorted(collections.Counter(outcomes).items()))
     print(
         f"{ASKS} asks about {distinct} different {SIDE}x{SIDE} PNG(s): gateway RSS idle {idle / 2**20:.0f} MiB, "
-        f"peak {peak.peak / 2**20:.0f} MiB; {counts}; {elapsed:.1f} s"
+        f"peak {peak.peak / 2**20:.0f} MiB; {counts}; {elapsed:.1f} s; the store served {served:.0f} downloads"
     )
 
 
