@@ -1,7 +1,7 @@
 """Admission control of the vision-gateway: who may start a stream now, and how much image memory.
 
 Three limits, all per replica and in memory (a user spread over N replicas gets up to N times
-each; the ingress's sticky sessions or a shared store would be needed for a global limit):
+each limit; a global limit would need a store shared by the replicas):
 
 - `StreamAdmission`: concurrent `stream-message` requests per user (VISION_MAX_STREAMS_PER_USER)
   and requests per user per minute (VISION_STREAM_RATE_PER_MINUTE, a token bucket). Both answer

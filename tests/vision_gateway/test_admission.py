@@ -85,6 +85,8 @@ async def test_a_full_prep_budget_answers_503_busy_and_writes_nothing(stack: Sta
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert store_sample(stack, "image_store_serve_responses_total", {"status": "200"}) == 0.0, "nothing downloaded"
     assert budget.in_use == 0
+    rejections = stack.gateway.app[REGISTRY_KEY].get_sample_value("vision_gateway_rejections_total", {"code": "busy"})
+    assert rejections == 1.0
 
     result = await read_sse(await ask(stack.gateway, body))  # room again: the same request now works
     assert (result.status, result.events[-1]["type"]) == (200, "done")
@@ -137,6 +139,8 @@ async def test_stream_rate_limit_answers_429_with_retry_after(stack: Stack, db: 
     assert "3 stream requests per minute" in error["message"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 20, refused.headers["Retry-After"]
     assert await db.fetchval("SELECT count(*) FROM messages WHERE role = 'user'") == 3
+    counted = gateway.app[REGISTRY_KEY].get_sample_value("vision_gateway_rejections_total", {"code": "rate_limited"})
+    assert counted == 1.0
 
     bobs = await read_sse(await ask(gateway, {"message": "bob asks", "model": "llava"}, user="bob"))
     assert bobs.status == 200, "another user has their own bucket"
