@@ -17,8 +17,9 @@ async def test_concurrent_callers_share_one_execution_and_later_ones_start_anew(
     async def work() -> int:
         nonlocal calls
         calls += 1
+        mine = calls
         await release.wait()
-        return calls
+        return mine
 
     waiters = [asyncio.create_task(flights.run("a", work)) for _ in range(10)]
     other = asyncio.create_task(flights.run("b", work))
