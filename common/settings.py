@@ -106,7 +106,11 @@ class GatewaySettings:
     history_messages: int
     history_images: int
     image_cache_entries: int
+    image_cache_bytes: int
     encode_workers: int
+    prep_budget_bytes: int
+    max_streams_per_user: int
+    stream_rate_per_minute: int
     ollama_connect_timeout_seconds: float
     ollama_read_timeout_seconds: float
     upstream_retries: int
@@ -359,7 +363,11 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         history_messages=env.integer("VISION_HISTORY_MESSAGES", 20, minimum=0, maximum=1000),
         history_images=env.integer("VISION_HISTORY_IMAGES", 4, minimum=0, maximum=256),
         image_cache_entries=env.integer("VISION_IMAGE_CACHE_ENTRIES", 256, minimum=0, maximum=100000),
+        image_cache_bytes=env.integer("VISION_IMAGE_CACHE_MB", 32, minimum=1, maximum=65536) * 1024 * 1024,
         encode_workers=env.integer("VISION_ENCODE_WORKERS", 2, minimum=1, maximum=64),
+        prep_budget_bytes=env.integer("VISION_PREP_BUDGET_MB", 160, minimum=16, maximum=65536) * 1024 * 1024,
+        max_streams_per_user=env.integer("VISION_MAX_STREAMS_PER_USER", 4, minimum=0, maximum=100000),
+        stream_rate_per_minute=env.integer("VISION_STREAM_RATE_PER_MINUTE", 30, minimum=0, maximum=1000000),
         ollama_connect_timeout_seconds=env.number("OLLAMA_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=120.0),
         ollama_read_timeout_seconds=env.number("OLLAMA_READ_TIMEOUT_SECONDS", 300.0, minimum=1.0, maximum=3600.0),
         upstream_retries=env.integer("UPSTREAM_RETRIES", 2, minimum=0, maximum=10),

@@ -13,13 +13,14 @@ from common.health import READINESS_KEY
 from common.http.cors import enable_cors
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY
 from common.settings import GatewaySettings
+from services.vision_gateway.admission import PrepBudget, StreamAdmission
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.image_source import ImageSource
 from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
 from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
-from services.vision_gateway.handlers import CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
+from services.vision_gateway.handlers import ADMISSION_KEY, CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
 from services.vision_gateway.history import HistoryImages
 from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
@@ -38,12 +39,16 @@ from services.vision_gateway.sweeper import sweeping
 
 SERVICE_NAME = "vision_gateway"
 GATEWAY_SETTINGS_KEY = web.AppKey("gateway_settings", GatewaySettings)
+PREP_BUDGET_KEY = web.AppKey("prep_budget", PrepBudget)
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(service=SERVICE_NAME, settings=settings.common)
     ignore_aiohttp_disposition_warnings()
     app[GATEWAY_SETTINGS_KEY] = settings
+    app[ADMISSION_KEY] = StreamAdmission(
+        max_streams=settings.max_streams_per_user, rate_per_minute=settings.stream_rate_per_minute
+    )
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)
     add_routes(app)
@@ -83,7 +88,9 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             max_edge=settings.max_image_edge,
             workers=settings.encode_workers,
             cache_entries=settings.image_cache_entries,
+            cache_bytes=settings.image_cache_bytes,
         )
+        budget = app[PREP_BUDGET_KEY] = PrepBudget(settings.prep_budget_bytes)
         registry = StreamRegistry()
         store = ImageStoreClient(
             session,
@@ -106,7 +113,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
                 detection_enabled=settings.model_detection_enabled,
             ),
             store=store,
-            images=ImageSource(store, preparer, metrics),
+            images=ImageSource(store, preparer, budget, metrics),
             repository=repository,
             registry=registry,
             metrics=metrics,
