@@ -414,3 +414,19 @@ async def test_browsers_of_listed_origins_may_call_v1_and_read_the_retina_header
     unknown = await client.post("/v1/embeddings", json={}, headers=auth_headers())
     assert unknown.status == 404, "the fallback route still answers once CORS wraps the others"
     assert (await unknown.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_the_per_user_rate_limit_applies_here_too(stack: Stack, db: asyncpg.Connection) -> None:
+    gateway = await stack.make_gateway(VISION_STREAM_RATE_PER_MINUTE="1")
+    async with openai.AsyncOpenAI(
+        base_url=str(gateway.make_url("/v1")),
+        api_key=SERVICE_TOKEN,
+        default_headers={"X-User-Id": "alice"},
+        max_retries=0,
+    ) as limited:
+        first = await limited.chat.completions.create(model="llava", messages=[{"role": "user", "content": "hi"}])
+        assert first.choices[0].message.content
+        with pytest.raises(openai.RateLimitError) as refused:
+            await limited.chat.completions.create(model="llava", messages=[{"role": "user", "content": "again"}])
+    assert int(refused.value.response.headers["Retry-After"]) >= 1
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 1, "the refused call wrote nothing"

@@ -23,6 +23,7 @@ from common.http.error_middleware import API_ERROR_OBSERVER_KEY, STARTED_RESPONS
 from common.http.request_context import Handler, request_id_of
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.errors import UnknownModel
+from services.vision_gateway.handlers import ADMISSION_KEY
 from services.vision_gateway.openai_compat.request import CompletionRequest, parse_completion_request
 from services.vision_gateway.openai_compat.response import ChunkStream, CompletionCollector, openai_error
 from services.vision_gateway.openai_compat.service import CompletionService
@@ -82,6 +83,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[COMPLETION_SERVICE_KEY]
     parsed = await _read_completion_request(request, max_images=service.chat.settings.max_images_per_request)
     user_id = _user_of(request, parsed)
+    # The same per-user stream and rate limits as /api/stream-message (the body names the user).
+    with request.app[ADMISSION_KEY].admit(user_id):
+        return await _complete(request, service, parsed, user_id)
+
+
+async def _complete(
+    request: web.Request, service: CompletionService, parsed: CompletionRequest, user_id: str
+) -> web.StreamResponse:
     turn = await service.begin(
         parsed, user_id=user_id, request_id=request_id_of(request), grace_seconds=OPEN_GRACE_SECONDS
     )
