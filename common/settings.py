@@ -25,6 +25,8 @@ CROSS_ORIGIN_RESOURCE_POLICIES: tuple[str, ...] = ("same-origin", "same-site", "
 # The original plan's defaults.
 DEFAULT_STORAGE_PATH = "./uploads/images"
 DEFAULT_MAX_SIZE_MB = 10
+STORAGE_BACKENDS: tuple[str, ...] = ("filesystem", "s3")
+SERVE_MODES: tuple[str, ...] = ("proxy", "redirect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +69,22 @@ class ImageStoreSettings:
     orphan_grace_seconds: int
     upload_idle_timeout_seconds: float
     upload_deadline_seconds: float
+    storage_backend: str
+    serve_mode: str
+    s3: S3Settings
     cors_allowed_origins: tuple[str, ...] = ()
     cross_origin_resource_policy: str = "same-site"
     public_base_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Where the s3 backend keeps blobs; credentials come from botocore's standard chain, not here."""
+
+    endpoint_url: str | None  # None = AWS itself
+    bucket: str
+    region: str | None
+    prefix: str  # "" or ends with "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +106,11 @@ class GatewaySettings:
     history_messages: int
     history_images: int
     image_cache_entries: int
+    image_cache_bytes: int
     encode_workers: int
+    prep_budget_bytes: int
+    max_streams_per_user: int
+    stream_rate_per_minute: int
     ollama_connect_timeout_seconds: float
     ollama_read_timeout_seconds: float
     upstream_retries: int
@@ -241,6 +260,7 @@ def load_image_store_settings(environ: Mapping[str, str]) -> ImageStoreSettings:
 def read_image_store(env: EnvReader) -> ImageStoreSettings:
     cors_origins = read_cors_origins(env, "IMAGE_CORS_ALLOWED_ORIGINS")
     upload_idle, upload_deadline = read_upload_timeouts(env)
+    backend, serve_mode, s3 = _read_storage_backend(env)
     return ImageStoreSettings(
         common=read_common(env),
         host=env.string("IMAGE_STORE_HOST", "0.0.0.0"),  # noqa: S104 - a container listens on all interfaces
@@ -274,6 +294,32 @@ def read_image_store(env: EnvReader) -> ImageStoreSettings:
         public_base_url=_read_public_base_url(env),
         upload_idle_timeout_seconds=upload_idle,
         upload_deadline_seconds=upload_deadline,
+        storage_backend=backend,
+        serve_mode=serve_mode,
+        s3=s3,
+    )
+
+
+def _read_storage_backend(env: EnvReader) -> tuple[str, str, S3Settings]:
+    """IMAGE_STORAGE_BACKEND, IMAGE_SERVE_MODE and the S3_* location, checked together."""
+    backend = env.choice("IMAGE_STORAGE_BACKEND", "filesystem", STORAGE_BACKENDS)
+    serve_mode = env.choice("IMAGE_SERVE_MODE", "proxy", SERVE_MODES)
+    s3 = read_s3(env, required=backend == "s3")
+    if serve_mode == "redirect" and backend != "s3":
+        env.problem("IMAGE_SERVE_MODE=redirect needs IMAGE_STORAGE_BACKEND=s3 (a file has no URL to redirect to)")
+    return backend, serve_mode, s3
+
+
+def read_s3(env: EnvReader, *, required: bool) -> S3Settings:
+    bucket = env.string("S3_BUCKET", "")
+    if required and not bucket:
+        env.problem("S3_BUCKET is required when IMAGE_STORAGE_BACKEND=s3")
+    prefix = env.string("S3_PREFIX", "").strip("/")
+    return S3Settings(
+        endpoint_url=env.string("S3_ENDPOINT_URL", "") or None,
+        bucket=bucket,
+        region=env.string("S3_REGION", "") or None,
+        prefix=f"{prefix}/" if prefix else "",
     )
 
 
@@ -317,7 +363,11 @@ def read_gateway(env: EnvReader) -> GatewaySettings:
         history_messages=env.integer("VISION_HISTORY_MESSAGES", 20, minimum=0, maximum=1000),
         history_images=env.integer("VISION_HISTORY_IMAGES", 4, minimum=0, maximum=256),
         image_cache_entries=env.integer("VISION_IMAGE_CACHE_ENTRIES", 256, minimum=0, maximum=100000),
+        image_cache_bytes=env.integer("VISION_IMAGE_CACHE_MB", 32, minimum=1, maximum=65536) * 1024 * 1024,
         encode_workers=env.integer("VISION_ENCODE_WORKERS", 2, minimum=1, maximum=64),
+        prep_budget_bytes=env.integer("VISION_PREP_BUDGET_MB", 160, minimum=16, maximum=65536) * 1024 * 1024,
+        max_streams_per_user=env.integer("VISION_MAX_STREAMS_PER_USER", 4, minimum=0, maximum=100000),
+        stream_rate_per_minute=env.integer("VISION_STREAM_RATE_PER_MINUTE", 30, minimum=0, maximum=1000000),
         ollama_connect_timeout_seconds=env.number("OLLAMA_CONNECT_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=120.0),
         ollama_read_timeout_seconds=env.number("OLLAMA_READ_TIMEOUT_SECONDS", 300.0, minimum=1.0, maximum=3600.0),
         upstream_retries=env.integer("UPSTREAM_RETRIES", 2, minimum=0, maximum=10),

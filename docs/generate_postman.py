@@ -26,7 +26,12 @@ SERVICES = {
     "image-store": ("imageStoreUrl", "image-store.yaml"),
     "vision-gateway": ("gatewayUrl", "vision-gateway.yaml"),
 }
-PATH_VALUES = {"image_id": "{{imageId}}", "stream_id": "{{streamId}}", "conversation_id": "{{conversationId}}"}
+PATH_VALUES = {
+    "image_id": "{{imageId}}",
+    "stream_id": "{{streamId}}",
+    "conversation_id": "{{conversationId}}",
+    "model": "{{openaiModel}}",
+}
 
 JSON_BODY = {"options": {"raw": {"language": "json"}}}
 BODIES: dict[str, dict[str, Any]] = {
@@ -37,6 +42,25 @@ BODIES: dict[str, dict[str, Any]] = {
         **JSON_BODY,
     },
     "linkImage": {"mode": "raw", "raw": json.dumps({"message_id": "{{userMessageId}}"}), **JSON_BODY},
+    "createChatCompletion": {
+        "mode": "raw",
+        "raw": json.dumps(
+            {
+                "model": "{{model}}",
+                "user": "{{userId}}",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is in this picture?"},
+                            {"type": "image_url", "image_url": {"url": "retina:{{imageId}}"}},
+                        ],
+                    }
+                ],
+            }
+        ),
+        **JSON_BODY,
+    },
 }
 
 # (operationId, request name, test script lines). The order is the order a person (or newman) runs them.
@@ -184,6 +208,62 @@ STEPS: list[tuple[str, str, list[str]]] = [
             "});",
         ],
     ),
+    (
+        "listConversations",
+        "Your conversations, newest first",
+        [
+            "pm.test('200 listing the conversation just had', () => {",
+            "  pm.response.to.have.status(200);",
+            f"  {IS_JSON}",
+            "  const ids = body.conversations.map((c) => c.id);",
+            "  pm.expect(ids).to.include(pm.collectionVariables.get('conversationId'));",
+            "  pm.expect(body.conversations[0].message_count).to.be.at.least(2);",
+            "});",
+        ],
+    ),
+    (
+        "createChatCompletion",
+        "The same question through the OpenAI-compatible API",
+        [
+            "pm.test('200 chat.completion with an answer', () => {",
+            "  pm.response.to.have.status(200);",
+            f"  {IS_JSON}",
+            "  pm.expect(body.object).to.eql('chat.completion');",
+            "  pm.expect(body.choices[0].message.role).to.eql('assistant');",
+            "  pm.expect(body.choices[0].message.content).to.be.a('string').and.not.empty;",
+            "});",
+        ],
+    ),
+    (
+        "openaiListModels",
+        "Models, OpenAI style",
+        [
+            "pm.test('200 list of models', () => {",
+            "  pm.response.to.have.status(200);",
+            f"  {IS_JSON}",
+            "  pm.expect(body.object).to.eql('list');",
+            "  const wanted = pm.collectionVariables.get('model');",
+            "  const found = body.data.find((m) => m.id === wanted || m.id.startsWith(wanted + ':'));",
+            "  pm.expect(found, 'the model in the list').to.be.an('object');",
+            "  pm.collectionVariables.set('openaiModel', found.id);",
+            "});",
+        ],
+    ),
+    (
+        "openaiRetrieveModel",
+        "One model, OpenAI style",
+        [
+            "pm.test('200 with the model', () => {",
+            "  pm.response.to.have.status(200);",
+            "  pm.expect(pm.response.json().id).to.eql(pm.collectionVariables.get('openaiModel'));",
+            "});",
+        ],
+    ),
+    (
+        "deleteConversation",
+        "Delete the conversation (its images stay, unlinked)",
+        ["pm.test('204 No Content', () => pm.response.to.have.status(204));"],
+    ),
     ("deleteImage", "Delete the photo", ["pm.test('204 No Content', () => pm.response.to.have.status(204));"]),
     (
         "getImageMeta",
@@ -300,6 +380,7 @@ def collection() -> dict[str, Any]:
                     "conversationId",
                     "messageId",
                     "userMessageId",
+                    "openaiModel",
                 )
             ),
         ],

@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_parser("cleanup", help="delete expired images and unreferenced blobs")
     integrity = tasks.add_parser("integrity", help="compare files on disk with the database")
     integrity.add_argument("--repair", action="store_true", help="fix what can be fixed")
+    migrate_storage = tasks.add_parser(
+        "migrate-storage", help="copy blobs from IMAGE_STORAGE_PATH to the S3_BUCKET (resumable, verified)"
+    )
+    migrate_storage.add_argument("--no-verify", action="store_true", help="skip reading each copy back")
     return parser
 
 
@@ -123,7 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         store_settings = load_or_exit(load_image_store_settings, os.environ)
         configure_logging("warning", store_settings.common.log_format)
-        return asyncio.run(run_maintenance(store_settings, args.task, repair=getattr(args, "repair", False)))
+        return asyncio.run(
+            run_maintenance(
+                store_settings,
+                args.task,
+                repair=getattr(args, "repair", False),
+                verify=not getattr(args, "no_verify", False),
+            )
+        )
     return 2
 
 

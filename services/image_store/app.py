@@ -13,6 +13,7 @@ from common.http.cors import enable_cors
 from common.periodic import run_periodically
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
+from services.image_store.backends import open_blob_store
 from services.image_store.decode_pool import DecodePool
 from services.image_store.handlers import (
     IMAGE_SERVICE_KEY,
@@ -28,7 +29,6 @@ from services.image_store.maintenance import (
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
-from services.image_store.storage import ImageStorage
 
 SERVICE_NAME = "image_store"
 # What a page on an allowed origin may send when it reads image bytes (signed URLs need no
@@ -69,6 +69,8 @@ def create_app(settings: ImageStoreSettings) -> web.Application:
     async def storage_ready() -> None:
         if not settings.storage_path.is_dir():
             raise RuntimeError(f"{settings.storage_path} is missing")
+        if IMAGE_SERVICE_KEY in app:
+            await app[IMAGE_SERVICE_KEY].storage.check_ready()
 
     app[READINESS_KEY].add("storage", storage_ready)
     return app
@@ -78,33 +80,32 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
     """Runs after the database pool exists (cleanup contexts start in order)."""
     settings = app[IMAGE_STORE_SETTINGS_KEY]
     metrics = ImageStoreMetrics(app[REGISTRY_KEY])
-    storage = ImageStorage(settings.storage_path, timer=metrics.storage_timer)
-    storage.ensure_layout()
-    await remove_stale_temp_files(storage, live_temp_file_max_idle_seconds(settings))
-    decoder = DecodePool(
-        workers=settings.decode_workers,
-        timeout_seconds=settings.decode_timeout_seconds,
-        max_pending=settings.max_pending_decodes,
-        budget_bytes=settings.decode_budget_bytes,
-    )
-    await decoder.start()
-    metrics.decode_budget_used.set_function(lambda: decoder.budget_used_bytes)
-    metrics.decode_budget_limit.set(settings.decode_budget_bytes)
-    service = ImageService(
-        settings,
-        ImageRepository(app[POOL_KEY]),
-        storage,
-        decoder,
-        UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
-        metrics,
-    )
-    app[IMAGE_SERVICE_KEY] = service
-    maintenance = MaintenanceService(service)
-    app[MAINTENANCE_KEY] = maintenance
-    try:
-        async with run_periodically(
-            maintenance.run_once, interval=settings.maintenance_interval_seconds, name="image-store-maintenance"
-        ):
-            yield
-    finally:
-        await decoder.close()
+    async with open_blob_store(settings, timer=metrics.storage_timer) as storage:
+        await remove_stale_temp_files(storage, live_temp_file_max_idle_seconds(settings))
+        decoder = DecodePool(
+            workers=settings.decode_workers,
+            timeout_seconds=settings.decode_timeout_seconds,
+            max_pending=settings.max_pending_decodes,
+            budget_bytes=settings.decode_budget_bytes,
+        )
+        await decoder.start()
+        metrics.decode_budget_used.set_function(lambda: decoder.budget_used_bytes)
+        metrics.decode_budget_limit.set(settings.decode_budget_bytes)
+        service = ImageService(
+            settings,
+            ImageRepository(app[POOL_KEY]),
+            storage,
+            decoder,
+            UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
+            metrics,
+        )
+        app[IMAGE_SERVICE_KEY] = service
+        maintenance = MaintenanceService(service)
+        app[MAINTENANCE_KEY] = maintenance
+        try:
+            async with run_periodically(
+                maintenance.run_once, interval=settings.maintenance_interval_seconds, name="image-store-maintenance"
+            ):
+                yield
+        finally:
+            await decoder.close()

@@ -72,3 +72,12 @@ class StoreBusy(StoreError):
 class InsufficientStorage(StoreError):
     status, code = 507, "insufficient_storage"
     outcome_label = "insufficient_storage"
+
+
+class StorageUnavailable(StoreError):
+    """The object store did not answer (down, 5xx after retries, timeout); nothing was half-written."""
+
+    status, code = 503, "storage_unavailable"
+
+    def __init__(self, message: str = "the image storage is unavailable; retry shortly") -> None:
+        super().__init__(message, retry_after=2)

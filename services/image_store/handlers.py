@@ -23,6 +23,7 @@ from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLar
 from services.image_store.models import ImageRow
 from services.image_store.service import MAX_PAGE_SIZE, ImageService, UploadSession
 from services.image_store.serving import ImageBytesResponse, image_headers
+from services.image_store.serving_s3 import object_response
 
 log = structlog.get_logger("retina.image_store")
 
@@ -177,6 +178,8 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     if evaluate_preconditions(request.if_match, request.if_none_match, row.sha256) is Precondition.NOT_MODIFIED:
         del headers["Content-Type"]
         return web.Response(status=304, headers=headers)
+    if service.file_path(row) is None:  # object storage serves (proxy) or hands out (redirect) the bytes
+        return await object_response(request, service, row, headers)
     opened = await service.open_file(row)
     try:
         byte_range = select_range(

@@ -5,18 +5,17 @@ A Postgres advisory lock (session-scoped) elects the replica; the others skip th
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import structlog
 
 from common.settings import ImageStoreSettings
 from services.image_store.decode_pool import DEFAULT_BUDGET_WAIT_SECONDS
+from services.image_store.integrity import join
 from services.image_store.service import ImageService
-from services.image_store.storage import ImageStorage, file_sha256
+from services.image_store.storage_backend import BlobStore, sha256_of_key
 
 log = structlog.get_logger("retina.image_store.maintenance")
 
@@ -34,18 +33,16 @@ def live_temp_file_max_idle_seconds(settings: ImageStoreSettings) -> float:
     return UPLOAD_PAUSE_ALLOWANCE_SECONDS + DEFAULT_BUDGET_WAIT_SECONDS + decoding
 
 
-async def remove_stale_temp_files(storage: ImageStorage, older_than_seconds: float) -> int:
-    """At start-up: temp files a crashed process left behind (a kill -9 skips every cleanup).
+async def remove_stale_temp_files(storage: BlobStore, older_than_seconds: float) -> int:
+    """At start-up: temp files (and, on s3, multipart uploads) a crashed process left behind.
 
-    Only files untouched for longer than a live upload can leave one are removed, so replicas
-    sharing a ReadWriteMany volume keep theirs; younger leftovers go in the hourly clean-up.
+    Only leftovers untouched for longer than a live upload can leave one are removed, so replicas
+    sharing a ReadWriteMany volume or a bucket keep theirs; younger ones go in the hourly clean-up.
     """
-    stale = await asyncio.to_thread(storage.stale_temp_files, older_than_seconds)
-    for path in stale:
-        await storage.discard(path)
-    if stale:
-        log.warning("stale_temp_files_removed", count=len(stale), older_than_seconds=older_than_seconds)
-    return len(stale)
+    removed = await storage.remove_stale_uploads(older_than_seconds)
+    if removed:
+        log.warning("stale_temp_files_removed", count=removed, older_than_seconds=older_than_seconds)
+    return removed
 
 
 @dataclass
@@ -98,10 +95,7 @@ class MaintenanceService:
             if key is not None:
                 report.blobs_deleted += 1
                 report.files_deleted += 1
-        stale = await asyncio.to_thread(self._storage.stale_temp_files, max(self._grace, 3600))
-        for path in stale:
-            await self._storage.discard(path)
-        report.stale_temp_files = len(stale)
+        report.stale_temp_files = await self._storage.remove_stale_uploads(max(self._grace, 3600))
         self._metrics.cleanup_deleted.labels("image").inc(report.expired_images)
         self._metrics.cleanup_deleted.labels("blob").inc(report.blobs_deleted)
         self._metrics.cleanup_deleted.labels("file").inc(report.files_deleted + report.stale_temp_files)
@@ -115,44 +109,49 @@ class MaintenanceService:
         return sha256 if deleted else None
 
     async def integrity(self, *, repair: bool = False, verify_checksums: bool = True) -> IntegrityReport:
-        """Rows without files, files without rows (older than the grace period), wrong checksums."""
+        """Rows without bytes, bytes without rows (older than the grace period), wrong checksums.
+
+        One merge-join pass over both sorted listings, so memory does not grow with the number
+        of blobs; works the same on a directory tree and on a bucket.
+        """
         report = IntegrityReport(repaired=repair)
-        blobs = dict((key, sha) for sha, key in await self._repo.all_blobs())
-        files = dict(await asyncio.to_thread(lambda: list(self._storage.iter_stored())))
-        report.blobs_checked, report.files_checked = len(blobs), len(files)
         cutoff = time.time() - self._grace
-        report.missing_files = sorted(key for key in blobs if key not in files)
-        report.orphan_files = sorted(key for key, mtime in files.items() if key not in blobs and mtime < cutoff)
-        if verify_checksums:
-            for key, sha256 in blobs.items():
-                if key in files and not await self._matches(self._storage.path_for(key), sha256):
-                    report.checksum_mismatches.append(key)
+        async for pair in join(self._repo, self._storage):
+            if pair.recorded:
+                report.blobs_checked += 1
+            if pair.stored is not None:
+                report.files_checked += 1
+            if pair.recorded and pair.stored is None:
+                if await self._really_missing(pair.sha256, pair.key):
+                    report.missing_files.append(pair.key)
+            elif pair.stored is not None and not pair.recorded:
+                if pair.stored.modified < cutoff:
+                    report.orphan_files.append(pair.key)
+            elif verify_checksums and await self._storage.sha256_of(pair.key) not in (pair.sha256, None):
+                report.checksum_mismatches.append(pair.key)
         self._metrics.integrity_problems.labels("missing_file").inc(len(report.missing_files))
         self._metrics.integrity_problems.labels("orphan_file").inc(len(report.orphan_files))
         self._metrics.integrity_problems.labels("checksum_mismatch").inc(len(report.checksum_mismatches))
         if repair:
-            await self._repair(report, blobs)
+            await self._repair(report)
         self._metrics.maintenance_success.labels("integrity").set(time.time())
         log.info("integrity_finished", **{k: v for k, v in report.as_dict().items() if not isinstance(v, list)})
         return report
 
-    @staticmethod
-    async def _matches(path: Path, sha256: str) -> bool:
-        try:
-            return await asyncio.to_thread(file_sha256, path) == sha256
-        except FileNotFoundError:
-            return True  # deleted since the listing; not a mismatch
+    async def _really_missing(self, sha256: str, key: str) -> bool:
+        """The listings are not one snapshot: a blob published after its range was listed is fine."""
+        return not await self._storage.exists(key) and await self._repo.blob_recorded(sha256)
 
-    async def _repair(self, report: IntegrityReport, blobs: dict[str, str]) -> None:
+    async def _repair(self, report: IntegrityReport) -> None:
         """Rows whose bytes are gone or wrong go (their images 404 anyway); orphan files go."""
         for key in [*report.missing_files, *report.checksum_mismatches]:
-            sha256 = blobs[key]
+            sha256 = sha256_of_key(key)
             async with self._repo.blob_transaction(sha256) as conn:
                 report.images_removed += await self._repo.delete_blob_and_images(conn, sha256)
             if key in report.checksum_mismatches:
                 await self._storage.delete(key)
         for key in report.orphan_files:
-            sha256 = key.rsplit("/", 1)[-1]
+            sha256 = sha256_of_key(key)
             async with self._repo.blob_transaction(sha256) as conn:
                 if not await self._repo.blob_exists(conn, sha256):
                     await self._storage.delete(key)

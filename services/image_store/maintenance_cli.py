@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 
 from common.db import open_pool
 from common.metrics import new_registry
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
+from services.image_store.backends import open_blob_store
 from services.image_store.decode_pool import DecodePool
+from services.image_store.errors import StorageUnavailable
 from services.image_store.maintenance import MaintenanceService
 from services.image_store.metrics import ImageStoreMetrics
+from services.image_store.migrate_storage import migrate_storage
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
-from services.image_store.storage import ImageStorage
 
 
-async def run_maintenance(settings: ImageStoreSettings, task: str, *, repair: bool) -> int:
+async def run_maintenance(settings: ImageStoreSettings, task: str, *, repair: bool, verify: bool = True) -> int:
     """Print a JSON report; exit status 1 when integrity problems were found and left unrepaired."""
-    async with open_pool(settings.common.database_url, min_size=1, max_size=2) as pool:
+    try:
+        return await _run(settings, task, repair=repair, verify=verify)
+    except StorageUnavailable as exc:
+        # An unreachable bucket must read as an outage, not as every blob missing.
+        print(f"retina maintenance {task}: {exc.message} ({exc.__cause__!r})", file=sys.stderr)
+        return 1
+
+
+async def _run(settings: ImageStoreSettings, task: str, *, repair: bool, verify: bool) -> int:
+    if task == "migrate-storage":
+        migration = await migrate_storage(settings, verify=verify)
+        print(json.dumps({"task": "migrate-storage", **migration.as_dict()}))
+        return 1 if migration.problems else 0
+    async with (
+        open_pool(settings.common.database_url, min_size=1, max_size=2) as pool,
+        contextlib.AsyncExitStack() as stack,
+    ):
         metrics = ImageStoreMetrics(new_registry())
-        storage = ImageStorage(settings.storage_path)
-        storage.ensure_layout()
+        storage = await stack.enter_async_context(open_blob_store(settings))
         service = ImageService(
             settings,
             ImageRepository(pool),

@@ -236,10 +236,19 @@ class ImageRepository:
             )
         return [r["sha256"] for r in records]
 
-    async def all_blobs(self) -> list[tuple[str, str]]:
+    async def blobs_after(self, sha256: str, limit: int) -> list[tuple[str, str]]:
+        """One keyset page of (sha256, storage_key) in hash order (the primary key's index)."""
         async with connection(self._pool) as conn:
-            records = await conn.fetch("SELECT sha256, storage_key FROM image_blobs")
+            records = await conn.fetch(
+                "SELECT sha256, storage_key FROM image_blobs WHERE sha256 > $1 ORDER BY sha256 LIMIT $2",
+                sha256,
+                limit,
+            )
         return [(r["sha256"], r["storage_key"]) for r in records]
+
+    async def blob_recorded(self, sha256: str) -> bool:
+        async with connection(self._pool) as conn:
+            return await self.blob_exists(conn, sha256)
 
     @staticmethod
     async def delete_blob_and_images(conn: asyncpg.Connection, sha256: str) -> int:

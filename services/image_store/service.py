@@ -38,7 +38,8 @@ from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import BlobInfo, ImageRow, StorageStats
 from services.image_store.rate_limit import OwnerRateLimiter
 from services.image_store.repository import ImageRepository
-from services.image_store.storage import ImageStorage, ReceivedFile, storage_error, storage_key
+from services.image_store.storage import storage_error
+from services.image_store.storage_backend import BlobStore, ReceivedFile, storage_key
 from services.image_store.validation import ImageRejected, ValidationLimits
 
 log = structlog.get_logger("retina.image_store")
@@ -90,7 +91,7 @@ class ImageService:
         self,
         settings: ImageStoreSettings,
         repository: ImageRepository,
-        storage: ImageStorage,
+        storage: BlobStore,
         decoder: DecodePool,
         signer: UrlSigner,
         metrics: ImageStoreMetrics,
@@ -226,18 +227,23 @@ class ImageService:
             return StoredImage(row=row, duplicate=duplicate)
         except BaseException:
             if published:
-                await self._remove_file_if_unreferenced(blob)
+                await self._remove_file_if_unreferenced(blob.sha256, blob.storage_key)
             raise
 
-    async def _remove_file_if_unreferenced(self, blob: BlobInfo) -> None:
-        """After a failed commit: the file we published must not outlive the rolled-back row."""
+    async def _remove_file_if_unreferenced(self, sha256: str, key: str) -> None:
+        """Delete the bytes after a commit that left no row pointing at them.
+
+        Runs under the blob's lock in a fresh transaction: an upload of the same bytes that ran
+        between the commit and now has recorded its row (and found the file present), so the
+        check sees it and keeps the file. If this fails, the file is an orphan that integrity
+        checks remove after the grace period; a row never points at missing bytes.
+        """
         try:
-            async with self.repository.blob_transaction(blob.sha256) as conn:
-                if not await self.repository.blob_exists(conn, blob.sha256):
-                    await self.storage.delete(blob.storage_key)
+            async with self.repository.blob_transaction(sha256) as conn:
+                if not await self.repository.blob_exists(conn, sha256):
+                    await self.storage.delete(key)
         except Exception:
-            # The database is unreachable too; integrity checks find the orphan after the grace period.
-            log.exception("orphan_cleanup_failed", sha256=blob.sha256)
+            log.exception("orphan_cleanup_failed", sha256=sha256)
 
     async def _require_owned_message(self, message_id: uuid.UUID, owner_id: str) -> None:
         if not await self.repository.message_owned_by(message_id, owner_id):
@@ -268,8 +274,9 @@ class ImageService:
             raise ImageNotFound()
         return row
 
-    def file_path(self, row: ImageRow) -> Path:
-        return self.storage.path_for(row.storage_key)
+    def file_path(self, row: ImageRow) -> Path | None:
+        """The local file to send, or None when the backend serves the bytes (object storage)."""
+        return self.storage.local_path(row.storage_key)
 
     async def open_file(self, row: ImageRow) -> OpenedFile:
         """The image's file, open for reading, with its size on disk.
@@ -316,29 +323,20 @@ class ImageService:
             raise ImageNotFound()
 
     async def delete_image_and_maybe_blob(self, image_id: uuid.UUID | None, sha256: str, owner_id: str | None) -> bool:
-        """Delete an image row (if given) and, when it was the blob's last user, the blob and its file.
+        """Delete an image row (if given) and, when it was the blob's last user, the blob and its bytes.
 
-        The file is moved aside before commit and restored if the commit fails, so a row never
-        points at a missing file and a concurrent upload of the same bytes (which waits on the
-        blob lock) always publishes its own copy.
+        The bytes go only after the rows' deletion has committed (a failed commit must not leave
+        a row without bytes), and then only if no upload of the same bytes recorded a new row
+        in between: see `_remove_file_if_unreferenced`.
         """
-        tombstone: Path | None = None
-        key: str | None = None
-        try:
-            async with self.repository.blob_transaction(sha256) as conn:
-                if image_id is not None:
-                    found = await self.repository.delete_image_row(conn, image_id, owner_id)
-                    if found is None:
-                        return False
-                key = await self.repository.delete_blob_if_unused(conn, sha256)
-                if key is not None:
-                    tombstone = await self.storage.bury(key)
-        except BaseException:
-            if tombstone is not None and key is not None:
-                await self.storage.restore(tombstone, key)
-            raise
-        if tombstone is not None:
-            await self.storage.discard(tombstone)
+        async with self.repository.blob_transaction(sha256) as conn:
+            if image_id is not None:
+                found = await self.repository.delete_image_row(conn, image_id, owner_id)
+                if found is None:
+                    return False
+            key = await self.repository.delete_blob_if_unused(conn, sha256)
+        if key is not None:
+            await asyncio.shield(self._remove_file_if_unreferenced(sha256, key))
         return True
 
     async def stats(self) -> StorageStats:

@@ -1,7 +1,8 @@
-"""Content-addressed files on disk: `ab/cd/<sha256>` under IMAGE_STORAGE_PATH.
+"""The filesystem backend: content-addressed files on disk, `ab/cd/<sha256>` under IMAGE_STORAGE_PATH.
 
 Temp files live in `.tmp/` on the same volume so publishing is an atomic rename. Every write is
-fsynced before it becomes visible; nothing here touches the database.
+fsynced before it becomes visible; nothing here touches the database. The s3 backend uses this
+class too, as the local scratch space where uploads are received and re-encoded.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 
 import aiofiles
 
 from services.image_store.errors import EmptyUpload, InsufficientStorage, PayloadTooLarge
+from services.image_store.storage_backend import ReceivedFile, StoredObject, storage_key
+
+__all__ = ["ImageStorage", "ReceivedFile", "file_sha256", "storage_error", "storage_key"]
 
 TEMP_DIR = ".tmp"
 OpTimer = Callable[[str], contextlib.AbstractContextManager[None]]
@@ -30,18 +33,11 @@ def _no_timer(operation: str) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
-def storage_key(sha256: str) -> str:
-    return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
-
-
-@dataclass(frozen=True, slots=True)
-class ReceivedFile:
-    path: Path
-    size_bytes: int
-    sha256: str
-
-
 class ImageStorage:
+    """BlobStore on a local (or ReadWriteOnce/ReadWriteMany) file system."""
+
+    name = "filesystem"
+
     def __init__(self, root: Path, *, timer: OpTimer = _no_timer) -> None:
         self.root = root
         self.temp_root = root / TEMP_DIR
@@ -52,6 +48,13 @@ class ImageStorage:
 
     def path_for(self, key: str) -> Path:
         return self.root / key
+
+    def local_path(self, key: str) -> Path | None:
+        return self.path_for(key)
+
+    async def check_ready(self) -> None:
+        if not await asyncio.to_thread(self.root.is_dir):
+            raise RuntimeError(f"{self.root} is missing")
 
     def new_temp_path(self, purpose: str) -> Path:
         return self.temp_root / f"{purpose}-{uuid.uuid4().hex}"
@@ -104,18 +107,6 @@ class ImageStorage:
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path_for(key).is_file)
 
-    async def bury(self, key: str) -> Path | None:
-        """Move a file out of its address (deletion that can still be undone before commit)."""
-        tombstone = self.new_temp_path("deleted")
-        try:
-            await asyncio.to_thread(os.replace, self.path_for(key), tombstone)
-        except FileNotFoundError:
-            return None
-        return tombstone
-
-    async def restore(self, tombstone: Path, key: str) -> None:
-        await asyncio.to_thread(os.replace, tombstone, self.path_for(key))
-
     async def discard(self, path: Path) -> None:
         with self._timer("delete"), contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(path.unlink)
@@ -128,21 +119,44 @@ class ImageStorage:
                 return False
         return True
 
-    def iter_stored(self) -> Iterator[tuple[str, float]]:
-        """(key, mtime) of every published file; blocking, run it in a thread."""
-        for first in sorted(self.root.iterdir()):
-            if first.name == TEMP_DIR or not first.is_dir() or len(first.name) != 2:
-                continue
-            for second in sorted(first.iterdir()):
-                if not second.is_dir():
-                    continue
-                for item in second.iterdir():
-                    if item.is_file():
-                        yield f"{first.name}/{second.name}/{item.name}", item.stat().st_mtime
+    async def list_objects(self) -> AsyncIterator[StoredObject]:
+        """Published files in key order, one `ab/cd` directory at a time (bounded memory)."""
+        for first in await asyncio.to_thread(_subdirectories, self.root):
+            for second in await asyncio.to_thread(_subdirectories, first):
+                for item in await asyncio.to_thread(_files_in, second):
+                    yield item
+
+    async def sha256_of(self, key: str) -> str | None:
+        try:
+            return await asyncio.to_thread(file_sha256, self.path_for(key))
+        except FileNotFoundError:
+            return None
+
+    async def remove_stale_uploads(self, older_than_seconds: float) -> int:
+        stale = await asyncio.to_thread(self.stale_temp_files, older_than_seconds)
+        for path in stale:
+            await self.discard(path)
+        return len(stale)
 
     def stale_temp_files(self, older_than_seconds: float) -> list[Path]:
         cutoff = time.time() - older_than_seconds
         return [p for p in self.temp_root.iterdir() if p.is_file() and p.stat().st_mtime < cutoff]
+
+
+def _subdirectories(parent: Path) -> list[Path]:
+    """The two-hex-digit fan-out directories (the temp directory and strays are skipped)."""
+    return sorted(p for p in parent.iterdir() if len(p.name) == 2 and p.name != TEMP_DIR and p.is_dir())
+
+
+def _files_in(leaf: Path) -> list[StoredObject]:
+    found = []
+    for item in sorted(leaf.iterdir()):
+        with contextlib.suppress(FileNotFoundError):
+            stat = item.stat()
+            if item.is_file():
+                key = f"{leaf.parent.name}/{leaf.name}/{item.name}"
+                found.append(StoredObject(key=key, size_bytes=stat.st_size, modified=stat.st_mtime))
+    return found
 
 
 def _publish_sync(temp: Path, final: Path) -> None:

@@ -13,31 +13,47 @@ from common.health import READINESS_KEY
 from common.http.cors import enable_cors
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY
 from common.settings import GatewaySettings
+from services.vision_gateway.admission import PrepBudget, StreamAdmission
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.image_source import ImageSource
+from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
+from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
-from services.vision_gateway.handlers import CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
+from services.vision_gateway.handlers import ADMISSION_KEY, CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
 from services.vision_gateway.history import HistoryImages
 from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
+from services.vision_gateway.openai_compat.handlers import (
+    COMPLETION_SERVICE_KEY,
+    RETINA_HEADERS,
+    add_openai_fallback_route,
+    add_openai_routes,
+)
+from services.vision_gateway.openai_compat.service import CompletionService
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.streams import StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
 
 SERVICE_NAME = "vision_gateway"
 GATEWAY_SETTINGS_KEY = web.AppKey("gateway_settings", GatewaySettings)
+PREP_BUDGET_KEY = web.AppKey("prep_budget", PrepBudget)
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(service=SERVICE_NAME, settings=settings.common)
     ignore_aiohttp_disposition_warnings()
     app[GATEWAY_SETTINGS_KEY] = settings
+    app[ADMISSION_KEY] = StreamAdmission(
+        max_streams=settings.max_streams_per_user, rate_per_minute=settings.stream_rate_per_minute
+    )
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)
     add_routes(app)
+    add_openai_routes(app)
+    add_conversation_routes(app)
     if settings.demo_page_enabled:
         add_demo_routes(app)
     # Browsers call the API directly only in deployments without a chat backend in front.
@@ -47,8 +63,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
         [r for r in app.router.resources() if r.canonical.startswith(("/api/", "/v1/"))],
         allow_methods=("GET", "POST", "DELETE"),
         allow_headers=("Authorization", "Content-Type", "X-User-Id", "X-Request-ID", "Accept"),
-        expose_headers=("X-Request-ID", "Retry-After", "X-Stream-Id", "X-Conversation-Id"),
+        expose_headers=("X-Request-ID", "Retry-After", "X-Stream-Id", "X-Conversation-Id", *RETINA_HEADERS),
     )
+    add_openai_fallback_route(app)
     return app
 
 
@@ -71,7 +88,9 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             max_edge=settings.max_image_edge,
             workers=settings.encode_workers,
             cache_entries=settings.image_cache_entries,
+            cache_bytes=settings.image_cache_bytes,
         )
+        budget = app[PREP_BUDGET_KEY] = PrepBudget(settings.prep_budget_bytes)
         registry = StreamRegistry()
         store = ImageStoreClient(
             session,
@@ -94,12 +113,14 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
                 detection_enabled=settings.model_detection_enabled,
             ),
             store=store,
-            images=ImageSource(store, preparer, metrics),
+            images=ImageSource(store, preparer, budget, metrics),
             repository=repository,
             registry=registry,
             metrics=metrics,
         )
         app[CHAT_SERVICE_KEY] = service
+        app[COMPLETION_SERVICE_KEY] = CompletionService(service)
+        app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
         try:
             async with (
                 listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening,

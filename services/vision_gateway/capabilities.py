@@ -7,15 +7,20 @@ or a `*.vision.block_count` key in `model_info`. Concurrent look-ups share one r
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TTLCache
+
+from common.singleflight import SingleFlight
 from services.vision_gateway.errors import UnknownModel
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
+
+# Model names remembered at most (known and unknown); the least recently used go first.
+MODEL_CACHE_ENTRIES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,47 +59,37 @@ class VisionModelService:
     ) -> None:
         self._ollama = ollama
         self._metrics = metrics
-        self._ttl = ttl_seconds
         self._detection_enabled = detection_enabled
-        self._clock = clock
-        self._cache: dict[str, tuple[float, ModelCapabilities | None]] = {}
-        self._inflight: dict[str, asyncio.Future[ModelCapabilities | None]] = {}
+        # Bounded: model names come from clients, and every unknown one is remembered (as None).
+        self._cache: TTLCache[str, ModelCapabilities | None] | None = (
+            TTLCache(MODEL_CACHE_ENTRIES, ttl=ttl_seconds, timer=clock) if ttl_seconds > 0 else None
+        )
+        self._flights: SingleFlight[str, ModelCapabilities | None] = SingleFlight()
 
     async def get(self, model: str) -> ModelCapabilities:
         """Capabilities of `model`; UnknownModel when Ollama does not have it."""
         if not self._detection_enabled:
             return ModelCapabilities(model, True, ("completion", "vision"))
         key = model.lower()
-        cached = self._cache.get(key)
-        if cached is not None and self._clock() - cached[0] < self._ttl:
+        try:
+            if self._cache is None:
+                raise KeyError(key)
+            result = self._cache[key]  # one read: a separate `in` test could see it expire in between
             self._metrics.capability_cache.labels("hit").inc()
-            result = cached[1]
-        else:
+        except KeyError:
             self._metrics.capability_cache.labels("miss").inc()
-            result = await self._lookup_shared(key, model)
+            result = await self._flights.run(key, lambda: self._lookup(key, model))
         if result is None:
             raise UnknownModel(f"model {model!r} is not available on the Ollama server")
         self._metrics.known_models.add(model)
         return result
 
-    async def _lookup_shared(self, key: str, model: str) -> ModelCapabilities | None:
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ModelCapabilities | None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            show = await self._ollama.show(model)
-            result = None if show is None else ModelCapabilities(model, *detect_vision(show))
-            self._cache[key] = (self._clock(), result)
-            future.set_result(result)
-            return result
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del self._inflight[key]
+    async def _lookup(self, key: str, model: str) -> ModelCapabilities | None:
+        show = await self._ollama.show(model)
+        result = None if show is None else ModelCapabilities(model, *detect_vision(show))
+        if self._cache is not None:
+            self._cache[key] = result
+        return result
 
     async def list_models(self) -> list[ModelCapabilities]:
         models = []

@@ -7,6 +7,7 @@ from common.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
 __all__ = [
     "BadRequest",
     "ConversationNotFound",
+    "GatewayBusy",
     "GatewayError",
     "ImageNotFound",
     "ModelNotVisionCapable",
@@ -56,6 +57,13 @@ class ModelNotVisionCapable(GatewayError):
 class RateLimited(GatewayError):
     status, code = 429, "rate_limited"
     outcome_label = "rate_limited"
+
+
+class GatewayBusy(GatewayError):
+    """Too many image bytes are being fetched and prepared already (VISION_PREP_BUDGET_MB)."""
+
+    status, code = 503, "busy"
+    outcome_label = "busy"
 
 
 class UpstreamUnavailable(GatewayError):

@@ -18,6 +18,7 @@ from common.http.body_timeout import BodyClocks, BodyReadTimeout, read_limits
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
+from services.vision_gateway.admission import StreamAdmission
 from services.vision_gateway.chat import ChatRequest, ChatService
 from services.vision_gateway.errors import (
     BadRequest,
@@ -32,6 +33,7 @@ from services.vision_gateway.sse import EventStream
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)
 HISTORY_IMAGES_KEY = web.AppKey("history_images", HistoryImages)
+ADMISSION_KEY = web.AppKey("stream_admission", StreamAdmission)
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MODEL_CHARS = 200
@@ -107,18 +109,24 @@ def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> 
 
 async def stream_message(request: web.Request) -> web.StreamResponse:
     caller = request.app[AUTH_KEY].caller(request)
+    # Per-user stream and rate limits come first: a refused request uploads, fetches and writes nothing.
+    with request.app[ADMISSION_KEY].admit(caller.user_id):
+        return await _stream_message(request, caller.user_id)
+
+
+async def _stream_message(request: web.Request, user_id: str) -> web.StreamResponse:
     service = request.app[CHAT_SERVICE_KEY]
     request_id = request_id_of(request)
     uploaded: list[uuid.UUID] = []
     try:
-        fields = await _read_body(request, service, caller.user_id, request_id, uploaded)
-        chat_request = parse_chat_fields(fields, caller.user_id, request_id)
+        fields = await _read_body(request, service, user_id, request_id, uploaded)
+        chat_request = parse_chat_fields(fields, user_id, request_id)
         if uploaded:
             chat_request = dataclasses.replace(chat_request, image_ids=[*chat_request.image_ids, *uploaded])
         prepared = await service.prepare(chat_request)
         turn = await service.begin(prepared, grace_seconds=OPEN_GRACE_SECONDS)
     except BaseException:
-        await service.discard_uploads(uploaded, caller.user_id, request_id)  # a refused request keeps none
+        await service.discard_uploads(uploaded, user_id, request_id)  # a refused request keeps none
         raise
     request[EVENT_STREAM_KEY] = True
     # The IDs as headers too, so a client (or an OpenAPI link) can stop the stream or read the history

@@ -35,6 +35,17 @@ class FetchedImage:
     mime_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class ImageMeta:
+    """What the store knows of an image before its bytes move: enough to key and budget a fetch."""
+
+    image_id: uuid.UUID
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+
+
 class ImageStoreClient:
     def __init__(
         self,
@@ -108,6 +119,32 @@ class ImageStoreClient:
                         data=data,
                         sha256=response.headers.get("ETag", "").strip('"'),
                         mime_type=response.content_type,
+                    )
+
+        return await self._call(attempt)
+
+    async def meta(self, image_id: uuid.UUID, user_id: str, request_id: str = "") -> ImageMeta:
+        """The image's record as the user sees it: a small JSON answer that is also the access check."""
+
+        async def attempt() -> ImageMeta:
+            with connection_failures_are_retryable(lambda: self._count("error")):
+                async with self._session.get(
+                    f"{self._base}/{image_id}/meta", headers=self._headers(user_id, request_id), timeout=self._timeout
+                ) as response:
+                    self._count(response.status)
+                    if response.status == 404:
+                        raise ImageNotFound(f"image {image_id} not found")
+                    if response.status >= 500:
+                        raise Retryable(f"HTTP {response.status}")
+                    if response.status != 200:
+                        raise UpstreamRejected(f"the image-store refused image {image_id}: HTTP {response.status}")
+                    record = await response.json()
+                    return ImageMeta(
+                        image_id,
+                        str(record["sha256"]),
+                        int(record["size_bytes"]),
+                        int(record["width"]),
+                        int(record["height"]),
                     )
 
         return await self._call(attempt)

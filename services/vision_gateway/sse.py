@@ -43,6 +43,10 @@ class EventStream:
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
         await self._write(f"data: {payload}\n\n".encode())
 
+    async def send_data(self, data: str) -> None:
+        """A raw `data:` line, for wire formats with non-JSON sentinels (OpenAI's `[DONE]`)."""
+        await self._write(f"data: {data}\n\n".encode())
+
     async def ping(self) -> None:
         await self._write(b": ping\n\n")
 

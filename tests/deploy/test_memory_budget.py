@@ -59,11 +59,41 @@ def image_store_worst_case(environ: dict[str, str]) -> tuple[int, str]:
     return worst, detail
 
 
-# TODO(gateway): add ("retina-vision-gateway", gateway_worst_case) once VISION_PREP_BUDGET_MB
-# exists (issue 8 item 4): load_gateway_settings(environ), then the gateway's own formula
-# (server baseline + encode workers + its prep budget x its peak factor), kept in its code.
+# Measured: the gateway's RSS after start-up is 52 MiB (bench/gateway_memory_bench.py, idle).
+GATEWAY_IDLE_MIB = 64
+# aiohttp buffers of 40 concurrent requests, prepared images in flight, allocator fragmentation:
+# the 40-different-images burst peaked 138 MiB above idle with a 128 MiB budget full.
+GATEWAY_SLACK_MIB = 64
+
+
+def gateway_worst_case(environ: dict[str, str]) -> tuple[int, str]:
+    """idle + slack + max(VISION_PREP_BUDGET_MB, prep cost of the largest accepted image) + image cache.
+
+    The prep budget bounds every image between download and encode; an image costing more than the
+    whole budget is admitted alone, so the larger of the two counts (docs/operations.md). Not in the
+    formula: ~40 KiB per open stream plus its prepared images, which scale with streams per pod.
+    """
+    from common.settings import load_gateway_settings, load_image_store_settings
+    from services.vision_gateway.admission import prep_cost
+
+    gateway = load_gateway_settings(environ)
+    max_pixels = load_image_store_settings(environ).max_pixels  # what the store lets in
+    largest = prep_cost(gateway.max_upload_bytes, max_pixels, 1)
+    worst = (
+        (GATEWAY_IDLE_MIB + GATEWAY_SLACK_MIB) * MIB
+        + max(gateway.prep_budget_bytes, largest)
+        + gateway.image_cache_bytes
+    )
+    detail = (
+        f"prep budget {gateway.prep_budget_bytes // MIB} MiB, largest image {largest // MIB} MiB, "
+        f"cache {gateway.image_cache_bytes // MIB} MiB"
+    )
+    return worst, detail
+
+
 WORST_CASES: list[tuple[str, Callable[[dict[str, str]], tuple[int, str]]]] = [
     ("retina-image-store", image_store_worst_case),
+    ("retina-vision-gateway", gateway_worst_case),
 ]
 
 
@@ -100,6 +130,20 @@ def test_default_settings_fit_the_base_pod(tmp_path: Path) -> None:
         workers=defaults.decode_workers, budget_bytes=defaults.decode_budget_bytes, max_pixels=defaults.max_pixels
     )
     assert worst <= limit, f"defaults reach {worst / MIB:.0f} MiB, over the {limit / MIB:.0f} MiB limit"
+
+
+def test_the_gateway_formula_grows_with_its_settings(tmp_path: Path) -> None:
+    """The check can fail: a budget or cache past the limit is caught."""
+    environ = {
+        "DATABASE_URL": "postgresql://x@localhost/x",
+        "SERVICE_TOKENS": "t" * 32,
+        "IMAGE_SIGNING_KEYS": "k" * 40,
+        "IMAGE_STORAGE_PATH": str(tmp_path),
+    }
+    base, _ = gateway_worst_case(environ)
+    assert gateway_worst_case({**environ, "VISION_PREP_BUDGET_MB": "600"})[0] > 512 * MIB
+    assert gateway_worst_case({**environ, "VISION_IMAGE_CACHE_MB": "64"})[0] == base + 32 * MIB
+    assert gateway_worst_case({**environ, "IMAGE_MAX_PIXELS": "80000000"})[0] > base
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from PIL import Image
 from common.settings import ImageStoreSettings, load_image_store_settings
 from services.image_store.app import create_app
 from tests.conftest import auth_headers
+from tests.image_store.s3_support import CREDENTIALS, REGION, BlobView, MotoServer
 
 SKIMAGE_DATA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"  # type: ignore[index, union-attr]
 
@@ -54,9 +55,9 @@ def raw_multipart(filename: bytes, data: bytes, boundary: str = "retina-test-bou
 
 
 @pytest.fixture
-def store_env(service_env: dict[str, str]) -> dict[str, str]:
+def store_env(service_env: dict[str, str], s3_env: dict[str, str]) -> dict[str, str]:
     """Override per test with monkeypatching the dict before `store_client` is built."""
-    return {**service_env, "IMAGE_MAX_SIZE_MB": "2", "IMAGE_DECODE_WORKERS": "2"}
+    return {**service_env, "IMAGE_MAX_SIZE_MB": "2", "IMAGE_DECODE_WORKERS": "2", **s3_env}
 
 
 @pytest.fixture
@@ -104,3 +105,63 @@ async def make_message(db: asyncpg.Connection, owner: str) -> str:
         conversation,
     )
     return str(message)
+
+
+# ---- storage backends ----------------------------------------------------------------------
+# A test module that should hold on both backends says `STORAGE_BACKENDS = BACKENDS`: each of its
+# tests that (through store_env) reaches storage then runs once per backend; other modules, and
+# pure functions, run once on the filesystem backend. A single test can also parametrize
+# "storage_backend" itself (indirect=True).
+
+BACKENDS = ["filesystem", "s3"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = getattr(metafunc.module, "STORAGE_BACKENDS", None)
+    if backends and "storage_backend" in metafunc.fixturenames:
+        metafunc.parametrize("storage_backend", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server for the session; every test gets its own bucket."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "filesystem")
+
+
+@pytest.fixture
+def s3_env(storage_backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The S3_* settings of a fresh bucket (empty for the filesystem backend)."""
+    if storage_backend != "s3":
+        return {}
+    server: MotoServer = request.getfixturevalue("moto_server")
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)  # botocore's credential chain reads the process environment
+    return {
+        **CREDENTIALS,
+        "IMAGE_STORAGE_BACKEND": "s3",
+        "S3_ENDPOINT_URL": server.endpoint,
+        "S3_BUCKET": server.new_bucket(),
+        "S3_REGION": REGION,
+        "S3_PREFIX": "retina/images",
+        # Objects' LastModified cannot be backdated, so orphan tests wait this long instead.
+        "IMAGE_ORPHAN_GRACE_SECONDS": "6",
+    }
+
+
+@pytest.fixture
+def blobs(store_env: dict[str, str], storage_backend: str, request: pytest.FixtureRequest) -> BlobView:
+    root = Path(store_env["IMAGE_STORAGE_PATH"])
+    if storage_backend == "filesystem":
+        return BlobView("filesystem", root)
+    server: MotoServer = request.getfixturevalue("moto_server")
+    return BlobView("s3", root, s3=server.client(), bucket=store_env["S3_BUCKET"], prefix="retina/images/")

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import asyncpg
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import auth_headers
-from tests.image_store.conftest import png, upload
+from tests.image_store.conftest import BACKENDS, png, upload
+from tests.image_store.s3_support import BlobView
+
+STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
 
 
 async def test_concurrent_upload_and_delete_of_the_same_bytes(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     data = png(50, 50, (1, 2, 3))
     for _ in range(8):
@@ -31,5 +33,6 @@ async def test_concurrent_upload_and_delete_of_the_same_bytes(
         assert (await store_client.delete(f"/api/images/{second['id']}", headers=auth_headers("bob"))).status == 204
     # Every blob row still has its file; nothing is left after all deletions.
     for sha, key in await db.fetch("SELECT sha256, storage_key FROM image_blobs"):
-        assert (storage_root / key).is_file(), sha
+        assert blobs.exists(key), sha
     assert await db.fetchval("SELECT count(*) FROM image_blobs") == 0
+    assert blobs.keys() == [], "the last delete removed the bytes too"

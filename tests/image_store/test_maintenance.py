@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,15 +15,14 @@ from aiohttp.test_utils import TestClient
 
 from services.image_store.app import MAINTENANCE_KEY
 from tests.conftest import ROOT, auth_headers
-from tests.image_store.conftest import png, row_counts, stored_files, upload
+from tests.image_store.conftest import BACKENDS, png, row_counts, upload
+from tests.image_store.s3_support import BlobView, key_of
 
-
-def blob_path(root: Path, sha: str) -> Path:
-    return root / sha[:2] / sha[2:4] / sha
+STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
 
 
 async def test_cleanup_expires_images_and_keeps_shared_blobs(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     shared = png(30, 30)
     alice = await (await upload(store_client, shared, user="alice")).json()
@@ -38,8 +36,7 @@ async def test_cleanup_expires_images_and_keeps_shared_blobs(
     report = await maintenance.cleanup()
     assert (report.expired_images, report.blobs_deleted, report.files_deleted) == (2, 1, 1)
     assert await row_counts(db) == (1, 1)
-    assert blob_path(storage_root, bob["sha256"]).is_file()
-    assert not blob_path(storage_root, lonely["sha256"]).exists()
+    assert blobs.keys() == [key_of(bob["sha256"])]
     served = await store_client.get(f"/api/images/{bob['id']}", headers=auth_headers("bob"))
     assert served.status == 200
     metrics = await (await store_client.get("/metrics")).text()
@@ -47,19 +44,22 @@ async def test_cleanup_expires_images_and_keeps_shared_blobs(
     assert 'image_store_maintenance_last_success_timestamp_seconds{task="cleanup"}' in metrics
 
 
-async def make_integrity_problems(client: TestClient, db: asyncpg.Connection, root: Path) -> dict[str, Any]:
+async def make_integrity_problems(client: TestClient, blobs: BlobView) -> dict[str, Any]:
     missing = await (await upload(client, png(41, 41))).json()
     corrupt = await (await upload(client, png(42, 42))).json()
     healthy = await (await upload(client, png(43, 43))).json()
-    blob_path(root, missing["sha256"]).unlink()
-    blob_path(root, corrupt["sha256"]).write_bytes(b"bit rot")
-    orphan = root / "ee" / "ff" / ("eeff" + "0" * 60)
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"left behind")
-    old = time.time() - 7200
-    os.utime(orphan, (old, old))
-    fresh_orphan = root / "ee" / "ff" / ("eeff" + "1" * 60)
-    fresh_orphan.write_bytes(b"upload in progress elsewhere")
+    blobs.remove(key_of(missing["sha256"]))
+    blobs.write(key_of(corrupt["sha256"]), b"bit rot")
+    orphan = key_of("eeff" + "0" * 60)
+    blobs.write(orphan, b"left behind")
+    if blobs.backend == "filesystem":
+        old = time.time() - 7200
+        os.utime(blobs.root / orphan, (old, old))
+    else:
+        # An object's LastModified cannot be set: wait past the s3 tests' 6 s grace period instead.
+        await asyncio.sleep(7)
+    fresh_orphan = key_of("eeff" + "1" * 60)
+    blobs.write(fresh_orphan, b"upload in progress elsewhere")
     return {
         "missing": missing,
         "corrupt": corrupt,
@@ -69,24 +69,20 @@ async def make_integrity_problems(client: TestClient, db: asyncpg.Connection, ro
     }
 
 
-async def test_integrity_finds_and_repairs(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
-) -> None:
-    problems = await make_integrity_problems(store_client, db, storage_root)
+async def test_integrity_finds_and_repairs(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
+    problems = await make_integrity_problems(store_client, blobs)
     maintenance = store_client.app[MAINTENANCE_KEY]
     report = await maintenance.integrity(repair=False)
-    key = lambda sha: f"{sha[:2]}/{sha[2:4]}/{sha}"  # noqa: E731
-    assert report.missing_files == [key(problems["missing"]["sha256"])]
-    assert report.checksum_mismatches == [key(problems["corrupt"]["sha256"])]
-    assert report.orphan_files == [key(problems["orphan"].name)], "fresh files are within the grace period"
+    assert report.missing_files == [key_of(problems["missing"]["sha256"])]
+    assert report.checksum_mismatches == [key_of(problems["corrupt"]["sha256"])]
+    assert report.orphan_files == [problems["orphan"]], "fresh files are within the grace period"
+    assert (report.blobs_checked, report.files_checked) == (3, 4)
     assert await row_counts(db) == (3, 3), "a check without --repair changes nothing"
 
     repaired = await maintenance.integrity(repair=True)
     assert repaired.images_removed == 2
     assert await row_counts(db) == (1, 1)
-    assert not problems["orphan"].exists()
-    assert problems["fresh"].exists()
-    assert [p.name for p in stored_files(storage_root) if p != problems["fresh"]] == [problems["healthy"]["sha256"]]
+    assert blobs.keys() == sorted([key_of(problems["healthy"]["sha256"]), problems["fresh"]])
     assert (await maintenance.integrity()).problems == 0
 
 
@@ -112,10 +108,8 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-async def test_cli_integrity_and_cleanup(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path, store_env: dict[str, str]
-) -> None:
-    await make_integrity_problems(store_client, db, storage_root)
+async def test_cli_integrity_and_cleanup(store_client: TestClient, blobs: BlobView, store_env: dict[str, str]) -> None:
+    await make_integrity_problems(store_client, blobs)
     check = await asyncio.to_thread(run_cli, store_env, "integrity")
     assert check.returncode == 1, check.stderr
     report = json.loads(check.stdout)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import asyncpg
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import auth_headers
-from tests.image_store.conftest import make_message, png, row_counts, stored_files, upload
+from tests.image_store.conftest import BACKENDS, make_message, png, row_counts, upload
+from tests.image_store.s3_support import BlobView
+
+STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
 
 
 async def test_meta_returns_the_record(store_client: TestClient) -> None:
@@ -56,7 +58,7 @@ async def test_patch_refuses_bad_input(store_client: TestClient, db: asyncpg.Con
 
 
 async def test_delete_keeps_shared_blob_until_last_image(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     data = png(40, 40)
     first = await (await upload(store_client, data, user="alice")).json()
@@ -65,7 +67,7 @@ async def test_delete_keeps_shared_blob_until_last_image(
     assert foreign.status == 404
     assert (await store_client.delete(f"/api/images/{first['id']}", headers=auth_headers("alice"))).status == 204
     assert await row_counts(db) == (1, 1)
-    assert len(stored_files(storage_root)) == 1
+    assert len(blobs.keys()) == 1
     still = await store_client.get(f"/api/images/{second['id']}", headers=auth_headers("bob"))
     assert still.status == 200
     gone = await store_client.get(f"/api/images/{first['id']}", headers=auth_headers("alice"))
@@ -73,7 +75,7 @@ async def test_delete_keeps_shared_blob_until_last_image(
     assert (await store_client.delete(f"/api/images/{first['id']}", headers=auth_headers("alice"))).status == 404
     assert (await store_client.delete(f"/api/images/{second['id']}", headers=auth_headers("bob"))).status == 204
     assert await row_counts(db) == (0, 0)
-    assert stored_files(storage_root) == []
+    assert blobs.keys() == []
 
 
 async def test_listing_pages_through_everything_once(store_client: TestClient, db: asyncpg.Connection) -> None:

@@ -11,7 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import SERVICE_TOKEN, auth_headers
-from tests.image_store.conftest import photo, upload
+from tests.image_store.conftest import BACKENDS, photo, upload
+
+STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
 
 
 @pytest.fixture

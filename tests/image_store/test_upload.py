@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,22 +16,25 @@ from services.image_store.app import create_app
 from services.image_store.filenames import content_disposition, sanitize_filename
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import (
+    BACKENDS,
     form,
     make_message,
     photo,
     png,
     raw_multipart,
     row_counts,
-    stored_files,
-    temp_files,
     upload,
 )
+from tests.image_store.s3_support import BlobView, key_of
+
+STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
 
 
-async def assert_nothing_stored(db: asyncpg.Connection, root: Path) -> None:
+async def assert_nothing_stored(db: asyncpg.Connection, blobs: BlobView) -> None:
     assert await row_counts(db) == (0, 0), "no half-written rows"
-    assert stored_files(root) == [], "no published files"
-    assert temp_files(root) == [], "no temp files"
+    assert blobs.keys() == [], "no published files"
+    assert blobs.temp_files() == [], "no temp files"
+    assert blobs.pending_multipart_uploads() == [], "no unfinished multipart uploads"
 
 
 async def expect_error(response, status: int, code: str, message_part: str = "") -> dict:  # type: ignore[no-untyped-def]
@@ -45,7 +47,7 @@ async def expect_error(response, status: int, code: str, message_part: str = "")
 
 
 async def test_png_upload_is_stored_content_addressed(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     response = await upload(store_client, png(64, 48), filename="holiday.png")
     assert response.status == 201, await response.text()
@@ -59,22 +61,22 @@ async def test_png_upload_is_stored_content_addressed(
     assert record["url"].startswith(f"/api/images/{record['id']}?exp=")
     assert response.headers["Location"] == f"/api/images/{record['id']}"
     sha = record["sha256"]
-    stored = storage_root / sha[:2] / sha[2:4] / sha
-    assert stored.is_file()
-    assert hashlib.sha256(stored.read_bytes()).hexdigest() == sha
-    assert stored.stat().st_size == record["size_bytes"]
+    assert blobs.keys() == [key_of(sha)]
+    stored = blobs.read(key_of(sha))
+    assert hashlib.sha256(stored).hexdigest() == sha
+    assert len(stored) == record["size_bytes"]
     assert await row_counts(db) == (1, 1)
-    assert temp_files(storage_root) == []
+    assert blobs.temp_files() == []
 
 
-async def test_real_photo_is_reencoded_without_exif(store_client: TestClient, storage_root: Path) -> None:
+async def test_real_photo_is_reencoded_without_exif(store_client: TestClient, blobs: BlobView) -> None:
     original = photo("rocket.jpg")
     response = await upload(store_client, original, filename="rocket.jpg", content_type="image/jpeg")
     assert response.status == 201, await response.text()
     record = await response.json()
     assert record["mime_type"] == "image/jpeg"
     sha = record["sha256"]
-    data = (storage_root / sha[:2] / sha[2:4] / sha).read_bytes()
+    data = blobs.read(key_of(sha))
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "JPEG"
         assert image.size == (record["width"], record["height"])
@@ -82,7 +84,7 @@ async def test_real_photo_is_reencoded_without_exif(store_client: TestClient, st
 
 
 async def test_same_bytes_from_two_owners_share_one_file(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     data = photo("chelsea.png")
     first = await (await upload(store_client, data, user="alice")).json()
@@ -91,7 +93,7 @@ async def test_same_bytes_from_two_owners_share_one_file(
     assert first["sha256"] == second["sha256"]
     assert (first["owner_id"], second["owner_id"]) == ("alice", "bob")
     assert await row_counts(db) == (2, 1)
-    assert len(stored_files(storage_root)) == 1
+    assert len(blobs.keys()) == 1
     metrics = await (await store_client.get("/metrics")).text()
     assert "image_store_dedup_hits_total 1.0" in metrics
     assert 'image_store_uploads_total{outcome="duplicate"} 1.0' in metrics
@@ -115,12 +117,12 @@ async def test_png_declared_as_jpeg_is_stored_as_png(store_client: TestClient) -
     assert (await response.json())["mime_type"] == "image/png"
 
 
-async def test_polyglot_payload_does_not_survive(store_client: TestClient, storage_root: Path) -> None:
+async def test_polyglot_payload_does_not_survive(store_client: TestClient, blobs: BlobView) -> None:
     payload = b"<script>alert(document.cookie)</script>PK\x03\x04zipdata"
     response = await upload(store_client, png(32, 32) + payload)
     assert response.status == 201, await response.text()
     sha = (await response.json())["sha256"]
-    data = (storage_root / sha[:2] / sha[2:4] / sha).read_bytes()
+    data = blobs.read(key_of(sha))
     assert b"<script>" not in data
     assert b"PK\x03\x04" not in data
 
@@ -151,7 +153,7 @@ async def test_hostile_file_names_are_neutralised(store_client: TestClient, raw_
 
 @pytest.mark.parametrize("raw_name", [b"bad\r\nSet-Cookie: x=1.png", b"tab\tand\x01nul\x7f.png"])
 async def test_control_characters_in_part_headers_are_refused(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path, raw_name: bytes
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView, raw_name: bytes
 ) -> None:
     body, content_type = raw_multipart(raw_name, png())
     response = await store_client.post(
@@ -160,7 +162,7 @@ async def test_control_characters_in_part_headers_are_refused(
     # Depending on where the header breaks, aiohttp reports a malformed part or a part without a name.
     error = await expect_error(response, 400, "bad_request")
     assert "\r" not in error["error"]["message"]
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
 @pytest.mark.parametrize(
@@ -189,16 +191,16 @@ def test_content_disposition_cannot_inject_headers() -> None:
 
 
 async def test_honest_oversized_content_length_is_refused_up_front(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     big = b"\xff\xd8\xff" + b"\0" * (3 * 1024 * 1024)
     response = await upload(store_client, big, filename="big.jpg", content_type="image/jpeg")
     await expect_error(response, 413, "payload_too_large", "2 MiB")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
 async def test_chunked_oversized_upload_is_cut_off_at_the_limit(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     sent = 0
 
@@ -212,11 +214,11 @@ async def test_chunked_oversized_upload_is_cut_off_at_the_limit(
         "/api/images", data=body(), headers={**auth_headers(), "Content-Type": "image/png"}
     )
     await expect_error(response, 413, "payload_too_large")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
 async def test_lying_content_length_is_not_trusted(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     """A small declared length with a large multipart body: only the declared bytes are read."""
     boundary = "xyz"
@@ -241,64 +243,64 @@ async def test_lying_content_length_is_not_trusted(
     writer.close()
     await writer.wait_closed()
     assert status_line.split()[1] in (b"400", b"422"), status_line
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_empty_file_part(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_empty_file_part(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     await expect_error(await upload(store_client, b""), 400, "empty_upload")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_missing_file_part(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_missing_file_part(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     body = FormData(default_to_multipart=True)
     body.add_field("message_id", "")
     body.add_field("other", "x")
     response = await store_client.post("/api/images", data=body, headers=auth_headers())
     await expect_error(response, 400, "bad_request", "'file' is required")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_duplicate_file_part(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_duplicate_file_part(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     body = FormData()
     body.add_field("file", png(), filename="a.png", content_type="image/png")
     body.add_field("file", png(8, 8), filename="b.png", content_type="image/png")
     response = await store_client.post("/api/images", data=body, headers=auth_headers())
     await expect_error(response, 400, "bad_request", "exactly one file part")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_too_many_parts(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_too_many_parts(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     body = FormData()
     for index in range(12):
         body.add_field(f"field{index}", "x")
     body.add_field("file", png(), filename="a.png", content_type="image/png")
     response = await store_client.post("/api/images", data=body, headers=auth_headers())
     await expect_error(response, 400, "bad_request", "at most 8 multipart parts")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_oversized_side_field(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_oversized_side_field(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     response = await upload(store_client, png(), message_id="x" * 5000)
     await expect_error(response, 400, "bad_request", "longer than 1024 bytes")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_not_multipart(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_not_multipart(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     response = await store_client.post(
         "/api/images", data=b"hello", headers={**auth_headers(), "Content-Type": "text/plain"}
     )
     await expect_error(response, 415, "unsupported_media_type", "multipart/form-data")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_malformed_multipart(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_malformed_multipart(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     response = await store_client.post(
         "/api/images",
         data=b"this is not multipart at all",
         headers={**auth_headers(), "Content-Type": "multipart/form-data; boundary=abc"},
     )
     await expect_error(response, 400, "bad_request")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
 @pytest.mark.parametrize(
@@ -315,33 +317,33 @@ async def test_malformed_multipart(store_client: TestClient, db: asyncpg.Connect
     ids=["html-as-jpg", "script-as-jpg", "svg"],
 )
 async def test_type_confusion_is_415(  # type: ignore[no-untyped-def]
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path, data, filename, content_type
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView, data, filename, content_type
 ) -> None:
     response = await upload(store_client, data, filename=filename, content_type=content_type)
     await expect_error(response, 415, "unsupported_media_type")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_format_outside_allow_list(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_format_outside_allow_list(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     gif = photo("no_time_for_that_tiny.gif")
     response = await upload(store_client, gif, filename="a.gif", content_type="image/gif")
     await expect_error(response, 415, "unsupported_media_type", "image/gif")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_pixel_bomb(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_pixel_bomb(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     buffer = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buffer, "PNG")  # ~18 KB file, 144 MP
     response = await upload(store_client, buffer.getvalue())
     await expect_error(response, 422, "image_too_large")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
-async def test_truncated_image(store_client: TestClient, db: asyncpg.Connection, storage_root: Path) -> None:
+async def test_truncated_image(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     data = photo("rocket.jpg")
     response = await upload(store_client, data[: len(data) // 2], filename="cut.jpg", content_type="image/jpeg")
     await expect_error(response, 422, "invalid_image")
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
 @pytest.mark.parametrize(
@@ -354,11 +356,11 @@ async def test_truncated_image(store_client: TestClient, db: asyncpg.Connection,
     ids=["no-token", "bad-token", "no-user"],
 )
 async def test_unauthorised_upload(  # type: ignore[no-untyped-def]
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path, headers, status, code
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView, headers, status, code
 ) -> None:
     response = await store_client.post("/api/images", data=form(png()), headers=headers)
     await expect_error(response, status, code)
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
 async def test_upload_disabled_but_serving_continues(aiohttp_client, settings_for, db: asyncpg.Connection) -> None:  # type: ignore[no-untyped-def]
@@ -395,7 +397,7 @@ async def test_message_link_on_upload(store_client: TestClient, db: asyncpg.Conn
 
 
 async def test_database_failure_after_file_written_leaves_no_orphan(
-    store_client: TestClient, db: asyncpg.Connection, storage_root: Path
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
     await db.execute(
         """
@@ -407,7 +409,7 @@ async def test_database_failure_after_file_written_leaves_no_orphan(
     response = await upload(store_client, png(33, 33))
     body = await expect_error(response, 500, "internal_error")
     assert "simulated" not in body["error"]["message"]
-    await assert_nothing_stored(db, storage_root)
+    await assert_nothing_stored(db, blobs)
 
 
 async def test_metrics_count_refusals(store_client: TestClient) -> None:

@@ -74,6 +74,9 @@ async def stack(service_env: dict[str, str], emulator: OllamaEmulator, aiohttp_s
         "IMAGE_STORE_URL": str(store.make_url("")).rstrip("/"),
         "SSE_HEARTBEAT_SECONDS": "0.2",
         "UPSTREAM_RETRIES": "2",
+        # Tests ask many times as one user; test_admission.py turns the per-user limits back on.
+        "VISION_MAX_STREAMS_PER_USER": "0",
+        "VISION_STREAM_RATE_PER_MINUTE": "0",
     }
 
     async def make_gateway(**overrides: str) -> TestClient:

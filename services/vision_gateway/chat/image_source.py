@@ -1,8 +1,10 @@
-"""Images for the model, by ID: fetched from the image-store as the user, prepared, memoised.
+"""Images for the model, by ID: access checked per user, fetched and prepared once per content.
 
-Fetching as the user is the access check: someone else's image is a 404 there and here. A
-(user, image) -> SHA-256 memo lets a repeated image cost a bodiless conditional GET (304)
-instead of a download when its prepared form is still cached.
+Every request asks the store for the image's record as its own user (`/meta`: a small JSON
+answer; someone else's image is a 404 there and here). The record's SHA-256 keys the
+prepared-image cache and a single flight, so forty concurrent asks about the same bytes, by
+one user or by many, download and encode them once; its size and pixel count reserve room in
+the prep budget before a byte is downloaded.
 """
 
 from __future__ import annotations
@@ -10,23 +12,25 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable
 
+from common.singleflight import SingleFlight
+from services.vision_gateway.admission import PrepBudget, prep_cost
 from services.vision_gateway.errors import ImageNotFound
 from services.vision_gateway.image_prep import ImagePreparer, PreparedImage
-from services.vision_gateway.image_store_client import ImageStoreClient
+from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
-
-KNOWN_SHA_ENTRIES = 10_000
 
 
 class ImageSource:
-    def __init__(self, store: ImageStoreClient, preparer: ImagePreparer, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, store: ImageStoreClient, preparer: ImagePreparer, budget: PrepBudget, metrics: GatewayMetrics
+    ) -> None:
         self._store = store
         self._preparer = preparer
+        self._budget = budget
         self._metrics = metrics
-        self._known_sha: OrderedDict[tuple[str, uuid.UUID], str] = OrderedDict()
+        self._flights: SingleFlight[str, PreparedImage] = SingleFlight()
 
     async def check_access(self, image_ids: Iterable[uuid.UUID], user_id: str, request_id: str) -> None:
         """404 unless every image is the user's, without downloading any of them."""
@@ -50,28 +54,24 @@ class ImageSource:
         return {image_id: prepared for image_id, prepared in results if prepared is not None}
 
     async def prepare(self, image_id: uuid.UUID, user_id: str, request_id: str) -> PreparedImage:
-        key = (user_id, image_id)
-        known = self._known_sha.get(key)
-        if known is not None and self._preparer.cached(known) is None:
-            known = None
-        started = time.perf_counter()
-        fetched = await self._store.fetch(image_id, user_id, request_id, known_sha256=known)
-        self._metrics.image_prep.labels("fetch").observe(time.perf_counter() - started)
-        if fetched.data is None:  # 304: still the user's and unchanged
-            cached = self._preparer.cached(fetched.sha256)
+        meta = await self._store.meta(image_id, user_id, request_id)  # the user's own access check
+        cached = self._preparer.cached(meta.sha256)
+        if cached is not None:
+            return cached
+        return await self._flights.run(meta.sha256, lambda: self._fetch_and_prepare(meta, user_id, request_id))
+
+    async def _fetch_and_prepare(self, meta: ImageMeta, user_id: str, request_id: str) -> PreparedImage:
+        """One flight per SHA-256: fetched as the user who started it (any caller may read it)."""
+        async with self._budget.reserve(prep_cost(meta.size_bytes, meta.width, meta.height)):
+            cached = self._preparer.cached(meta.sha256)  # prepared while this flight waited for room
             if cached is not None:
                 return cached
-            fetched = await self._store.fetch(image_id, user_id, request_id)
-        if fetched.data is None:
-            raise ImageNotFound(f"image {image_id} not found")
-        started = time.perf_counter()
-        prepared = await self._preparer.prepare(fetched.sha256, fetched.data)
-        self._metrics.image_prep.labels("encode").observe(time.perf_counter() - started)
-        self._remember(key, fetched.sha256)
+            started = time.perf_counter()
+            fetched = await self._store.fetch(meta.image_id, user_id, request_id)
+            self._metrics.image_prep.labels("fetch").observe(time.perf_counter() - started)
+            if fetched.data is None:
+                raise ImageNotFound(f"image {meta.image_id} not found")
+            started = time.perf_counter()
+            prepared = await self._preparer.prepare(meta.sha256, fetched.data)
+            self._metrics.image_prep.labels("encode").observe(time.perf_counter() - started)
         return prepared
-
-    def _remember(self, key: tuple[str, uuid.UUID], sha256: str) -> None:
-        self._known_sha[key] = sha256
-        self._known_sha.move_to_end(key)
-        while len(self._known_sha) > KNOWN_SHA_ENTRIES:
-            self._known_sha.popitem(last=False)

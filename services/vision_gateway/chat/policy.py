@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from services.vision_gateway.capabilities import ModelCapabilities
 from services.vision_gateway.chat import events
+from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.errors import ModelNotVisionCapable
-from services.vision_gateway.repository import StoredMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ def choose_model(
 
 
 def history_image_ids(
-    history: Sequence[StoredMessage], *, new_images: int, history_images: int, max_per_request: int
+    history: Sequence[HistoryEntry], *, new_images: int, history_images: int, max_per_request: int
 ) -> list[uuid.UUID]:
     """Images of earlier user turns to resend, newest first, within both per-request limits."""
     budget = max(0, min(history_images, max_per_request - new_images))

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from services.vision_gateway.image_prep import PreparedImage
-from services.vision_gateway.repository import StoredMessage
+
+
+class HistoryEntry(Protocol):
+    """An earlier message: a stored one (StoredMessage) or one the client sent (SentMessage)."""
+
+    @property
+    def role(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def image_ids(self) -> list[uuid.UUID]: ...
 
 
 def build_messages(
-    history: Sequence[StoredMessage],
+    history: Sequence[HistoryEntry],
     past_images: Mapping[uuid.UUID, PreparedImage],
     message: str,
     current_images: Sequence[PreparedImage],

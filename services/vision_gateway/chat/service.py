@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from services.vision_gateway.capabilities import ModelCapabilities, VisionModelS
 from services.vision_gateway.chat import policy, prompt
 from services.vision_gateway.chat.image_source import ImageSource
 from services.vision_gateway.chat.progress import AnswerWriter
+from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
 from services.vision_gateway.chat.turn import ChatRequest, OpenTurn, PreparedChat, open_turn
 from services.vision_gateway.errors import (
@@ -81,8 +82,10 @@ class ChatService:
             raise TooManyImages(
                 f"{len(request.image_ids)} images sent; at most {settings.max_images_per_message} per message"
             )
-        history: list[StoredMessage] = []
-        if request.conversation_id is not None:
+        history: Sequence[HistoryEntry] = []
+        if request.history is not None:
+            history = request.history
+        elif request.conversation_id is not None:
             if not await self._repository.conversation_owned(request.conversation_id, request.user_id):
                 raise ConversationNotFound()
             history = await self._repository.history(request.conversation_id, settings.history_messages)
@@ -96,7 +99,8 @@ class ChatService:
         user, request_id = request.user_id, request.request_id
         if choice.send_images:
             current = await self._images.prepare_all(request.image_ids, user, request_id, skip_missing=False)
-            past = await self._images.prepare_all(past_ids, user, request_id, skip_missing=True)
+            # Stored history may name images deleted since; images the client sends now must exist.
+            past = await self._images.prepare_all(past_ids, user, request_id, skip_missing=request.history is None)
         else:
             await self._images.check_access(request.image_ids, user, request_id)  # still refuse others' images
             current, past = {}, {}

@@ -23,6 +23,15 @@ from services.vision_gateway.repository import ConversationRepository, NewTurn
 
 
 @dataclass(frozen=True, slots=True)
+class SentMessage:
+    """An earlier message the client sent along (stateless clients such as OpenAI's keep the history)."""
+
+    role: str
+    content: str
+    image_ids: list[uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     user_id: str
     message: str
@@ -32,6 +41,8 @@ class ChatRequest:
     options: dict[str, Any] | None
     request_id: str = ""
     received_at: float = field(default_factory=time.perf_counter)
+    # None: the history is the stored conversation's. A tuple: the client's own (no conversation_id).
+    history: tuple[SentMessage, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

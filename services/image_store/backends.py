@@ -1,0 +1,24 @@
+"""Pick the storage backend IMAGE_STORAGE_BACKEND names; used by the app and the CLI alike."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from common.settings import ImageStoreSettings
+from services.image_store.s3_client import s3_client
+from services.image_store.storage import ImageStorage, OpTimer, _no_timer
+from services.image_store.storage_backend import BlobStore
+from services.image_store.storage_s3 import S3BlobStore
+
+
+@contextlib.asynccontextmanager
+async def open_blob_store(settings: ImageStoreSettings, *, timer: OpTimer = _no_timer) -> AsyncIterator[BlobStore]:
+    """IMAGE_STORAGE_PATH is the store itself (filesystem) or the local scratch space (s3)."""
+    scratch = ImageStorage(settings.storage_path, timer=timer)
+    scratch.ensure_layout()
+    if settings.storage_backend == "filesystem":
+        yield scratch
+        return
+    async with s3_client(settings.s3) as client:
+        yield S3BlobStore(client, settings.s3, scratch, timer=timer)

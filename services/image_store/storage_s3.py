@@ -1,0 +1,289 @@
+"""The s3 backend: blobs in S3-compatible object storage through aiobotocore.
+
+Uploads are still received and re-encoded in local scratch space (the decode worker needs a
+seekable file); publishing streams that file to `<S3_PREFIX><ab/cd/sha256>`:
+- with a checksum the server verifies (x-amz-checksum-sha256 equals the content address for a
+  single PutObject; Content-MD5 on every part of a multipart upload);
+- without overwriting: `If-None-Match: *` where the server supports it; the caller always holds
+  the blob's advisory lock and has checked HEAD, which covers servers that do not;
+- retried with exponential backoff by botocore's "standard" retry mode (every call here is
+  idempotent: the key is the content hash); what still fails becomes `StorageUnavailable` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import io
+import os
+import re
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+from botocore.exceptions import ClientError
+
+from common.settings import S3Settings
+from services.image_store.s3_client import ABSENT, ALREADY_THERE, error_code, unavailable_on_failure
+from services.image_store.storage import ImageStorage, OpTimer, _no_timer
+from services.image_store.storage_backend import ReceivedFile, StoredObject, sha256_of_key
+
+log = structlog.get_logger("retina.image_store.s3")
+
+MIB = 1024 * 1024
+# S3 needs parts of at least 5 MiB (except the last); 8 MiB keeps a part's buffer small.
+MULTIPART_THRESHOLD = 8 * MIB
+PART_SIZE = 8 * MIB
+HASH_CHUNK = 1 * MIB
+_KEY_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}$")
+
+
+class S3BlobStore:
+    """BlobStore on a bucket; `scratch` is the local space where uploads are received."""
+
+    name = "s3"
+
+    def __init__(
+        self,
+        client: Any,
+        settings: S3Settings,
+        scratch: ImageStorage,
+        *,
+        timer: OpTimer = _no_timer,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        self.client = client
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix
+        self.scratch = scratch
+        self._timer = timer
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self.conditional_put = True  # cleared if the server refuses If-None-Match
+        self.page_size = 1000  # ListObjectsV2's maximum; tests lower it to cross page boundaries
+
+    def object_key(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    # ---- local scratch (same as the filesystem backend) ----------------------------------
+
+    def ensure_layout(self) -> None:
+        self.scratch.ensure_layout()
+
+    def temp_paths(self) -> contextlib.AbstractAsyncContextManager[Callable[[str], Path]]:
+        return self.scratch.temp_paths()
+
+    async def receive(self, chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int) -> ReceivedFile:
+        return await self.scratch.receive(chunks, dest, max_bytes=max_bytes)
+
+    def local_path(self, key: str) -> Path | None:
+        del key
+        return None
+
+    # ---- publishing ------------------------------------------------------------------------
+
+    async def publish(self, temp: Path, key: str) -> None:
+        size = await asyncio.to_thread(os.path.getsize, temp)
+        with self._timer("write"), unavailable_on_failure("publish"):
+            try:
+                if size <= self.multipart_threshold:
+                    await self._put_single(temp, key)
+                else:
+                    await self._put_multipart(temp, key)
+            except ClientError as exc:
+                if error_code(exc) not in ALREADY_THERE:
+                    raise
+                # Another replica published the same bytes first: content-addressed, so done.
+                log.info("s3_object_already_present", key=key)
+
+    def _if_none_match(self) -> dict[str, str]:
+        return {"IfNoneMatch": "*"} if self.conditional_put else {}
+
+    async def _put_single(self, temp: Path, key: str) -> None:
+        """One PutObject streamed from the file; the server checks its SHA-256 (= the key) and MD5.
+
+        Both, because S3-compatible servers differ in which one they verify (moto, for one,
+        checks Content-MD5 only). The MD5 takes one streamed read in a thread first.
+        """
+        checksum = base64.b64encode(bytes.fromhex(sha256_of_key(key))).decode()
+        md5 = await asyncio.to_thread(_file_md5, temp)
+        while True:
+            stream = await asyncio.to_thread(open, temp, "rb")
+            try:
+                await self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.object_key(key),
+                    Body=stream,
+                    ChecksumSHA256=checksum,
+                    ContentMD5=md5,
+                    ContentType="application/octet-stream",
+                    **self._if_none_match(),
+                )
+                return
+            except ClientError as exc:
+                if not self._refused_conditional(exc):
+                    raise
+            finally:
+                await asyncio.to_thread(stream.close)
+
+    def _refused_conditional(self, exc: ClientError) -> bool:
+        """Servers without conditional writes answer 501; fall back to HEAD-then-put under the lock."""
+        if self.conditional_put and error_code(exc) in {"NotImplemented", "501"}:
+            log.warning("s3_conditional_put_unsupported", bucket=self.bucket)
+            self.conditional_put = False
+            return True
+        return False
+
+    async def _put_multipart(self, temp: Path, key: str) -> None:
+        """Parts read one at a time (memory bounded by PART_SIZE); aborted on any failure."""
+        object_key = self.object_key(key)
+        created = await self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=object_key, ContentType="application/octet-stream"
+        )
+        upload_id = created["UploadId"]
+        try:
+            parts = await self._upload_parts(temp, object_key, upload_id)
+            await self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=object_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **self._if_none_match(),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+                )
+            raise
+
+    async def _upload_parts(self, temp: Path, object_key: str, upload_id: str) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        stream = await asyncio.to_thread(open, temp, "rb")
+        try:
+            while True:
+                data, md5 = await asyncio.to_thread(_read_part, stream, self.part_size)
+                if not data:
+                    return parts
+                number = len(parts) + 1
+                answer = await self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=object_key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=io.BytesIO(data),  # aiohttp sends a buffer in chunks; raw bytes in one write
+                    ContentMD5=md5,
+                )
+                parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        finally:
+            await asyncio.to_thread(stream.close)
+
+    # ---- reading, deleting, listing --------------------------------------------------------
+
+    async def exists(self, key: str) -> bool:
+        with unavailable_on_failure("head"):
+            try:
+                await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            except ClientError as exc:
+                if error_code(exc) in ABSENT:
+                    return False
+                raise
+        return True
+
+    async def size_of(self, key: str) -> int | None:
+        """The stored object's length (HEAD), or None when there is none."""
+        with unavailable_on_failure("head"):
+            try:
+                answer = await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            except ClientError as exc:
+                if error_code(exc) in ABSENT:
+                    return None
+                raise
+        return int(answer["ContentLength"])
+
+    async def delete(self, key: str) -> bool:
+        with self._timer("delete"), unavailable_on_failure("delete"):
+            await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        return True
+
+    @contextlib.asynccontextmanager
+    async def open_object(self, key: str, byte_range: tuple[int, int] | None = None) -> AsyncIterator[Any]:
+        """The object's body stream (a byte range when given, inclusive ends); None when missing."""
+        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+        with unavailable_on_failure("get"):
+            try:
+                answer = await self.client.get_object(Bucket=self.bucket, Key=self.object_key(key), **extra)
+            except ClientError as exc:
+                if error_code(exc) not in ABSENT:
+                    raise
+                answer = None
+        if answer is None:
+            yield None
+            return
+        async with answer["Body"] as body:
+            yield body
+
+    async def presigned_get(self, key: str, *, expires_in: int, response_headers: dict[str, str]) -> str:
+        """A URL the client fetches directly; S3 answers with these Response* header overrides."""
+        params = {"Bucket": self.bucket, "Key": self.object_key(key), **response_headers}
+        return await self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+
+    async def sha256_of(self, key: str) -> str | None:
+        digest = hashlib.sha256()
+        async with self.open_object(key) as body:
+            if body is None:
+                return None
+            with unavailable_on_failure("read"):
+                async for chunk in body.iter_chunks(HASH_CHUNK):
+                    await asyncio.to_thread(digest.update, chunk)
+        return digest.hexdigest()
+
+    async def list_objects(self) -> AsyncIterator[StoredObject]:
+        """ListObjectsV2 pages (1,000 keys each) in key order; foreign keys under the prefix are skipped."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        with unavailable_on_failure("list"):
+            pages = paginator.paginate(
+                Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": self.page_size}
+            )
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(self.prefix) :]
+                    if _KEY_PATTERN.match(key):
+                        yield StoredObject(key, int(item["Size"]), item["LastModified"].timestamp())
+
+    async def remove_stale_uploads(self, older_than_seconds: float) -> int:
+        """Local temp files plus multipart uploads a crashed process never completed or aborted."""
+        removed = await self.scratch.remove_stale_uploads(older_than_seconds)
+        cutoff = time.time() - older_than_seconds
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        with unavailable_on_failure("list_uploads"):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() < cutoff:
+                        await self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        removed += 1
+        return removed
+
+    async def check_ready(self) -> None:
+        with unavailable_on_failure("head_bucket"):
+            await self.client.head_bucket(Bucket=self.bucket)
+
+
+def _read_part(stream: IO[bytes], size: int) -> tuple[bytes, str]:
+    data = stream.read(size)
+    return data, base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(HASH_CHUNK), b""):
+            digest.update(block)
+    return base64.b64encode(digest.digest()).decode()

@@ -1,0 +1,121 @@
+"""Admission control of the vision-gateway: who may start a stream now, and how much image memory.
+
+Three limits, all per replica and in memory (a user spread over N replicas gets up to N times
+each limit; a global limit would need a store shared by the replicas):
+
+- `StreamAdmission`: concurrent `stream-message` requests per user (VISION_MAX_STREAMS_PER_USER)
+  and requests per user per minute (VISION_STREAM_RATE_PER_MINUTE, a token bucket). Both answer
+  429 `rate_limited` with Retry-After, before anything is uploaded, fetched or written.
+- `PrepBudget`: bytes of images between download and encode (VISION_PREP_BUDGET_MB). A request
+  waits briefly for room, then gets 503 `busy` with Retry-After; this is what bounds the
+  gateway's memory when many different large images are asked about at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from cachetools import TTLCache
+
+from services.vision_gateway.errors import GatewayBusy, RateLimited
+
+# Peak bytes per pixel of prepare_for_model, measured on 40 MP PNGs: RGB and RGBA are held in 4
+# bytes a pixel, a palette image converted to RGB in 1 + 4, plus the reduced copy thumbnail()
+# makes (RGB +178 MiB, RGBA +192 MiB, P +217 MiB; 6 x 40 M = 229 MiB). The file's bytes count
+# twice (aiohttp's read buffer and the bytes object made from it).
+DECODED_BYTES_PER_PIXEL = 6
+FILE_COPIES = 2
+# How long a request waits for budget before 503 busy, and the Retry-After it then gets.
+PREP_WAIT_SECONDS = 5.0
+PREP_RETRY_AFTER_SECONDS = 2
+# Users remembered by the rate limiter; an idle user's bucket is full again after a minute.
+RATE_USERS = 100_000
+
+
+def prep_cost(size_bytes: int, width: int, height: int) -> int:
+    """Peak memory of fetching and preparing one image, from its metadata (before downloading)."""
+    return FILE_COPIES * size_bytes + DECODED_BYTES_PER_PIXEL * width * height
+
+
+class PrepBudget:
+    """A byte budget with a short wait. An image costing more than the whole budget runs alone."""
+
+    def __init__(self, limit_bytes: int, *, wait_seconds: float = PREP_WAIT_SECONDS) -> None:
+        self.limit_bytes = limit_bytes
+        self.in_use = 0
+        self._wait_seconds = wait_seconds
+        self._freed = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, cost: int) -> AsyncIterator[None]:
+        cost = min(cost, self.limit_bytes)
+        await self._admit(cost)
+        try:
+            yield
+        finally:
+            self.in_use -= cost  # synchronous: a cancelled holder always gives its bytes back
+            self._freed.set()
+            self._freed = asyncio.Event()
+
+    async def _admit(self, cost: int) -> None:
+        deadline = time.monotonic() + self._wait_seconds
+        while self.in_use + cost > self.limit_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GatewayBusy(
+                    "the gateway is busy preparing other images; retry shortly", retry_after=PREP_RETRY_AFTER_SECONDS
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), remaining)
+        self.in_use += cost
+
+
+class StreamAdmission:
+    """Per-user concurrent streams and a per-user token bucket of stream requests."""
+
+    def __init__(self, *, max_streams: int, rate_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_streams = max_streams
+        self._rate = rate_per_minute
+        self._clock = clock
+        self._open: dict[str, int] = {}
+        # user -> (tokens, when counted); a bounded map, so a flood of user IDs cannot grow it.
+        self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(RATE_USERS, ttl=60.0, timer=clock)
+
+    def open_streams(self, user_id: str) -> int:
+        return self._open.get(user_id, 0)
+
+    @contextlib.contextmanager
+    def admit(self, user_id: str) -> Iterator[None]:
+        """Hold one of the user's stream slots for the request's whole life (upload to last event)."""
+        if self._max_streams and self.open_streams(user_id) >= self._max_streams:
+            raise RateLimited(
+                f"at most {self._max_streams} streams at once per user; wait for one to finish", retry_after=1
+            )
+        self._take_token(user_id)
+        self._open[user_id] = self.open_streams(user_id) + 1
+        try:
+            yield
+        finally:
+            left = self._open[user_id] - 1
+            if left:
+                self._open[user_id] = left
+            else:
+                del self._open[user_id]
+
+    def _take_token(self, user_id: str) -> None:
+        if not self._rate:
+            return
+        now = self._clock()
+        tokens, counted = self._buckets.get(user_id, (float(self._rate), now))
+        tokens = min(float(self._rate), tokens + (now - counted) * self._rate / 60.0)
+        if tokens < 1.0:
+            self._buckets[user_id] = (tokens, now)
+            wait = math.ceil((1.0 - tokens) * 60.0 / self._rate)
+            raise RateLimited(
+                f"at most {self._rate} stream requests per minute per user; retry in {wait} s", retry_after=wait
+            )
+        self._buckets[user_id] = (tokens - 1.0, now)

@@ -1,0 +1,250 @@
+"""OpenAI's chat-completions request body, checked and turned into what ChatService needs.
+
+Pure parsing, no I/O: everything a request could be refused for (shape, types, ranges, remote
+image URLs, unsupported features) is found here, before any image is uploaded or any row is
+written. Images are only classified: a `data:` URL's bytes, or a `retina:<image-id>` reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.auth import MAX_USER_ID_LENGTH
+from common.ids import parse_uuid
+from services.vision_gateway.errors import BadRequest, TooManyImages
+
+MAX_MODEL_CHARS = 200
+MAX_TEXT_CHARS = 32_000  # per message, the same bound as POST /api/stream-message
+MAX_MESSAGES = 1_000
+MAX_STOP_SEQUENCES = 4  # as OpenAI
+RETINA_SCHEME = "retina:"
+_DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.IGNORECASE)
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# OpenAI request field -> Ollama option, with the accepted range (None: any integer).
+_NUMBER_OPTIONS = {
+    "temperature": ("temperature", 0.0, 2.0),
+    "top_p": ("top_p", 0.0, 1.0),
+    "frequency_penalty": ("frequency_penalty", -2.0, 2.0),
+    "presence_penalty": ("presence_penalty", -2.0, 2.0),
+}
+
+
+def invalid(message: str, param: str | None) -> BadRequest:
+    """A 400 naming the offending field (OpenAI's `param`)."""
+    return BadRequest(message, details={"param": param} if param else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """One image of a message: bytes from a data: URL, or the ID of an image already in the store."""
+
+    param: str  # where it was in the request, for error messages
+    data: bytes | None = None
+    media_type: str = "application/octet-stream"
+    image_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    role: str  # system | user | assistant (developer is read as system)
+    text: str
+    images: list[ImagePart] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str
+    history: list[ParsedMessage]  # everything before the last message
+    last: ParsedMessage  # the user's new message
+    stream: bool
+    include_usage: bool
+    options: dict[str, Any] | None
+    user: str | None
+
+    @property
+    def image_count(self) -> int:
+        return len(self.last.images) + sum(len(m.images) for m in self.history)
+
+
+def parse_completion_request(body: Any, *, max_images: int) -> CompletionRequest:
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object", None)
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS:
+        raise invalid("model is required and must be a model name", "model")
+    _refuse_unsupported(body)
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise invalid("messages must be a non-empty array", "messages")
+    if len(raw_messages) > MAX_MESSAGES:
+        raise invalid(f"at most {MAX_MESSAGES} messages", "messages")
+    messages = [_message(raw, f"messages[{i}]") for i, raw in enumerate(raw_messages)]
+    *history, last = messages
+    if last.role != "user":
+        raise invalid("the last message must be the user's", f"messages[{len(messages) - 1}].role")
+    if not last.text.strip() and not last.images:
+        raise invalid("the last message has neither text nor images", f"messages[{len(messages) - 1}].content")
+    parsed = CompletionRequest(
+        model=model.strip(),
+        history=history,
+        last=last,
+        stream=_boolean(body.get("stream"), "stream"),
+        include_usage=_include_usage(body.get("stream_options")),
+        options=ollama_options(body),
+        user=_user(body.get("user")),
+    )
+    if parsed.image_count > max_images:
+        raise TooManyImages(f"{parsed.image_count} images sent; at most {max_images} per request")
+    return parsed
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """Features whose silent omission would change the answer's meaning are refused, not ignored."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise invalid("only n=1 is supported", "n")
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise invalid(f"{name} are not supported by this server", name)
+    response_format = body.get("response_format")
+    if response_format is not None and (not isinstance(response_format, dict) or response_format.get("type") != "text"):
+        raise invalid("only response_format {'type': 'text'} is supported", "response_format")
+    if body.get("logprobs"):
+        raise invalid("logprobs are not supported by this server", "logprobs")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise invalid("only text output is supported", "modalities")
+
+
+def _message(raw: Any, param: str) -> ParsedMessage:
+    if not isinstance(raw, dict):
+        raise invalid("each message must be an object", param)
+    role = _ROLES.get(raw.get("role"))  # type: ignore[arg-type]
+    if role is None:
+        raise invalid("role must be one of system, developer, user, assistant", f"{param}.role")
+    content = raw.get("content")
+    if content is None and role == "assistant":
+        content = ""  # an assistant turn that only called tools; nothing for the model to read
+    if isinstance(content, str):
+        text, images = content, []
+    elif isinstance(content, list):
+        text, images = _parts(content, f"{param}.content")
+    else:
+        raise invalid("content must be a string or an array of content parts", f"{param}.content")
+    if images and role != "user":
+        raise invalid("only user messages may carry images", f"{param}.content")
+    if len(text) > MAX_TEXT_CHARS:
+        raise invalid(f"a message is longer than {MAX_TEXT_CHARS} characters", f"{param}.content")
+    return ParsedMessage(role, text, images)
+
+
+def _parts(parts: list[Any], param: str) -> tuple[str, list[ImagePart]]:
+    texts: list[str] = []
+    images: list[ImagePart] = []
+    for index, part in enumerate(parts):
+        where = f"{param}[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            images.append(image_part(part.get("image_url"), f"{where}.image_url"))
+        else:
+            raise invalid("content parts must be {'type': 'text'} or {'type': 'image_url'}", where)
+    return "\n".join(texts), images
+
+
+def image_part(raw: Any, param: str) -> ImagePart:
+    """`{"url": ...}` (or a bare string): a base64 data: URL or `retina:<image-id>`; never a remote URL."""
+    url = raw.get("url") if isinstance(raw, dict) else raw
+    if not isinstance(url, str) or not url:
+        raise invalid("image_url.url is required", param)
+    if url[:8].lower().startswith(("http://", "https://")):
+        raise invalid(
+            "remote image URLs are not fetched; send the image as a data: URL or upload it and use retina:<image-id>",
+            param,
+        )
+    if url[: len(RETINA_SCHEME)].lower() == RETINA_SCHEME:
+        image_id = parse_uuid(url[len(RETINA_SCHEME) :])
+        if image_id is None:
+            raise invalid("a retina: image reference is retina:<image-id> with a UUID", param)
+        return ImagePart(param, image_id=image_id)
+    match = _DATA_URL.match(url[:200])
+    if match is None:
+        raise invalid("image_url.url must be a base64 data: URL or retina:<image-id>", param)
+    try:
+        data = base64.b64decode(url[match.end() :], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise invalid("the data: URL is not valid base64", param) from exc
+    if not data:
+        raise invalid("the data: URL holds no bytes", param)
+    return ImagePart(param, data=data, media_type=(match.group("type") or "application/octet-stream").lower())
+
+
+def ollama_options(body: dict[str, Any]) -> dict[str, Any] | None:
+    """temperature, top_p, penalties, seed, max_tokens and stop, as Ollama's option names."""
+    options: dict[str, Any] = {}
+    for name, (option, low, high) in _NUMBER_OPTIONS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise invalid(f"{name} must be a number from {low} to {high}", name)
+        options[option] = value
+    seed = body.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise invalid("seed must be an integer", "seed")
+        options["seed"] = seed
+    for name in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are sent
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise invalid(f"{name} must be a positive integer", name)
+        options["num_predict"] = value
+    stop = body.get("stop")
+    if stop is not None:
+        options["stop"] = _stop(stop)
+    return options or None
+
+
+def _stop(stop: Any) -> list[str]:
+    sequences = [stop] if isinstance(stop, str) else stop
+    if (
+        not isinstance(sequences, list)
+        or not 1 <= len(sequences) <= MAX_STOP_SEQUENCES
+        or not all(isinstance(s, str) and s for s in sequences)
+    ):
+        raise invalid(f"stop must be a non-empty string or up to {MAX_STOP_SEQUENCES} of them", "stop")
+    return sequences
+
+
+def _boolean(value: Any, param: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid(f"{param} must be true or false", param)
+    return value
+
+
+def _include_usage(stream_options: Any) -> bool:
+    if stream_options is None:
+        return False
+    if not isinstance(stream_options, dict):
+        raise invalid("stream_options must be an object", "stream_options")
+    return _boolean(stream_options.get("include_usage"), "stream_options.include_usage")
+
+
+def _user(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_USER_ID_LENGTH:
+        raise invalid(f"user must be a non-empty string of at most {MAX_USER_ID_LENGTH} characters", "user")
+    if not value.strip().isprintable():
+        raise invalid("user must not contain control characters", "user")
+    return value.strip()
