@@ -124,7 +124,9 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 def _message(raw: Any, param: str) -> ParsedMessage:
     if not isinstance(raw, dict):
         raise invalid("each message must be an object", param)
-    role = _ROLES.get(raw.get("role"))  # type: ignore[arg-type]
+    raw_role = raw.get("role")
+    # Only a string can be a role; an object or array would be unhashable in the lookup (a 500).
+    role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
         raise invalid("role must be one of system, developer, user, assistant", f"{param}.role")
     content = raw.get("content")
