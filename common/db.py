@@ -56,6 +56,17 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
 
+def required_row(record: asyncpg.Record | None) -> asyncpg.Record:
+    """The row of a query that always returns one (INSERT … RETURNING, aggregates).
+
+    asyncpg types fetchrow as possibly None; for these queries None would be a bug, so it
+    fails loudly here instead of as a TypeError at the first column access.
+    """
+    if record is None:
+        raise RuntimeError("query returned no row where one is always expected")
+    return record
+
+
 @asynccontextmanager
 async def connection(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
     """A pooled connection; a database that cannot be reached surfaces as DatabaseUnavailable.
