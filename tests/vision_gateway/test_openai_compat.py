@@ -244,6 +244,8 @@ async def test_remote_image_url_is_refused_before_anything_happens(
         ({"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"messages": [{"role": "assistant", "content": "Hi"}]}, "messages[0].role"),
         ({"messages": [{"role": "tool", "content": "Hi", "tool_call_id": "x"}]}, "messages[0].role"),
+        # found by mypy: an unhashable role was a dict-lookup TypeError (a 500), not a 400
+        ({"messages": [{"role": ["user"], "content": "Hi"}]}, "messages[0].role"),
         ({"messages": [image_message("Hi", "data:image/png;base64,@@@")]}, "messages[0].content[1].image_url"),
         ({"messages": [image_message("Hi", "retina:not-a-uuid")]}, "messages[0].content[1].image_url"),
         ({"messages": [image_message("Hi", "ftp://example.com/a.png")]}, "messages[0].content[1].image_url"),

@@ -124,12 +124,14 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 def _message(raw: Any, param: str) -> ParsedMessage:
     if not isinstance(raw, dict):
         raise invalid("each message must be an object", param)
-    role = _ROLES.get(raw.get("role"))  # type: ignore[arg-type]
+    role_name = raw.get("role")
+    role = _ROLES.get(role_name) if isinstance(role_name, str) else None
     if role is None:
         raise invalid("role must be one of system, developer, user, assistant", f"{param}.role")
     content = raw.get("content")
     if content is None and role == "assistant":
         content = ""  # an assistant turn that only called tools; nothing for the model to read
+    images: list[ImagePart]
     if isinstance(content, str):
         text, images = content, []
     elif isinstance(content, list):
