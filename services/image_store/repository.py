@@ -190,20 +190,19 @@ class ImageRepository:
 
     async def stats(self) -> StorageStats:
         async with connection(self._pool) as conn:
-            totals = required_row(
-                await conn.fetchrow(
-                    """
+            record = await conn.fetchrow(
+                """
                 SELECT (SELECT count(*) FROM images) AS images,
                        (SELECT count(*) FROM image_blobs) AS blobs,
                        (SELECT coalesce(sum(size_bytes), 0) FROM image_blobs) AS bytes,
                        (SELECT min(created_at) FROM images) AS oldest,
                        (SELECT count(*) FROM images WHERE expires_at <= now()) AS expired
                 """
-                )
             )
             by_type = await conn.fetch(
                 "SELECT mime_type, count(*) AS blobs, sum(size_bytes) AS bytes FROM image_blobs GROUP BY 1"
             )
+        totals = required_row(record)  # a SELECT of scalar subqueries: always one row
         return StorageStats(
             images=totals["images"],
             blobs=totals["blobs"],
