@@ -19,7 +19,7 @@ from tests.image_store.conftest import photo
 from tests.ollama_emulator import OllamaEmulator
 from tests.vision_gateway.conftest import Stack
 
-LLAVA_REPLY = OllamaEmulator().find("llava").reply  # type: ignore[union-attr]
+LLAVA_REPLY = OllamaEmulator().find("llava").reply
 LLAMA_REPLY = "Hello! How can I help you today?"
 
 
@@ -256,7 +256,7 @@ async def test_bad_requests_name_the_field(
     stack: Stack, client: openai.AsyncOpenAI, request_fields: dict[str, object], param: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        await client.chat.completions.create(model="llava", **request_fields)  # type: ignore[call-overload]
+        await client.chat.completions.create(model="llava", **request_fields)
     assert refused.value.param == param
     assert refused.value.type == "invalid_request_error"
     assert stack.emulator.chats == []
