@@ -44,14 +44,17 @@ $(NODE_TOOLS)/.installed: requirements/node/package.json requirements/node/packa
 	  npm ci --prefix $(NODE_TOOLS) --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: newman is not installed, so its test will skip (and fail in CI)"; fi
 
+# Both run mypy before the tests: a strict type check of common/ and services/ ([tool.mypy] in pyproject.toml).
 test: $(VENV)/.dev-installed $(TOOLS)/.installed $(NODE_TOOLS)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(NODE_TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .
@@ -63,4 +66,4 @@ lock: $(VENV)/.dev-installed
 	$(BIN)/pip freeze --exclude-editable | grep -v '^retina' > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache

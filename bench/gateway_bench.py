@@ -86,7 +86,7 @@ async def gateway_ttft(session: aiohttp.ClientSession, base: str) -> float:
     return elapsed
 
 
-async def measure(fn, base: str, concurrency: int, rounds: int) -> list[float]:  # type: ignore[no-untyped-def]
+async def measure(fn, base: str, concurrency: int, rounds: int) -> list[float]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(3):  # warm up connections and the capability cache

@@ -93,7 +93,7 @@ def wrk(url: str, headers: dict[str, str], seconds: int = 10) -> float:
     for key, value in headers.items():
         args += ["-H", f"{key}: {value}"]
     output = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
 
 
 def bench_serve(admin_url: str) -> None:

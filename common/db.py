@@ -6,11 +6,16 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
 
 from common.errors import DatabaseUnavailable
 from common.migrations import migration_ids
+
+# What repositories receive: a bare connection (tests, scripts) or the pool's proxy for one
+# (services). Both expose the same query API; only the proxy can be released back to the pool.
+Connection: TypeAlias = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -51,8 +56,19 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
 
+def required_row(record: asyncpg.Record | None) -> asyncpg.Record:
+    """The row of a query that always returns one (INSERT … RETURNING, aggregates).
+
+    asyncpg types fetchrow as possibly None; for these queries None would be a bug, so it
+    fails loudly here instead of as a TypeError at the first column access.
+    """
+    if record is None:
+        raise RuntimeError("query returned no row where one is always expected")
+    return record
+
+
 @asynccontextmanager
-async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
     """A pooled connection; a database that cannot be reached surfaces as DatabaseUnavailable.
 
     Repositories use this instead of `pool.acquire()` so callers (handlers, the stream relay)
@@ -67,7 +83,7 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         raise
 
 
-async def pending_migrations(conn: asyncpg.Connection, migrations_path: Path) -> list[str]:
+async def pending_migrations(conn: Connection, migrations_path: Path) -> list[str]:
     """Migrations on disk that this database has not applied (empty: the schema is at head)."""
     expected = migration_ids(migrations_path)
     exists = await conn.fetchval("SELECT to_regclass('_yoyo_migration') IS NOT NULL")

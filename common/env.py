@@ -13,6 +13,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
+# Range checks compare against int or float bounds, so only those two value types are allowed.
+Number = TypeVar("Number", int, float)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -91,15 +93,15 @@ class EnvReader:
     def _check_range(
         self,
         name: str,
-        value: T,
-        default: T,
+        value: Number,
+        default: Number,
         minimum: float | None,
         maximum: float | None,
-    ) -> T:
-        if minimum is not None and value < minimum:  # type: ignore[operator]
+    ) -> Number:
+        if minimum is not None and value < minimum:
             self.problem(f"{name} must be at least {minimum}, got {value}")
             return default
-        if maximum is not None and value > maximum:  # type: ignore[operator]
+        if maximum is not None and value > maximum:
             self.problem(f"{name} must be at most {maximum}, got {value}")
             return default
         return value

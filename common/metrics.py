@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -70,7 +70,7 @@ class HttpMetrics:
             registry=registry,
         )
 
-    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    def middleware(self) -> Middleware:
         @web.middleware
         async def http_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             route = route_template(request)
@@ -96,7 +96,9 @@ class HttpMetrics:
 
 
 def _is_event_stream(request: web.Request) -> bool:
-    return request.get(EVENT_STREAM_KEY, False)
+    # aiohttp types `Request.get` as Any even for a RequestKey; the key's type is what is stored.
+    event_stream: bool = request.get(EVENT_STREAM_KEY, False)
+    return event_stream
 
 
 # Handlers that stream SSE set this so their stream length does not pollute request latency.

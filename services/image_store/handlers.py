@@ -178,9 +178,10 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     if evaluate_preconditions(request.if_match, request.if_none_match, row.sha256) is Precondition.NOT_MODIFIED:
         del headers["Content-Type"]
         return web.Response(status=304, headers=headers)
-    if service.file_path(row) is None:  # object storage serves (proxy) or hands out (redirect) the bytes
+    path = service.file_path(row)
+    if path is None:  # object storage serves (proxy) or hands out (redirect) the bytes
         return await object_response(request, service, row, headers)
-    opened = await service.open_file(row)
+    opened = await service.open_file(row, path)
     try:
         byte_range = select_range(
             request.headers.get(hdrs.RANGE), request.headers.get(hdrs.IF_RANGE), row.sha256, opened.size

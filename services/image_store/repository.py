@@ -15,7 +15,7 @@ from datetime import datetime
 
 import asyncpg
 
-from common.db import connection
+from common.db import Connection, connection, required_row
 from services.image_store.models import BlobInfo, ImageRow, StorageStats
 
 _IMAGE_COLUMNS = """
@@ -34,14 +34,14 @@ class ImageRepository:
         self._pool = pool
 
     @asynccontextmanager
-    async def blob_transaction(self, sha256: str) -> AsyncIterator[asyncpg.Connection]:
+    async def blob_transaction(self, sha256: str) -> AsyncIterator[Connection]:
         """A transaction holding the blob's advisory lock until commit or rollback."""
         async with connection(self._pool) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", sha256)
             yield conn
 
     @staticmethod
-    async def upsert_blob(conn: asyncpg.Connection, blob: BlobInfo) -> bool:
+    async def upsert_blob(conn: Connection, blob: BlobInfo) -> bool:
         """Record the blob; True when its bytes were already stored (a dedup hit)."""
         inserted = await conn.fetchval(
             """
@@ -61,7 +61,7 @@ class ImageRepository:
 
     @staticmethod
     async def insert_image(
-        conn: asyncpg.Connection,
+        conn: Connection,
         *,
         owner_id: str,
         sha256: str,
@@ -85,7 +85,7 @@ class ImageRepository:
             f"SELECT {_IMAGE_COLUMNS} FROM images i JOIN image_blobs b ON b.sha256 = i.blob_sha256 WHERE i.id = $1",
             image_id,
         )
-        return _row(record)
+        return _row(required_row(record))
 
     async def message_owned_by(self, message_id: uuid.UUID, owner_id: str) -> bool:
         async with connection(self._pool) as conn:
@@ -98,7 +98,7 @@ class ImageRepository:
                 )
             )
 
-    async def blob_exists(self, conn: asyncpg.Connection, sha256: str) -> bool:
+    async def blob_exists(self, conn: Connection, sha256: str) -> bool:
         return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM image_blobs WHERE sha256 = $1)", sha256))
 
     async def get_image(self, image_id: uuid.UUID, owner_id: str | None) -> ImageRow | None:
@@ -152,31 +152,33 @@ class ImageRepository:
         return bool(updated)
 
     @staticmethod
-    async def mark_has_images(conn: asyncpg.Connection, message_id: uuid.UUID) -> None:
+    async def mark_has_images(conn: Connection, message_id: uuid.UUID) -> None:
         """messages.has_images: set in the transaction that links an image to the message."""
         await conn.execute("UPDATE messages SET has_images = true WHERE id = $1", message_id)
 
     @staticmethod
-    async def delete_image_row(conn: asyncpg.Connection, image_id: uuid.UUID, owner_id: str | None) -> str | None:
+    async def delete_image_row(conn: Connection, image_id: uuid.UUID, owner_id: str | None) -> str | None:
         """Delete one image row; returns its blob hash (None if no such image)."""
-        return await conn.fetchval(
+        sha256: str | None = await conn.fetchval(
             "DELETE FROM images WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2) RETURNING blob_sha256",
             image_id,
             owner_id,
         )
+        return sha256
 
     async def blob_of(self, image_id: uuid.UUID, owner_id: str) -> str | None:
         async with connection(self._pool) as conn:
-            return await conn.fetchval(
+            sha256: str | None = await conn.fetchval(
                 f"SELECT blob_sha256 FROM images i WHERE i.id = $1 AND i.owner_id = $2 AND {_LIVE}",
                 image_id,
                 owner_id,
             )
+        return sha256
 
     @staticmethod
-    async def delete_blob_if_unused(conn: asyncpg.Connection, sha256: str) -> str | None:
+    async def delete_blob_if_unused(conn: Connection, sha256: str) -> str | None:
         """Remove the blob row when no image uses it; returns its storage key if removed."""
-        return await conn.fetchval(
+        storage_key: str | None = await conn.fetchval(
             """
             DELETE FROM image_blobs b WHERE b.sha256 = $1
                AND NOT EXISTS (SELECT 1 FROM images i WHERE i.blob_sha256 = b.sha256)
@@ -184,10 +186,11 @@ class ImageRepository:
             """,
             sha256,
         )
+        return storage_key
 
     async def stats(self) -> StorageStats:
         async with connection(self._pool) as conn:
-            totals = await conn.fetchrow(
+            record = await conn.fetchrow(
                 """
                 SELECT (SELECT count(*) FROM images) AS images,
                        (SELECT count(*) FROM image_blobs) AS blobs,
@@ -199,6 +202,7 @@ class ImageRepository:
             by_type = await conn.fetch(
                 "SELECT mime_type, count(*) AS blobs, sum(size_bytes) AS bytes FROM image_blobs GROUP BY 1"
             )
+        totals = required_row(record)  # a SELECT of scalar subqueries: always one row
         return StorageStats(
             images=totals["images"],
             blobs=totals["blobs"],
@@ -251,7 +255,7 @@ class ImageRepository:
             return await self.blob_exists(conn, sha256)
 
     @staticmethod
-    async def delete_blob_and_images(conn: asyncpg.Connection, sha256: str) -> int:
+    async def delete_blob_and_images(conn: Connection, sha256: str) -> int:
         """Integrity repair: a blob whose file is gone or wrong takes its images with it."""
         deleted = await conn.fetchval(
             "WITH gone AS (DELETE FROM images WHERE blob_sha256 = $1 RETURNING 1) SELECT count(*) FROM gone",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -14,6 +14,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common.settings import S3Settings
 from services.image_store.errors import StorageUnavailable
+
+if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
+    from types_aiobotocore_s3 import S3Client
 
 log = structlog.get_logger("retina.image_store.s3")
 
@@ -40,7 +43,7 @@ def client_config() -> AioConfig:
 
 
 @contextlib.asynccontextmanager
-async def s3_client(settings: S3Settings) -> AsyncIterator[Any]:
+async def s3_client(settings: S3Settings) -> AsyncIterator[S3Client]:
     """One client (one connection pool) per process; credentials from botocore's standard chain."""
     session = get_session()
     async with session.create_client(

@@ -278,15 +278,15 @@ class ImageService:
         """The local file to send, or None when the backend serves the bytes (object storage)."""
         return self.storage.local_path(row.storage_key)
 
-    async def open_file(self, row: ImageRow) -> OpenedFile:
-        """The image's file, open for reading, with its size on disk.
+    async def open_file(self, row: ImageRow, path: Path) -> OpenedFile:
+        """The image's file (at `path`, from file_path), open for reading, with its size on disk.
 
         A row whose file is gone is data loss (a bad restore, a hand-deleted file): the caller
         sees the same 404 as for any missing image, and operators get an error log line and
         `image_store_missing_files_total`, which an alert watches.
         """
         try:
-            return await asyncio.to_thread(_open_for_reading, self.file_path(row))
+            return await asyncio.to_thread(_open_for_reading, path)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             self.metrics.missing_files.inc()
             log.error(

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypedDict
 
 import structlog
 from botocore.exceptions import ClientError
@@ -32,6 +32,10 @@ from services.image_store.s3_client import ABSENT, ALREADY_THERE, error_code, un
 from services.image_store.storage import ImageStorage, OpTimer, _no_timer
 from services.image_store.storage_backend import ReceivedFile, StoredObject, sha256_of_key
 
+if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
 log = structlog.get_logger("retina.image_store.s3")
 
 MIB = 1024 * 1024
@@ -39,6 +43,20 @@ MIB = 1024 * 1024
 MULTIPART_THRESHOLD = 8 * MIB
 PART_SIZE = 8 * MIB
 HASH_CHUNK = 1 * MIB
+
+
+class _IfNoneMatch(TypedDict, total=False):
+    """Optional keyword for put/complete: botocore rejects None, so the key is left out instead."""
+
+    IfNoneMatch: str
+
+
+class _Range(TypedDict, total=False):
+    """Optional keyword for get_object, left out for a whole-object read."""
+
+    Range: str
+
+
 _KEY_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}$")
 
 
@@ -49,7 +67,7 @@ class S3BlobStore:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         settings: S3Settings,
         scratch: ImageStorage,
         *,
@@ -101,7 +119,7 @@ class S3BlobStore:
                 # Another replica published the same bytes first: content-addressed, so done.
                 log.info("s3_object_already_present", key=key)
 
-    def _if_none_match(self) -> dict[str, str]:
+    def _if_none_match(self) -> _IfNoneMatch:
         return {"IfNoneMatch": "*"} if self.conditional_put else {}
 
     async def _put_single(self, temp: Path, key: str) -> None:
@@ -162,8 +180,8 @@ class S3BlobStore:
                 )
             raise
 
-    async def _upload_parts(self, temp: Path, object_key: str, upload_id: str) -> list[dict[str, Any]]:
-        parts: list[dict[str, Any]] = []
+    async def _upload_parts(self, temp: Path, object_key: str, upload_id: str) -> list[CompletedPartTypeDef]:
+        parts: list[CompletedPartTypeDef] = []
         stream = await asyncio.to_thread(open, temp, "rb")
         try:
             while True:
@@ -214,7 +232,7 @@ class S3BlobStore:
     @contextlib.asynccontextmanager
     async def open_object(self, key: str, byte_range: tuple[int, int] | None = None) -> AsyncIterator[Any]:
         """The object's body stream (a byte range when given, inclusive ends); None when missing."""
-        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+        extra: _Range = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
         with unavailable_on_failure("get"):
             try:
                 answer = await self.client.get_object(Bucket=self.bucket, Key=self.object_key(key), **extra)
@@ -231,7 +249,8 @@ class S3BlobStore:
     async def presigned_get(self, key: str, *, expires_in: int, response_headers: dict[str, str]) -> str:
         """A URL the client fetches directly; S3 answers with these Response* header overrides."""
         params = {"Bucket": self.bucket, "Key": self.object_key(key), **response_headers}
-        return await self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        url: str = await self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        return url
 
     async def sha256_of(self, key: str) -> str | None:
         digest = hashlib.sha256()

@@ -7,7 +7,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -30,6 +30,9 @@ from services.vision_gateway.errors import (
 )
 from services.vision_gateway.history import HistoryImages, message_with_images
 from services.vision_gateway.sse import EventStream
+
+if TYPE_CHECKING:  # typing.TypeIs arrives in 3.13; only the checker needs it
+    from typing_extensions import TypeIs
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)
 HISTORY_IMAGES_KEY = web.AppKey("history_images", HistoryImages)
@@ -59,7 +62,7 @@ def _uuid(raw: Any, field: str) -> uuid.UUID:
 _ECMA_SPACE = "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(map(chr, range(0x2000, 0x200B)))
 
 
-def _has_text(value: Any) -> bool:
+def _has_text(value: object) -> TypeIs[str]:
     return isinstance(value, str) and bool(value.strip(_ECMA_SPACE))
 
 

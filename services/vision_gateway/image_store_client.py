@@ -7,9 +7,9 @@ applies: someone else's image is a 404 here exactly as it is there.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -24,6 +24,8 @@ from services.vision_gateway.retry import (
 
 # What the store may still spend on an upload after its last byte arrived: waiting for a decode
 # worker, the decode itself (IMAGE_DECODE_TIMEOUT_SECONDS, 20 s by default) and the database rows.
+T = TypeVar("T")
+
 UPLOAD_PROCESSING_ALLOWANCE_SECONDS = 60.0
 
 
@@ -78,7 +80,7 @@ class ImageStoreClient:
             headers["X-Request-ID"] = request_id
         return headers
 
-    async def _call(self, attempt: Any) -> Any:
+    async def _call(self, attempt: Callable[[], Awaitable[T]]) -> T:
         return await call_upstream(
             attempt,
             retries=self._retries,
@@ -176,7 +178,8 @@ class ImageStoreClient:
             ) as response:
                 self._count(response.status)
                 if response.status == 201:
-                    return await response.json(content_type=None)
+                    record: dict[str, Any] = await response.json(content_type=None)
+                    return record
                 raise await _refusal(response)
         except TimeoutError as exc:
             self._count("error")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from services.vision_gateway.errors import UnknownModel, UpstreamRejected
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.retry import Retryable, call_upstream, connection_failures_are_retryable
+
+T = TypeVar("T")
 
 
 class OllamaStreamError(Exception):
@@ -129,7 +131,7 @@ class OllamaClient:
     def _count(self, code: int | str) -> None:
         self._metrics.upstream_requests.labels("ollama", str(code)).inc()
 
-    async def _retrying(self, attempt: Any) -> Any:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         return await call_upstream(
             attempt,
             retries=self._retries,
@@ -152,7 +154,8 @@ class OllamaClient:
                         raise Retryable(f"HTTP {response.status} from /api/show")
                     if response.status != 200:
                         raise UpstreamRejected(f"Ollama refused /api/show: {await _error_text(response)}")
-                    return await response.json()
+                    details: dict[str, Any] = await response.json()
+                    return details
 
         return await self._retrying(attempt)
 

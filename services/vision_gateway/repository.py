@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from common.db import connection
+from common.db import connection, required_row
 
 STOP_CHANNEL = "retina_stream_stop"
 # pg_advisory lock key of the stuck-stream sweeper (any constant unique within the database).
@@ -142,7 +142,8 @@ class ConversationRepository:
                 image_ids,
                 stream_id,
             )
-        return NewTurn(record["conversation_id"], record["user_message_id"], record["assistant_message_id"])
+        turn = required_row(record)  # a SELECT of scalar subqueries: always one row
+        return NewTurn(turn["conversation_id"], turn["user_message_id"], turn["assistant_message_id"])
 
     async def discard_turn(self, turn: NewTurn, *, new_conversation: bool) -> None:
         """Undo start_turn for a request that failed before streaming (no half-written rows)."""
@@ -202,11 +203,14 @@ class ConversationRepository:
     async def interrupt_stream(self, message_id: uuid.UUID) -> str:
         """Close a stream no replica is running; returns the message's status afterwards."""
         async with connection(self._pool) as conn:
-            status = await conn.fetchval(
+            status: str | None = await conn.fetchval(
                 f"UPDATE messages SET {_INTERRUPTED} WHERE id = $1 AND status = 'streaming' RETURNING status",
                 message_id,
             )
-            return status or await conn.fetchval("SELECT status FROM messages WHERE id = $1", message_id)
+            if status:
+                return status
+            current: str = await conn.fetchval("SELECT status FROM messages WHERE id = $1", message_id)
+            return current
 
     async def interrupt_stale_streams(self, silent_for_seconds: float) -> int:
         """Sweep: close streams without progress for that long; one replica at a time (advisory lock)."""
@@ -311,9 +315,10 @@ class ConversationRepository:
                 conversation_id,
                 owner_id,
             )
-        if not record["deleted"]:
+        facts = required_row(record)  # selected from an ungrouped aggregate: always one row
+        if not facts["deleted"]:
             return None
-        return DeletedConversation(list(record["image_ids"]), list(record["live_stream_ids"]))
+        return DeletedConversation(list(facts["image_ids"]), list(facts["live_stream_ids"]))
 
 
 # Enough of the first message for a title of its first words.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -39,7 +39,7 @@ class StreamRegistry:
         self._streams: dict[uuid.UUID, LiveStream] = {}
 
     @contextlib.contextmanager
-    def register(self, stream_id: uuid.UUID, owner_id: str):  # type: ignore[no-untyped-def]
+    def register(self, stream_id: uuid.UUID, owner_id: str) -> Iterator[LiveStream]:
         live = LiveStream(stream_id, owner_id)
         self._streams[stream_id] = live
         try:
@@ -59,12 +59,14 @@ class StreamRegistry:
             live.stop(reason)
         return len(self._streams)
 
-    def _on_notify(self, connection: object, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, connection: object, pid: int, channel: str, payload: object) -> None:
+        """asyncpg listener; NOTIFY payloads arrive as str (asyncpg types them as object)."""
         del connection, pid, channel
+        text = str(payload)
         try:
-            self.stop_local(uuid.UUID(payload))
+            self.stop_local(uuid.UUID(text))
         except ValueError:
-            log.warning("bad_stop_notification", payload=payload[:64])
+            log.warning("bad_stop_notification", payload=text[:64])
 
 
 @contextlib.asynccontextmanager

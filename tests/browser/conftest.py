@@ -59,8 +59,8 @@ async def page(browser: Any) -> AsyncIterator[Any]:
     """A fresh browser context per test; console messages are kept for assertions and diagnosis."""
     context = await browser.new_context(viewport={"width": 1200, "height": 900})
     page = await context.new_page()
-    page.console_messages = []  # type: ignore[attr-defined]
-    page.on("console", lambda message: page.console_messages.append(message.text))  # type: ignore[attr-defined]
+    page.console_messages = []
+    page.on("console", lambda message: page.console_messages.append(message.text))
     page.set_default_timeout(10_000)
     try:
         yield page

@@ -97,7 +97,7 @@ async def test_demo_page_attach_ask_stream_stop_and_history(
     await page.click("#send")
     await page.wait_for_function("() => document.querySelector('.message.assistant .content')?.textContent.length > 0")
     await page.locator(".message.assistant .event.done").wait_for()
-    reply = emulator.find("llava:latest").reply  # type: ignore[union-attr]
+    reply = emulator.find("llava:latest").reply
     assert await answer_text(page) == reply
     assert "done: stop" in (await page.locator(".message.assistant .event.done").text_content() or "")
     chat = emulator.chats[-1]
@@ -106,7 +106,7 @@ async def test_demo_page_attach_ask_stream_stop_and_history(
     await page.screenshot(path=str(tmp_path / "2-answered.png"))
 
     # A long answer, seen growing, then stopped with the Stop button.
-    emulator.find("llava:latest").reply = LONG_REPLY  # type: ignore[union-attr]
+    emulator.find("llava:latest").reply = LONG_REPLY
     emulator.chunk_delay = 0.03
     await page.fill("#message", "Tell me everything.")
     await page.click("#send")

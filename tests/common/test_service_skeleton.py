@@ -22,7 +22,7 @@ async def boom(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-async def client(aiohttp_client, store_settings: ImageStoreSettings) -> TestClient:  # type: ignore[no-untyped-def]
+async def client(aiohttp_client, store_settings: ImageStoreSettings) -> TestClient:
     app = create_service_app(service="test_service", settings=store_settings.common)
     app.router.add_get("/boom", boom)
     return await aiohttp_client(app)
@@ -88,7 +88,7 @@ async def test_livez_and_readyz_against_a_migrated_database(client: TestClient) 
 
 async def test_readyz_fails_when_the_schema_is_behind(
     aiohttp_client, store_settings: ImageStoreSettings, empty_database_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from dataclasses import replace
 
     settings = replace(store_settings.common, database_url=empty_database_url)
@@ -121,7 +121,7 @@ async def test_metrics_use_route_templates_not_paths(client: TestClient) -> None
 @pytest.mark.parametrize("factory", [create_image_store, create_gateway])
 async def test_both_services_start_with_health_and_metrics(
     aiohttp_client, service_env: dict[str, str], factory
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from common.settings import load_gateway_settings, load_image_store_settings
 
     loader = load_image_store_settings if factory is create_image_store else load_gateway_settings

@@ -8,7 +8,7 @@ from tests.deploy import helpers
 
 
 @pytest.fixture
-def no_tools(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def no_tools(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(helpers, "NODE_TOOLS_BIN", tmp_path)
     monkeypatch.setattr(helpers.sys, "executable", str(tmp_path / "python"))

@@ -19,7 +19,7 @@ from services.image_store.app import create_app
 from tests.conftest import auth_headers
 from tests.image_store.s3_support import CREDENTIALS, REGION, BlobView, MotoServer
 
-SKIMAGE_DATA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"  # type: ignore[index, union-attr]
+SKIMAGE_DATA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
 
 
 def photo(name: str) -> bytes:

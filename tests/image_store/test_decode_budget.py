@@ -55,7 +55,7 @@ def cost(tmp_path: Path, data: bytes, max_frames: int = 1) -> int:
         (lambda: b"\xff\xd8\xff\xe0" + b"\x00" * 20, 40_000_000 * 4),  # JPEG whose size cannot be read
     ],
 )
-def test_decoded_bytes_from_the_header(tmp_path: Path, data, expected: int) -> None:  # type: ignore[no-untyped-def]
+def test_decoded_bytes_from_the_header(tmp_path: Path, data, expected: int) -> None:
     assert cost(tmp_path, data()) == expected
 
 

@@ -28,7 +28,7 @@ LIMITS = ValidationLimits(
 )
 
 
-def run(tmp_path: Path, data: bytes, limits: ValidationLimits = LIMITS):  # type: ignore[no-untyped-def]
+def run(tmp_path: Path, data: bytes, limits: ValidationLimits = LIMITS):
     source, destination = tmp_path / "in", tmp_path / "out"
     source.write_bytes(data)
     return process_image_file(source, destination, limits), destination

@@ -33,7 +33,7 @@ def tiny_volume(tmp_path: Path) -> Iterator[Path]:
 
 async def test_disk_full_while_receiving(
     aiohttp_client, settings_for, db: asyncpg.Connection, tiny_volume: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     client = await aiohttp_client(create_app(settings_for(IMAGE_STORAGE_PATH=str(tiny_volume))))
     data = photo("astronaut.png")
     assert len(data) > 256 * 1024, "the photo must not fit on the volume"

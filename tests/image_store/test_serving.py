@@ -23,7 +23,7 @@ async def stored(store_client: TestClient) -> dict[str, Any]:
     return await response.json()
 
 
-async def expect_not_found(response) -> None:  # type: ignore[no-untyped-def]
+async def expect_not_found(response) -> None:
     assert response.status == 404
     assert await response.json() == {"error": {"code": "not_found", "message": "image not found"}}
 

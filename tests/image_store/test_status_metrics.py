@@ -12,7 +12,7 @@ from tests.image_store.conftest import png, upload
 
 
 def requests_counted(client: TestClient, route: str, code: int, method: str = "GET") -> float:
-    registry = client.server.app[REGISTRY_KEY]  # type: ignore[union-attr]
+    registry = client.server.app[REGISTRY_KEY]
     value = registry.get_sample_value(
         "http_server_requests_total", {"method": method, "route": route, "code": str(code)}
     )
@@ -45,7 +45,7 @@ async def test_successes_and_upload_outcomes_are_counted(store_client: TestClien
     created = await upload(store_client, png())
     assert created.status == 201
     assert requests_counted(store_client, "/api/images", 201, "POST") == 1
-    registry = store_client.server.app[REGISTRY_KEY]  # type: ignore[union-attr]
+    registry = store_client.server.app[REGISTRY_KEY]
     assert registry.get_sample_value("image_store_uploads_total", {"outcome": "stored"}) == 1
     refused = await upload(store_client, b"GIF89a" + b"\x00" * 10, filename="x.gif", content_type="image/gif")
     assert refused.status in (415, 422)

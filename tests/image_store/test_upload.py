@@ -37,7 +37,7 @@ async def assert_nothing_stored(db: asyncpg.Connection, blobs: BlobView) -> None
     assert blobs.pending_multipart_uploads() == [], "no unfinished multipart uploads"
 
 
-async def expect_error(response, status: int, code: str, message_part: str = "") -> dict:  # type: ignore[no-untyped-def]
+async def expect_error(response, status: int, code: str, message_part: str = "") -> dict:
     assert response.status == status, await response.text()
     assert response.content_type == "application/json"
     body = await response.json()
@@ -204,7 +204,7 @@ async def test_chunked_oversized_upload_is_cut_off_at_the_limit(
 ) -> None:
     sent = 0
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body():
         nonlocal sent
         for _ in range(64):
             sent += 64 * 1024
@@ -316,7 +316,7 @@ async def test_malformed_multipart(store_client: TestClient, db: asyncpg.Connect
     ],
     ids=["html-as-jpg", "script-as-jpg", "svg"],
 )
-async def test_type_confusion_is_415(  # type: ignore[no-untyped-def]
+async def test_type_confusion_is_415(
     store_client: TestClient, db: asyncpg.Connection, blobs: BlobView, data, filename, content_type
 ) -> None:
     response = await upload(store_client, data, filename=filename, content_type=content_type)
@@ -355,7 +355,7 @@ async def test_truncated_image(store_client: TestClient, db: asyncpg.Connection,
     ],
     ids=["no-token", "bad-token", "no-user"],
 )
-async def test_unauthorised_upload(  # type: ignore[no-untyped-def]
+async def test_unauthorised_upload(
     store_client: TestClient, db: asyncpg.Connection, blobs: BlobView, headers, status, code
 ) -> None:
     response = await store_client.post("/api/images", data=form(png()), headers=headers)
@@ -363,7 +363,7 @@ async def test_unauthorised_upload(  # type: ignore[no-untyped-def]
     await assert_nothing_stored(db, blobs)
 
 
-async def test_upload_disabled_but_serving_continues(aiohttp_client, settings_for, db: asyncpg.Connection) -> None:  # type: ignore[no-untyped-def]
+async def test_upload_disabled_but_serving_continues(aiohttp_client, settings_for, db: asyncpg.Connection) -> None:
     enabled = await aiohttp_client(create_app(settings_for()))
     record = await (await upload(enabled, png())).json()
     disabled = await aiohttp_client(create_app(settings_for(IMAGE_UPLOAD_ENABLED="false")))
@@ -373,7 +373,7 @@ async def test_upload_disabled_but_serving_continues(aiohttp_client, settings_fo
     assert await row_counts(db) == (1, 1)
 
 
-async def test_rate_limit_per_owner(aiohttp_client, settings_for) -> None:  # type: ignore[no-untyped-def]
+async def test_rate_limit_per_owner(aiohttp_client, settings_for) -> None:
     client = await aiohttp_client(create_app(settings_for(IMAGE_UPLOAD_RATE_PER_MINUTE="2")))
     for size in (4, 5):
         assert (await upload(client, png(size, size))).status == 201

@@ -188,7 +188,7 @@ def test_cmyk_jpeg_is_stored_as_rgb(tmp_path: Path) -> None:
     result, stored = process(tmp_path, data)
     output = opened(stored)
     assert (result.mime_type, output.mode, output.size) == ("image/jpeg", "RGB", (40, 30))
-    red, green, blue = output.getpixel((20, 15))  # type: ignore[misc]
+    red, green, blue = output.getpixel((20, 15))
     assert red > 200 > 50 > max(green, blue)
 
 
@@ -256,7 +256,7 @@ def test_exif_orientation_is_applied_and_all_metadata_dropped(
     assert output.size == size
     width, height = size
     probes = {"top": (width // 2, 5), "bottom": (width // 2, height - 5), "right": (width - 5, height // 2)}
-    red, _green, blue = output.getpixel(probes[red_at])  # type: ignore[misc]
+    red, _green, blue = output.getpixel(probes[red_at])
     assert red > 150 > blue
     for marker in (b"RetinaCam", b"Model-XYZ-123", b"secret note", b"Exif", b"GPS"):
         assert marker not in stored

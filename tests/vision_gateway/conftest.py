@@ -28,7 +28,7 @@ class Stack:
     store: TestServer
     gateway: TestClient
     env: dict[str, str]
-    make_gateway: Callable[..., Any] = field(repr=False, default=None)  # type: ignore[assignment]
+    make_gateway: Callable[..., Any] = field(repr=False, default=None)
 
     async def upload(self, data: bytes, user: str = "alice", content_type: str = "image/jpeg") -> str:
         async with (
@@ -65,7 +65,7 @@ def emulator() -> OllamaEmulator:
 
 
 @pytest.fixture
-async def stack(service_env: dict[str, str], emulator: OllamaEmulator, aiohttp_server: Any, aiohttp_client: Any):  # type: ignore[no-untyped-def]
+async def stack(service_env: dict[str, str], emulator: OllamaEmulator, aiohttp_server: Any, aiohttp_client: Any):
     ollama_server = await aiohttp_server(emulator.make_app())
     store = await aiohttp_server(create_store(load_image_store_settings(service_env)))
     env = {

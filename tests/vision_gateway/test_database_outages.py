@@ -80,7 +80,7 @@ async def answer_row(database_url: str) -> asyncpg.Record:
 
 
 def lost_answers(client: TestClient) -> float:
-    registry = client.server.app[REGISTRY_KEY]  # type: ignore[union-attr]
+    registry = client.server.app[REGISTRY_KEY]
     return registry.get_sample_value("vision_gateway_answer_saves_total", {"result": "lost"}) or 0.0
 
 
@@ -172,7 +172,7 @@ async def test_requests_during_an_outage_are_503_database_unavailable(
 
         await until(store_recovered)
         await until(gateway_recovered)
-    registry = stack.gateway.server.app[REGISTRY_KEY]  # type: ignore[union-attr]
+    registry = stack.gateway.server.app[REGISTRY_KEY]
     route = "/api/conversations/{conversation_id}/messages"
     assert (
         registry.get_sample_value("http_server_requests_total", {"method": "GET", "route": route, "code": "503"}) == 1

@@ -300,7 +300,7 @@ async def test_client_gone_before_the_stream_starts_is_recorded_as_stopped(
     stack: Stack, db: asyncpg.Connection
 ) -> None:
     """abandon() is what the handler calls when writing the SSE headers fails."""
-    service = stack.gateway.app[CHAT_SERVICE_KEY]  # type: ignore[index]
+    service = stack.gateway.app[CHAT_SERVICE_KEY]
     stack.emulator.first_token_delay = 2.0
     from services.vision_gateway.chat import ChatRequest
 

@@ -35,8 +35,10 @@ SIDE = 2400
 
 @pytest.fixture
 def service_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    """The stack's store keeps PNGs as sent (re-encoding 16.5 MiB of noise only slows the test)."""
-    return {**base_env(database_url, tmp_path / "images"), "IMAGE_REENCODE": "false"}
+    """The stack's store keeps PNGs as sent (re-encoding 16.5 MiB of noise only slows the test), and
+    takes files of the issue's size (16.5 MiB, over the 10 MB default): an operator may raise
+    IMAGE_MAX_SIZE_MB, and the gateway's prep budget must still hold its memory."""
+    return {**base_env(database_url, tmp_path / "images"), "IMAGE_REENCODE": "false", "IMAGE_MAX_SIZE_MB": "20"}
 
 
 def noise_png(seed: int) -> bytes:

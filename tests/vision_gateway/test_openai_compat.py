@@ -19,7 +19,7 @@ from tests.image_store.conftest import photo
 from tests.ollama_emulator import OllamaEmulator
 from tests.vision_gateway.conftest import Stack
 
-LLAVA_REPLY = OllamaEmulator().find("llava").reply  # type: ignore[union-attr]
+LLAVA_REPLY = OllamaEmulator().find("llava").reply
 LLAMA_REPLY = "Hello! How can I help you today?"
 
 
@@ -244,6 +244,8 @@ async def test_remote_image_url_is_refused_before_anything_happens(
         ({"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"messages": [{"role": "assistant", "content": "Hi"}]}, "messages[0].role"),
         ({"messages": [{"role": "tool", "content": "Hi", "tool_call_id": "x"}]}, "messages[0].role"),
+        # found by mypy: an unhashable role was a dict-lookup TypeError (a 500), not a 400
+        ({"messages": [{"role": ["user"], "content": "Hi"}]}, "messages[0].role"),
         ({"messages": [image_message("Hi", "data:image/png;base64,@@@")]}, "messages[0].content[1].image_url"),
         ({"messages": [image_message("Hi", "retina:not-a-uuid")]}, "messages[0].content[1].image_url"),
         ({"messages": [image_message("Hi", "ftp://example.com/a.png")]}, "messages[0].content[1].image_url"),
@@ -254,7 +256,7 @@ async def test_bad_requests_name_the_field(
     stack: Stack, client: openai.AsyncOpenAI, request_fields: dict[str, object], param: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        await client.chat.completions.create(model="llava", **request_fields)  # type: ignore[call-overload]
+        await client.chat.completions.create(model="llava", **request_fields)
     assert refused.value.param == param
     assert refused.value.type == "invalid_request_error"
     assert stack.emulator.chats == []

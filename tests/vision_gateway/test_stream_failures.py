@@ -139,7 +139,7 @@ async def test_ollama_silent_past_the_read_timeout(stack: Stack, db: asyncpg.Con
 
 
 async def test_a_line_that_is_not_json_mid_answer(stack: Stack, db: asyncpg.Connection) -> None:
-    stack.emulator.mid_stream_error = None  # type: ignore[assignment]
+    stack.emulator.mid_stream_error = None
     stack.emulator.fail_after_chunks = 3
 
     original = stack.emulator._line
@@ -150,7 +150,7 @@ async def test_a_line_that_is_not_json_mid_answer(stack: Stack, db: asyncpg.Conn
             return
         await original(response, record, payload)
 
-    stack.emulator._line = garble  # type: ignore[method-assign]
+    stack.emulator._line = garble
     result = await read_sse(await ask(stack.gateway, {"message": "hi", "model": "llava"}))
     [error] = result.of("error")
     assert error["code"] == "upstream_error"

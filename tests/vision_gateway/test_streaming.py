@@ -14,7 +14,7 @@ from tests.conftest import auth_headers
 from tests.ollama_emulator import EmulatedModel, OllamaEmulator
 from tests.vision_gateway.conftest import Stack, ask, big_photo, read_sse
 
-LLAVA_REPLY = OllamaEmulator().find("llava").reply  # type: ignore[union-attr]
+LLAVA_REPLY = OllamaEmulator().find("llava").reply
 
 
 async def test_text_only_request_streams_and_is_stored(stack: Stack, db: asyncpg.Connection) -> None:
@@ -201,7 +201,7 @@ async def test_non_vision_model_fallbacks_announce_themselves(stack: Stack, poli
 
 async def test_custom_image_endpoint_is_used_by_both_services(
     aiohttp_server, aiohttp_client, service_env: dict[str, str], emulator: OllamaEmulator
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from common.settings import load_gateway_settings, load_image_store_settings
     from services.image_store.app import create_app as create_store
     from services.vision_gateway.app import create_app as create_gateway

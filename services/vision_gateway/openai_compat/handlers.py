@@ -66,8 +66,8 @@ def openai_errors(handler: Handler) -> Handler:
                 raise
             request_id = request_id_of(request)
             log.exception("unhandled_error")
-            error = ApiError(f"internal error; quote request ID {request_id} when reporting it")
-            return web.json_response(openai_error(error), status=500)
+            internal = ApiError(f"internal error; quote request ID {request_id} when reporting it")
+            return web.json_response(openai_error(internal), status=500)
 
     return wrapper
 

@@ -132,6 +132,7 @@ def _message(raw: Any, param: str) -> ParsedMessage:
     content = raw.get("content")
     if content is None and role == "assistant":
         content = ""  # an assistant turn that only called tools; nothing for the model to read
+    images: list[ImagePart]
     if isinstance(content, str):
         text, images = content, []
     elif isinstance(content, list):

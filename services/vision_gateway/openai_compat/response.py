@@ -109,7 +109,7 @@ class CompletionCollector:
         elif event["type"] == "chunk":
             self._content.append(event["content"])
         elif event["type"] in ("done", "error"):
-            self._final = event  # type: ignore[assignment]
+            self._final = event
 
     def completion(self) -> dict[str, Any]:
         """The `chat.completion` body; an ApiError if the answer failed (its partial text is stored)."""
@@ -118,7 +118,7 @@ class CompletionCollector:
             code = final["code"] if final else "internal_error"
             message = final["message"] if final else "the answer ended without a result"
             raise ApiError(message, status=_STATUS_OF_STREAM_ERROR.get(code, 502), code=code)
-        message = {"role": "assistant", "content": "".join(self._content), "refusal": None}
+        reply = {"role": "assistant", "content": "".join(self._content), "refusal": None}
         return {
             "id": self._identity.id,
             "object": "chat.completion",
@@ -128,7 +128,7 @@ class CompletionCollector:
             "choices": [
                 {
                     "index": 0,
-                    "message": message,
+                    "message": reply,
                     "logprobs": None,
                     "finish_reason": _finish_reason(final["done_reason"]),
                 }
