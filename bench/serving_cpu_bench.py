@@ -35,13 +35,14 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}", "X-User-Id": "bench"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the given processes (fields 14 and 15 of /proc/<pid>/stat)."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(utime, stime) of the given processes (fields 14 and 15 of /proc/<pid>/stat)."""
+    user = system = 0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def wrk(url: str, headers: dict[str, str], seconds: int) -> int:
@@ -97,6 +98,7 @@ def main() -> None:
     admin_url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     data = sample_jpeg()
     results: dict[str, list[float]] = {}
+    kernel: dict[str, list[float]] = {}  # share of the CPU time spent in the kernel (stime)
     with tempfile.TemporaryDirectory() as raw_tmp, scratch_database(admin_url) as url:
         tmp = Path(raw_tmp)
         store_port, nginx_port = free_port(), free_port()
@@ -116,20 +118,23 @@ def main() -> None:
                     wrk(target, headers, 1)
                 for _ in range(rounds):
                     for name, (target, headers, pids) in targets.items():
-                        before = cpu_seconds(pids)
+                        user_before, system_before = cpu_seconds(pids)
                         requests = wrk(target, headers, seconds)
-                        used = cpu_seconds(pids) - before
-                        results.setdefault(name, []).append(used * 1000 / requests * 1000)
+                        user_after, system_after = cpu_seconds(pids)
+                        user, system = user_after - user_before, system_after - system_before
+                        results.setdefault(name, []).append((user + system) * 1000 / requests * 1000)
+                        kernel.setdefault(name, []).append(system / max(user + system, 1e-9))
             finally:
                 nginx.terminate()
                 nginx.wait(10)
     print(f"{len(data) / 1024:.0f} KB JPEG, wrk -t2 -c32 -d{seconds}s, {rounds} interleaved rounds")
-    print("server CPU ms per 1,000 requests (each round) | median | median / livez")
+    print("server CPU ms per 1,000 requests (each round) | median | median / livez | kernel share")
     livez = statistics.median(results["livez"])
     for name, values in results.items():
         median = statistics.median(values)
         rounds_text = " ".join(f"{v:.0f}" for v in values)
-        print(f"{name:20s} {rounds_text} | {median:.0f} | {median / livez:.2f}x")
+        share = statistics.median(kernel[name]) * 100
+        print(f"{name:20s} {rounds_text} | {median:.0f} | {median / livez:.2f}x | {share:.0f}%")
 
 
 if __name__ == "__main__":

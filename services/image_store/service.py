@@ -379,7 +379,7 @@ class OpenedFile:
 
 
 def _open_for_reading(path: Path) -> OpenedFile:
-    file = path.open("rb")
+    file = open(path, "rb", buffering=0)  # noqa: SIM115 - the response closes it; unbuffered: sendfile reads the fd
     try:
         status = os.fstat(file.fileno())
         if not stat.S_ISREG(status.st_mode):
