@@ -35,7 +35,13 @@ def schema_snapshot(url: str) -> list[tuple[str, str, str, str, str]]:
 
 def test_every_migration_has_a_rollback() -> None:
     ids = migration_ids(MIGRATIONS)
-    assert ids == ["0001_chat_schema", "0002_image_support", "0003_message_streams", "0004_stream_recovery"]
+    assert ids == [
+        "0001_chat_schema",
+        "0002_image_support",
+        "0003_message_streams",
+        "0004_stream_recovery",
+        "0005_image_change_notify",
+    ]
     for mid in ids:
         assert (MIGRATIONS / f"{mid}.rollback.sql").is_file(), mid
 
