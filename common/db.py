@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -16,6 +16,38 @@ from common.migrations import migration_ids
 # What repositories receive: a bare connection (tests, scripts) or the pool's proxy for one
 # (services). Both expose the same query API; only the proxy can be released back to the pool.
 Connection: TypeAlias = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+class _Connection(asyncpg.Connection):
+    """A connection that knows whether its last borrower changed any session state.
+
+    asyncpg's pool sends `Connection.get_reset_query()` (CLOSE ALL, UNLISTEN *, RESET ALL,
+    advisory unlock...) on every release: one extra round trip and a server-side statement
+    per borrow. A single-statement read cannot leave state behind, so `connection(pool,
+    read_only=True)` marks the borrow and `_reset_on_release` skips the query for it. An open
+    transaction is still rolled back by asyncpg itself before our hook runs.
+    """
+
+    __slots__ = ("_retina_read_only",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._retina_read_only = False
+
+    def mark_read_only(self) -> None:
+        self._retina_read_only = True
+
+
+async def _reset_on_release(conn: asyncpg.Connection) -> None:
+    """Pool `reset=` hook: the usual reset query, unless the borrow was a marked read."""
+    read_only = isinstance(conn, _Connection) and conn._retina_read_only
+    if isinstance(conn, _Connection):
+        conn._retina_read_only = False
+    if read_only and not conn.is_in_transaction():
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -31,6 +63,8 @@ async def open_pool(dsn: str, *, min_size: int, max_size: int) -> AsyncIterator[
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        connection_class=_Connection,
+        reset=_reset_on_release,
         command_timeout=30,
         # Idle connections are returned to Postgres; many replicas must share max_connections.
         max_inactive_connection_lifetime=120,
@@ -68,14 +102,18 @@ def required_row(record: asyncpg.Record | None) -> asyncpg.Record:
 
 
 @asynccontextmanager
-async def connection(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+async def connection(pool: asyncpg.Pool, *, read_only: bool = False) -> AsyncIterator[Connection]:
     """A pooled connection; a database that cannot be reached surfaces as DatabaseUnavailable.
 
     Repositories use this instead of `pool.acquire()` so callers (handlers, the stream relay)
-    can tell "PostgreSQL is down, retry" from a bug.
+    can tell "PostgreSQL is down, retry" from a bug. `read_only=True` is only for plain
+    SELECTs outside a transaction (no SET, LISTEN, cursors or session locks): the connection
+    then goes back to the pool without the reset round trip.
     """
     try:
         async with pool.acquire() as conn:
+            if read_only and hasattr(conn, "mark_read_only"):
+                conn.mark_read_only()
             yield conn
     except Exception as exc:
         if is_database_unavailable(exc):

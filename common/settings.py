@@ -55,6 +55,8 @@ class ImageStoreSettings:
     signing_keys: tuple[bytes, ...]
     signed_url_ttl_seconds: int
     cache_max_age_seconds: int
+    row_cache_entries: int
+    row_cache_ttl_seconds: float
     max_side_px: int
     max_pixels: int
     max_frames: int
@@ -274,6 +276,8 @@ def read_image_store(env: EnvReader) -> ImageStoreSettings:
         signing_keys=_read_signing_keys(env),
         signed_url_ttl_seconds=env.integer("IMAGE_SIGNED_URL_TTL_SECONDS", 3600, minimum=10, maximum=7 * 86400),
         cache_max_age_seconds=env.integer("IMAGE_CACHE_MAX_AGE_SECONDS", 86400, minimum=0, maximum=31536000),
+        row_cache_entries=env.integer("IMAGE_ROW_CACHE_ENTRIES", 10000, minimum=0, maximum=10_000_000),
+        row_cache_ttl_seconds=env.number("IMAGE_ROW_CACHE_TTL_SECONDS", 60.0, minimum=0.1, maximum=86400.0),
         max_side_px=env.integer("IMAGE_MAX_SIDE_PX", 10000, minimum=16, maximum=65535),
         max_pixels=env.integer("IMAGE_MAX_PIXELS", 40_000_000, minimum=256, maximum=500_000_000),
         max_frames=env.integer("IMAGE_MAX_FRAMES", 1, minimum=1, maximum=1000),

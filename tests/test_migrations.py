@@ -30,12 +30,22 @@ def schema_snapshot(url: str) -> list[tuple[str, str, str, str, str]]:
             "SELECT tablename, indexname, indexdef, '', '' FROM pg_indexes WHERE schemaname = 'public'"
             " AND tablename NOT LIKE '%yoyo%' ORDER BY 1, 2"
         ).fetchall()
-    return [*rows, *indexes]
+        triggers = conn.execute(
+            "SELECT event_object_table, trigger_name, event_manipulation, action_statement, action_timing"
+            " FROM information_schema.triggers WHERE trigger_schema = 'public' ORDER BY 1, 2, 3"
+        ).fetchall()
+    return [*rows, *indexes, *triggers]
 
 
 def test_every_migration_has_a_rollback() -> None:
     ids = migration_ids(MIGRATIONS)
-    assert ids == ["0001_chat_schema", "0002_image_support", "0003_message_streams", "0004_stream_recovery"]
+    assert ids == [
+        "0001_chat_schema",
+        "0002_image_support",
+        "0003_message_streams",
+        "0004_stream_recovery",
+        "0005_image_change_notify",
+    ]
     for mid in ids:
         assert (MIGRATIONS / f"{mid}.rollback.sql").is_file(), mid
 
@@ -83,7 +93,12 @@ def test_upgrade_keeps_existing_messages(empty_database_url: str) -> None:
         before = conn.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
 
     result = apply_migrations(empty_database_url, MIGRATIONS)
-    assert result.applied == ["0002_image_support", "0003_message_streams", "0004_stream_recovery"]
+    assert result.applied == [
+        "0002_image_support",
+        "0003_message_streams",
+        "0004_stream_recovery",
+        "0005_image_change_notify",
+    ]
 
     with psycopg.connect(empty_database_url) as conn:
         after = conn.execute("SELECT id, content FROM messages ORDER BY id").fetchall()
@@ -110,7 +125,8 @@ def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> No
             "INSERT INTO images (owner_id, blob_sha256, message_id) VALUES ('alice', %s, %s)",
             ("ab" * 32, message),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS, count=3).rolled_back == [
+    assert rollback_last(empty_database_url, MIGRATIONS, count=4).rolled_back == [
+        "0005_image_change_notify",
         "0004_stream_recovery",
         "0003_message_streams",
         "0002_image_support",
@@ -122,6 +138,7 @@ def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> No
         "0002_image_support",
         "0003_message_streams",
         "0004_stream_recovery",
+        "0005_image_change_notify",
     ]
     assert apply_migrations(empty_database_url, MIGRATIONS).applied == [], "idempotent at head"
 
@@ -136,12 +153,18 @@ def test_stream_recovery_rolls_back_with_interrupted_rows(empty_database_url: st
             "VALUES (%s, 'assistant', 'half an answer', 'interrupted', now())",
             (conversation,),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS, count=1).rolled_back == ["0004_stream_recovery"]
+    assert rollback_last(empty_database_url, MIGRATIONS, count=2).rolled_back == [
+        "0005_image_change_notify",
+        "0004_stream_recovery",
+    ]
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("SELECT status, content FROM messages").fetchall() == [("error", "half an answer")]
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE messages SET status = 'interrupted'")
-    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0004_stream_recovery"]
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == [
+        "0004_stream_recovery",
+        "0005_image_change_notify",
+    ]
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -161,10 +184,14 @@ def test_cli_migrate_and_rollback(empty_database_url: str) -> None:
     first = run_cli("migrate", env=env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == (
-        "applied: 0001_chat_schema, 0002_image_support, 0003_message_streams, 0004_stream_recovery"
+        "applied: 0001_chat_schema, 0002_image_support, 0003_message_streams, 0004_stream_recovery,"
+        " 0005_image_change_notify"
     )
     again = run_cli("migrate", env=env)
     assert again.stdout.strip() == "applied: nothing (already at head)"
+    back = run_cli("migrate", "--rollback", env=env)
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.strip() == "rolled back: 0005_image_change_notify"
     back = run_cli("migrate", "--rollback", env=env)
     assert back.returncode == 0, back.stderr
     assert back.stdout.strip() == "rolled back: 0004_stream_recovery"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
@@ -11,6 +13,7 @@ from common.content_disposition import ignore_aiohttp_disposition_warnings
 from common.health import READINESS_KEY
 from common.http.cors import enable_cors
 from common.periodic import run_periodically
+from common.pg_listen import listening
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.backends import open_blob_store
@@ -28,6 +31,7 @@ from services.image_store.maintenance import (
 )
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
+from services.image_store.row_cache import IMAGE_CHANGE_CHANNEL, ImageRowCache
 from services.image_store.service import ImageService
 
 SERVICE_NAME = "image_store"
@@ -91,6 +95,7 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
         await decoder.start()
         metrics.decode_budget_used.set_function(lambda: decoder.budget_used_bytes)
         metrics.decode_budget_limit.set(settings.decode_budget_bytes)
+        row_cache = ImageRowCache(settings.row_cache_entries, settings.row_cache_ttl_seconds)
         service = ImageService(
             settings,
             ImageRepository(app[POOL_KEY]),
@@ -98,14 +103,25 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
             decoder,
             UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
             metrics,
+            row_cache,
         )
         app[IMAGE_SERVICE_KEY] = service
         maintenance = MaintenanceService(service)
         app[MAINTENANCE_KEY] = maintenance
         try:
-            async with run_periodically(
-                maintenance.run_once, interval=settings.maintenance_interval_seconds, name="image-store-maintenance"
+            async with (
+                _row_cache_listener(settings, row_cache),
+                run_periodically(
+                    maintenance.run_once, interval=settings.maintenance_interval_seconds, name="image-store-maintenance"
+                ),
             ):
                 yield
         finally:
             await decoder.close()
+
+
+def _row_cache_listener(settings: ImageStoreSettings, row_cache: ImageRowCache) -> AbstractAsyncContextManager[object]:
+    """The cache is only trusted while change notifications can reach it; none kept, none needed."""
+    if settings.row_cache_entries == 0:
+        return contextlib.nullcontext()
+    return listening(settings.common.database_url, IMAGE_CHANGE_CHANNEL, row_cache.on_notify, row_cache.set_listening)

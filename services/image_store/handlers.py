@@ -173,7 +173,7 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         row = await service.get_signed(image_id, query.get("exp", ""), query.get("sig", ""))
     else:
         caller = request.app[AUTH_KEY].caller(request)
-        row = await service.get(image_id, caller.user_id)
+        row = await service.get_for_serving(image_id, caller.user_id)
     headers = image_headers(row, service.settings.cache_max_age_seconds, service.settings.cross_origin_resource_policy)
     if evaluate_preconditions(request.if_match, request.if_none_match, row.sha256) is Precondition.NOT_MODIFIED:
         del headers["Content-Type"]

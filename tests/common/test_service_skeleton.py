@@ -98,7 +98,7 @@ async def test_readyz_fails_when_the_schema_is_behind(
     body = await response.json()
     assert body["status"] == "not_ready"
     assert body["checks"]["database"].startswith("ok")
-    assert body["checks"]["schema"] == "failed: 4 migration(s) not applied: run `retina migrate`"
+    assert body["checks"]["schema"] == "failed: 5 migration(s) not applied: run `retina migrate`"
 
 
 async def test_metrics_use_route_templates_not_paths(client: TestClient) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -123,6 +125,11 @@ async def test_foreign_deleted_expired_and_malformed_ids_look_missing(
     for malformed in ("not-a-uuid", "..%2F..%2Fetc%2Fpasswd", "1' OR '1'='1", "0" * 300):
         await expect_not_found(await store_client.get(f"/api/images/{malformed}", headers=auth_headers()))
     await db.execute("UPDATE images SET expires_at = now() - interval '1 second' WHERE id = $1", stored["id"])
+    # The replica caches rows; a change made behind its back reaches it as a NOTIFY (milliseconds).
+    deadline = time.monotonic() + 1.0
+    while (await store_client.get(image, headers=auth_headers())).status != 404:
+        assert time.monotonic() < deadline, "the expired image was still served after 1 s"
+        await asyncio.sleep(0.01)
     await expect_not_found(await store_client.get(image, headers=auth_headers()))
     await expect_not_found(await store_client.get(stored["url"]))
 

@@ -1,0 +1,46 @@
+"""Read-only borrows go back to the pool without asyncpg's reset round trip; others keep it."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from common.db import connection, open_pool
+
+
+async def last_query(admin: asyncpg.Connection, pid: int) -> str:
+    return await admin.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+
+
+async def test_read_only_borrow_skips_the_reset_query(database_url: str) -> None:
+    admin = await asyncpg.connect(database_url)
+    try:
+        async with open_pool(database_url, min_size=1, max_size=1) as pool:
+            async with connection(pool, read_only=True) as conn:
+                pid = await conn.fetchval("SELECT pg_backend_pid() /* read */")
+            assert await last_query(admin, pid) == "SELECT pg_backend_pid() /* read */"
+
+            async with connection(pool) as conn:
+                assert await conn.fetchval("SELECT pg_backend_pid() /* write */") == pid
+                await conn.execute("SET application_name = 'changed'")
+            reset = await last_query(admin, pid)
+            assert "RESET ALL" in reset
+
+            async with connection(pool, read_only=True) as conn:
+                # The previous borrow's session state was reset; the mark does not leak into the next.
+                assert await conn.fetchval("SHOW application_name") != "changed"
+            async with connection(pool) as conn:
+                await conn.fetchval("SELECT 1")
+            assert "RESET ALL" in await last_query(admin, pid)
+    finally:
+        await admin.close()
+
+
+async def test_read_only_borrow_with_an_open_transaction_is_still_rolled_back(database_url: str) -> None:
+    async with open_pool(database_url, min_size=1, max_size=1) as pool:
+        async with connection(pool, read_only=True) as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+        async with connection(pool, read_only=True) as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
