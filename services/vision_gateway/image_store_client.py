@@ -46,6 +46,7 @@ class ImageMeta:
     size_bytes: int
     width: int
     height: int
+    url: str | None = None  # the store's signed URL (the store signs; the gateway holds no key)
 
 
 class ImageStoreClient:
@@ -141,12 +142,14 @@ class ImageStoreClient:
                     if response.status != 200:
                         raise UpstreamRejected(f"the image-store refused image {image_id}: HTTP {response.status}")
                     record = await response.json()
+                    url = record.get("url")
                     return ImageMeta(
                         image_id,
                         str(record["sha256"]),
                         int(record["size_bytes"]),
                         int(record["width"]),
                         int(record["height"]),
+                        url if isinstance(url, str) else None,
                     )
 
         return await self._call(attempt)
@@ -208,28 +211,11 @@ class ImageStoreClient:
         await self._call(attempt)
 
     async def signed_url(self, image_id: uuid.UUID, user_id: str, request_id: str = "") -> str | None:
-        """The image's signed URL from its metadata (the store signs; the gateway holds no key).
-
-        None when the store no longer has the image for this user (expired, deleted).
-        """
-
-        async def attempt() -> str | None:
-            with connection_failures_are_retryable(lambda: self._count("error")):
-                async with self._session.get(
-                    f"{self._base}/{image_id}/meta", headers=self._headers(user_id, request_id), timeout=self._timeout
-                ) as response:
-                    self._count(response.status)
-                    if response.status == 404:
-                        return None
-                    if response.status >= 500:
-                        raise Retryable(f"HTTP {response.status}")
-                    if response.status != 200:
-                        raise UpstreamRejected(f"the image-store refused image {image_id}: HTTP {response.status}")
-                    body = await response.json(content_type=None)
-                    url = body.get("url") if isinstance(body, dict) else None
-                    return url if isinstance(url, str) else None
-
-        return await self._call(attempt)
+        """The image's signed URL from its metadata; None when the store no longer has it for this user."""
+        try:
+            return (await self.meta(image_id, user_id, request_id)).url
+        except ImageNotFound:
+            return None
 
     async def delete(self, image_id: uuid.UUID, user_id: str, request_id: str = "") -> None:
         """Best effort: used to undo uploads of a request that was then refused."""
