@@ -22,7 +22,7 @@ Handler = Callable[[object, int, str, object], None]
 
 @contextlib.asynccontextmanager
 async def listening(
-    dsn: str, channel: str, handler: Handler, on_state: Callable[[bool], None]
+    dsn: str, channel: str, handler: Handler, on_state: Callable[[bool], None] | None = None
 ) -> AsyncIterator[asyncio.Event]:
     """Keep `LISTEN channel` open for the block's lifetime; the event is set while it is."""
     connected = asyncio.Event()
@@ -30,7 +30,8 @@ async def listening(
     def set_state(state: bool) -> None:
         if state != connected.is_set():
             connected.set() if state else connected.clear()
-            on_state(state)
+            if on_state is not None:
+                on_state(state)
 
     async def run() -> None:
         delay = 0.5

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import asyncpg
 import structlog
 
+from common.pg_listen import listening
 from services.vision_gateway.repository import STOP_CHANNEL
 
 log = structlog.get_logger("retina.vision_gateway.streams")
@@ -69,43 +69,9 @@ class StreamRegistry:
             log.warning("bad_stop_notification", payload=text[:64])
 
 
-@contextlib.asynccontextmanager
-async def listen_for_stops(registry: StreamRegistry, dsn: str) -> AsyncIterator[asyncio.Event]:
-    """Keep a LISTEN connection open for the app's lifetime; yields an event set while listening."""
-    listening = asyncio.Event()
+def listen_for_stops(registry: StreamRegistry, dsn: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+    """A LISTEN connection for stop requests for the app's lifetime; the event is set while listening.
 
-    async def run() -> None:
-        delay = 0.5
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(dsn)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(STOP_CHANNEL, registry._on_notify)
-                listening.set()
-                delay = 0.5
-                await lost.wait()
-                log.warning("stop_listener_disconnected")
-            except asyncio.CancelledError:
-                raise
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("stop_listener_unavailable", error=str(exc), retry_in=delay)
-            finally:
-                listening.clear()
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=2)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-    task = asyncio.create_task(run(), name="stream-stop-listener")
-    # Start serving with the listener connected when the database allows it; readiness reports it otherwise.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(listening.wait(), 5)
-    try:
-        yield listening
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    Start-up waits up to 5 s for it; readiness reports it when the database does not allow that.
+    """
+    return listening(dsn, STOP_CHANNEL, registry._on_notify)
