@@ -160,7 +160,9 @@ async def test_a_line_that_is_not_json_mid_answer(stack: Stack, db: asyncpg.Conn
     assert len(result.of("chunk")) == 3
 
 
-async def test_no_http_error_is_written_once_the_stream_started(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_http_error_is_written_once_the_stream_started(
+    stack: Stack, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bug after the SSE headers went out ends the stream cleanly instead of writing a 500 into it."""
     from services.vision_gateway.chat import relay
 
@@ -174,3 +176,6 @@ async def test_no_http_error_is_written_once_the_stream_started(stack: Stack, mo
     assert b"HTTP/1.1" not in json.dumps(result.events).encode()
     final = result.events[-1]
     assert (final["type"], final["code"], final["saved"]) == ("error", "internal_error", True)
+    assert "quote request ID" in final["message"]
+    row = await assistant_row(db)
+    assert row["status"] == "error", "the failed turn is stored as failed, not left streaming"
