@@ -129,4 +129,9 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | N
     )
     progress = UploadProgress(request.upload_bytes(), err, enabled=err.isatty())
     renderer = Renderer(out, err, terminal=out.isatty())
-    return asyncio.run(AskSession(config, request, renderer, progress).run())
+    try:
+        return asyncio.run(AskSession(config, request, renderer, progress).run())
+    except BrokenPipeError:
+        # stdout's reader left (`| head -3`): stop quietly, as Python's docs advise for pipes.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.FAILED

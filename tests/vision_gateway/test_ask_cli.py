@@ -3,14 +3,18 @@ pseudo-terminals, with Ctrl-C typed into the terminal."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import asyncpg
 
 from services.env_file import write_env_file
-from tests.conftest import SERVICE_TOKEN
+from tests.conftest import ROOT, SERVICE_TOKEN
 from tests.image_store.conftest import photo
 from tests.vision_gateway.ask_process import AskProcess, ask_env, run_piped
 from tests.vision_gateway.conftest import Stack, closed_port_url
@@ -168,3 +172,24 @@ async def test_an_unreachable_gateway_exits_5(tmp_path: Path) -> None:
     code, _, err = await run_piped(["What is this?", "-m", "llava"], env)
     assert code == 5, err
     assert f"cannot reach the gateway at {url}" in err
+
+
+async def test_a_reader_that_leaves_the_pipe_ends_the_ask_quietly(stack: Stack, tmp_path: Path) -> None:
+    """`retina ask … | head -c 20`: no traceback; the gateway sees the disconnect and stops generating."""
+    stack.emulator.find("llava").reply = LONG_REPLY  # type: ignore[union-attr]
+    stack.emulator.chunk_delay = 0.02
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "ask", "Count", "-m", "llava",
+        cwd=ROOT, env=env_for(stack, tmp_path), stdout=write_end, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    first = await asyncio.to_thread(os.read, read_end, 11)
+    os.close(read_end)  # as `head` exits
+    assert first.startswith(b"word0")
+    assert process.stderr is not None
+    err = (await asyncio.wait_for(process.stderr.read(), 30)).decode()
+    assert await process.wait() == 1, err
+    assert "Traceback" not in err
+    record = await stack.emulator.wait_for_disconnect()
+    assert not record.completed
