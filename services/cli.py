@@ -17,6 +17,8 @@ from common.settings import (
     load_image_store_settings,
     read_migrations_path,
 )
+from services.ask.command import add_parser as add_ask_parser
+from services.ask.command import run_ask
 from services.runner import ServiceSpec, load_or_exit, serve
 
 
@@ -46,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "migrate-storage", help="copy blobs from IMAGE_STORAGE_PATH to the S3_BUCKET (resumable, verified)"
     )
     migrate_storage.add_argument("--no-verify", action="store_true", help="skip reading each copy back")
+    add_ask_parser(commands)
     return parser
 
 
@@ -117,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_dir=default_state_dir(),
         )
         return 0
+    if args.command == "ask":
+        return run_ask(args)
     if args.command == "migrate":
         configure_logging("warning", "console")
         return _migrate(args.rollback)
