@@ -118,7 +118,7 @@ async def test_multipart_publish_listing_pages_and_abandoned_uploads(
 ) -> None:
     store = store_client.app[IMAGE_SERVICE_KEY].storage
     assert isinstance(store, S3BlobStore)
-    store.multipart_threshold = store.part_size = 5 * 1024 * 1024  # S3's smallest part
+    store.uploader.multipart_threshold = store.uploader.part_size = 5 * 1024 * 1024  # S3's smallest part
     data = os.urandom(12 * 1024 * 1024)
     sha = hashlib.sha256(data).hexdigest()
     source = tmp_path / "big"
