@@ -95,10 +95,10 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
         store = ImageStoreClient(
             session,
             settings.image_store_url,
-            settings.image_store_token,
+            settings.image_store_token.get_secret_value(),
             retries=settings.upstream_retries,
             metrics=metrics,
-            endpoint=settings.image_serve_endpoint,
+            endpoint=settings.serve_endpoint,
             upload_deadline_seconds=settings.upload_deadline_seconds,
         )
         repository = ConversationRepository(app[POOL_KEY])
@@ -123,7 +123,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
         app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
         try:
             async with (
-                listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening,
+                listen_for_stops(registry, app[SETTINGS_KEY].database_url.get_secret_value()) as listening,
                 sweeping(repository, metrics, after_seconds=settings.stream_sweep_after_seconds),
             ):
 

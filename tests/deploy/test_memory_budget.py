@@ -78,7 +78,7 @@ def gateway_worst_case(environ: dict[str, str]) -> tuple[int, str]:
 
     gateway = load_gateway_settings(environ)
     max_pixels = load_image_store_settings(environ).max_pixels  # what the store lets in
-    largest = prep_cost(gateway.max_upload_bytes, max_pixels, 1)
+    largest = prep_cost(gateway.max_size_bytes, max_pixels, 1)
     worst = (
         (GATEWAY_IDLE_MIB + GATEWAY_SLACK_MIB) * MIB
         + max(gateway.prep_budget_bytes, largest)
