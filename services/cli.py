@@ -9,13 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.env import EnvReader, SettingsError
 from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
 from common.settings import (
+    SettingsError,
+    load_database_settings,
     load_gateway_settings,
     load_image_store_settings,
-    read_migrations_path,
 )
 from services.ask.command import add_parser as add_ask_parser
 from services.ask.command import run_ask
@@ -54,11 +54,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _database_settings() -> tuple[str, Path]:
     """What `retina migrate` needs (no service tokens or keys: it serves nothing)."""
-    env = EnvReader(os.environ)
-    database_url = env.database_url("DATABASE_URL")
-    migrations = read_migrations_path(env)
-    env.raise_if_problems()
-    return database_url, migrations
+    settings = load_database_settings(os.environ)
+    return settings.database_url.get_secret_value(), settings.migrations_path
 
 
 def _migrate(rollback: bool) -> int:

@@ -12,13 +12,20 @@ import os
 import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
-from common.env import EnvReader
 from common.migrations import apply_migrations
-from common.settings import generate_secret, load_gateway_settings, load_image_store_settings
+from common.settings import (
+    GatewaySettings,
+    ImageStoreSettings,
+    generate_secret,
+    load_gateway_settings,
+    load_image_store_settings,
+)
+from common.settings.base import EnvSettings, load
 from services.env_file import read_env_file, write_env_file
 from services.image_store.app import create_app as create_image_store
 from services.runner import ServiceSpec, load_or_exit, serve
@@ -71,20 +78,20 @@ def describe_database(url: str) -> str:
     return urlunsplit(parts)
 
 
+class _Ports(EnvSettings):
+    """Just the services' port settings (same variables, defaults and limits), so a malformed one
+    is refused before anything starts, when the rest of the configuration is not complete yet."""
+
+    store: Annotated[int, ImageStoreSettings.model_fields["port"]]
+    gateway: Annotated[int, GatewaySettings.model_fields["port"]]
+
+
 def resolve_ports(environ: Mapping[str, str], store_port: int | None, gateway_port: int | None) -> tuple[int, int]:
     """Flags win, then IMAGE_STORE_PORT / VISION_GATEWAY_PORT (as .env.example documents), then 8081/8082."""
-
-    def read(env: Mapping[str, str]) -> tuple[int, int]:
-        reader = EnvReader(env)
-        store = reader.integer("IMAGE_STORE_PORT", 8081, minimum=1, maximum=65535)
-        gateway = reader.integer("VISION_GATEWAY_PORT", 8082, minimum=1, maximum=65535)
-        reader.raise_if_problems()
-        return store, gateway
-
-    from_env = load_or_exit(read, environ)
+    from_env = load_or_exit(lambda env: load(_Ports, env), environ)
     return (
-        store_port if store_port is not None else from_env[0],
-        gateway_port if gateway_port is not None else from_env[1],
+        store_port if store_port is not None else from_env.store,
+        gateway_port if gateway_port is not None else from_env.gateway,
     )
 
 

@@ -85,7 +85,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
             registry, repository = _install_services(app, session, metrics, preparer)
             async with (
-                listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening,
+                listen_for_stops(registry, app[SETTINGS_KEY].database_url.get_secret_value()) as listening,
                 sweeping(repository, metrics, after_seconds=settings.stream_sweep_after_seconds),
             ):
 
@@ -118,10 +118,10 @@ def _install_services(
     store = ImageStoreClient(
         session,
         settings.image_store_url,
-        settings.image_store_token,
+        settings.image_store_token.get_secret_value(),
         retries=settings.upstream_retries,
         metrics=metrics,
-        endpoint=settings.image_serve_endpoint,
+        endpoint=settings.serve_endpoint,
         upload_deadline_seconds=settings.upload_deadline_seconds,
     )
     budget = app[PREP_BUDGET_KEY] = PrepBudget(settings.prep_budget_bytes)

@@ -14,8 +14,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from common.env import SettingsError
-from common.settings import load_image_store_settings
+from common.settings import SettingsError, load_image_store_settings
 from services.image_store.app import MAINTENANCE_KEY, create_app
 from services.image_store.handlers import IMAGE_SERVICE_KEY
 from services.image_store.storage_backend import storage_key
