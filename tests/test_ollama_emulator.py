@@ -210,6 +210,7 @@ async def test_list_and_ps(client: ollama.AsyncClient, emulator: OllamaEmulator)
         "llama3.2:latest",
         "gemma3:latest",
         "nomic-embed-text:latest",
+        "qwen3:latest",
     ]
     assert all(re.fullmatch(r"[0-9a-f]{64}", m.digest or "") for m in listed), "bare hex digests"
     assert listed[0].details is not None

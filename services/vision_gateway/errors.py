@@ -10,6 +10,7 @@ __all__ = [
     "GatewayBusy",
     "GatewayError",
     "ImageNotFound",
+    "ModelCannotThink",
     "ModelNotVisionCapable",
     "RateLimited",
     "RequestTimeout",
@@ -52,6 +53,12 @@ class StreamNotFound(NotFound):
 
 class ModelNotVisionCapable(GatewayError):
     status, code = 422, "model_not_vision_capable"
+
+
+class ModelCannotThink(GatewayError):
+    """`think` asked of a model without the `thinking` capability; Ollama refuses it with a 400 too."""
+
+    status, code = 400, "model_cannot_think"
 
 
 class RateLimited(GatewayError):
