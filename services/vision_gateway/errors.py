@@ -56,9 +56,10 @@ class ModelNotVisionCapable(GatewayError):
 
 
 class ModelCannotThink(GatewayError):
-    """`think` asked of a model without the `thinking` capability; Ollama refuses it with a 400 too."""
+    """`think` asked of a model without the `thinking` capability (Ollama refuses it too). A well-formed
+    request the model cannot serve: 422, as for images sent to a model that cannot see."""
 
-    status, code = 400, "model_cannot_think"
+    status, code = 422, "model_cannot_think"
 
 
 class RateLimited(GatewayError):

@@ -103,7 +103,7 @@ async def test_a_model_that_cannot_think_is_refused_before_anything_is_written(
     stack: Stack, db: asyncpg.Connection, think: bool | str
 ) -> None:
     response = await ask(stack.gateway, {"message": "hi", "model": "llava", "think": think})
-    await expect_refusal(response, 400, "model_cannot_think", stack, db, "'llava' cannot think")
+    await expect_refusal(response, 422, "model_cannot_think", stack, db, "'llava' cannot think")
 
 
 async def test_a_model_that_cannot_think_may_be_told_not_to(stack: Stack, db: asyncpg.Connection) -> None:
