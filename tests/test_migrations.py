@@ -173,6 +173,23 @@ def test_stream_recovery_rolls_back_with_interrupted_rows(empty_database_url: st
     ]
 
 
+def test_thinking_rolls_back_without_touching_the_answers(empty_database_url: str) -> None:
+    apply_migrations(empty_database_url, MIGRATIONS)
+    with psycopg.connect(empty_database_url) as conn:
+        conversation = conn.execute("INSERT INTO conversations (owner_id) VALUES ('alice') RETURNING id").fetchone()[0]
+        conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, thinking, status) "
+            "VALUES (%s, 'assistant', 'Four.', 'Two and two.', 'complete')",
+            (conversation,),
+        )
+    assert rollback_last(empty_database_url, MIGRATIONS, count=1).rolled_back == ["0006_message_thinking"]
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT content, status FROM messages").fetchall() == [("Four.", "complete")]
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0006_message_thinking"]
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT content, thinking FROM messages").fetchall() == [("Four.", None)]
+
+
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],

@@ -338,6 +338,20 @@ async def test_thinking_model_streams_its_thoughts_first(client: ollama.AsyncCli
     assert quiet.message.content == "Four."
 
 
+async def test_the_catalogues_thinking_model_thinks_unless_told_not_to(
+    client: ollama.AsyncClient, emulator: OllamaEmulator
+) -> None:
+    """Ollama >= 0.12.4: with `think` unset a thinking-capable model thinks; a level counts as true."""
+    model = emulator.find("qwen3")
+    assert "thinking" in ((await client.show("qwen3")).capabilities or [])
+    for think in (None, "high"):
+        parts = await collect(await client.chat(model="qwen3", messages=HI, stream=True, think=think))
+        assert "".join(p.message.thinking or "" for p in parts) == model.thinking_reply
+        assert "".join(p.message.content for p in parts) == model.reply
+    assert "think" not in emulator.chats[0].body
+    assert emulator.chats[1].body["think"] == "high"
+
+
 async def test_done_reason_length(client: ollama.AsyncClient, emulator: OllamaEmulator) -> None:
     limited = await client.chat(model="llava", messages=HI, options={"num_predict": 2})
     assert (limited.done_reason, limited.eval_count) == ("length", 2)
