@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from services.vision_gateway.chat import events
+from services.vision_gateway.chat.thinking import Think
 from services.vision_gateway.errors import UpstreamRejected
 from services.vision_gateway.ollama_client import ChatStream, OllamaClient, OllamaStreamError
 from services.vision_gateway.repository import ConversationRepository, NewTurn
@@ -43,6 +44,8 @@ class ChatRequest:
     received_at: float = field(default_factory=time.perf_counter)
     # None: the history is the stored conversation's. A tuple: the client's own (no conversation_id).
     history: tuple[SentMessage, ...] | None = None
+    # None: not sent to Ollama, whose default applies (thinking-capable models think); see thinking.py.
+    think: Think | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,8 @@ class PreparedChat:
         payload: dict[str, Any] = {"model": self.model, "messages": self.ollama_messages}
         if self.request.options:
             payload["options"] = self.request.options
+        if self.request.think is not None:
+            payload["think"] = self.request.think
         return payload
 
 

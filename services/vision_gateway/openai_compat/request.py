@@ -16,6 +16,7 @@ from typing import Any
 
 from common.auth import MAX_USER_ID_LENGTH
 from common.ids import parse_uuid
+from services.vision_gateway.chat.thinking import Think
 from services.vision_gateway.errors import BadRequest, TooManyImages
 
 MAX_MODEL_CHARS = 200
@@ -32,6 +33,8 @@ _NUMBER_OPTIONS = {
     "frequency_penalty": ("frequency_penalty", -2.0, 2.0),
     "presence_penalty": ("presence_penalty", -2.0, 2.0),
 }
+# `reasoning_effort` as Ollama's own /v1 reads it: a level passed on as `think`, "none" turns thinking off.
+_REASONING_EFFORTS: dict[str, Think] = {"low": "low", "medium": "medium", "high": "high", "none": False}
 
 
 def invalid(message: str, param: str | None) -> BadRequest:
@@ -65,6 +68,7 @@ class CompletionRequest:
     include_usage: bool
     options: dict[str, Any] | None
     user: str | None
+    think: Think | None = None
 
     @property
     def image_count(self) -> int:
@@ -97,6 +101,7 @@ def parse_completion_request(body: Any, *, max_images: int) -> CompletionRequest
         include_usage=_include_usage(body.get("stream_options")),
         options=ollama_options(body),
         user=_user(body.get("user")),
+        think=_reasoning_effort(body.get("reasoning_effort")),
     )
     if parsed.image_count > max_images:
         raise TooManyImages(f"{parsed.image_count} images sent; at most {max_images} per request")
@@ -225,6 +230,14 @@ def _stop(stop: Any) -> list[str]:
     ):
         raise invalid(f"stop must be a non-empty string or up to {MAX_STOP_SEQUENCES} of them", "stop")
     return sequences
+
+
+def _reasoning_effort(value: Any) -> Think | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in _REASONING_EFFORTS:
+        raise invalid('reasoning_effort must be "low", "medium", "high" or "none"', "reasoning_effort")
+    return _REASONING_EFFORTS[value]
 
 
 def _boolean(value: Any, param: str) -> bool:
