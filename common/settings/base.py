@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticUndefined
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 M = TypeVar("M", bound="EnvSettings")
 
@@ -42,6 +42,19 @@ class EnvSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(case_sensitive=True, frozen=True, extra="ignore", enable_decoding=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what :func:`load` passes in: the process environment must never leak in behind the
+        mapping given (a blank `DATABASE_URL=` in the real environment would otherwise win)."""
+        return (init_settings,)
 
 
 def setting(
