@@ -1,0 +1,61 @@
+"""Where a stream stands, across replicas: ownership, interruption, stop notifications."""
+
+from __future__ import annotations
+
+import uuid
+
+from common.db import connection
+from services.vision_gateway.repository.records import (
+    MARK_INTERRUPTED,
+    STOP_CHANNEL,
+    SWEEP_LOCK_KEY,
+    PoolQueries,
+    StreamState,
+)
+
+
+class StreamQueries(PoolQueries):
+    async def stream_state(self, stream_id: uuid.UUID) -> StreamState | None:
+        """Who owns a stream and where its answer stands (running or ended, on any replica)."""
+        async with connection(self._pool) as conn:
+            record = await conn.fetchrow(
+                """
+                SELECT c.owner_id, m.status, m.id AS message_id
+                  FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.stream_id = $1
+                """,
+                stream_id,
+            )
+        return StreamState(**dict(record)) if record else None
+
+    async def interrupt_stream(self, message_id: uuid.UUID) -> str:
+        """Close a stream no replica is running; returns the message's status afterwards."""
+        async with connection(self._pool) as conn:
+            status: str | None = await conn.fetchval(
+                f"UPDATE messages SET {MARK_INTERRUPTED} WHERE id = $1 AND status = 'streaming' RETURNING status",
+                message_id,
+            )
+            if status:
+                return status
+            current: str = await conn.fetchval("SELECT status FROM messages WHERE id = $1", message_id)
+            return current
+
+    async def interrupt_stale_streams(self, silent_for_seconds: float) -> int:
+        """Sweep: close streams without progress for that long; one replica at a time (advisory lock)."""
+        async with connection(self._pool) as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK_KEY):
+                return 0
+            records = await conn.fetch(
+                f"""
+                UPDATE messages SET {MARK_INTERRUPTED}
+                 WHERE status = 'streaming'
+                   AND coalesce(progress_at, created_at) < now() - make_interval(secs => $1)
+                RETURNING id
+                """,
+                silent_for_seconds,
+            )
+        return len(records)
+
+    async def notify_stop(self, stream_id: uuid.UUID) -> None:
+        async with connection(self._pool) as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", STOP_CHANNEL, str(stream_id))
