@@ -212,6 +212,9 @@ function onEvent(event, view) {
       view.answer.dataset.streamId = event.stream_id;
       setStatus(`${event.model} is answering${event.vision ? " (vision)" : ""}…`);
       break;
+    case "thinking":
+      thinkingBox(view).textContent += event.content;
+      break;
     case "chunk":
       view.content.textContent += event.content;
       break;
@@ -227,8 +230,21 @@ function onEvent(event, view) {
       setStatus("failed");
       break;
     default:
-      break; // unknown event types (e.g. "thinking") are not shown by this demo
+      break; // event types newer than this page are skipped, as the contract allows
   }
+}
+
+// The model's reasoning, shown folded above the answer (open while it streams in).
+function thinkingBox(view) {
+  if (!view.thinking) {
+    const details = el("details", "thinking");
+    details.open = true;
+    details.append(el("summary", null, "thinking"));
+    view.thinking = el("div", "thinking-text");
+    details.append(view.thinking);
+    view.answer.insertBefore(details, view.content);
+  }
+  return view.thinking;
 }
 
 function statsText(stats) {
@@ -259,7 +275,13 @@ async function loadHistory() {
     const images = (message.images || []).filter((image) => image.url).map((image) => image.url);
     const bubble = message.role === "user" ? userBubble(message.content, images) : el("div", "message assistant");
     if (message.role !== "user") {
-      bubble.append(el("div", "content", message.content));
+      const content = el("div", "content", message.content);
+      bubble.append(content);
+      if (message.thinking) {
+        const view = { answer: bubble, content };
+        thinkingBox(view).textContent = message.thinking;
+        view.thinking.parentElement.open = false;
+      }
       $("history").append(bubble);
     }
     const missing = (message.images || []).filter((image) => !image.url).length;
