@@ -56,6 +56,7 @@ class CompletionService:
                 options=request.options,
                 request_id=request_id,
                 history=tuple(history),
+                format=request.format,
             )
             prepared = await self.chat.prepare(chat_request)
             turn = await self.chat.begin(prepared, grace_seconds=grace_seconds)
