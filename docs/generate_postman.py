@@ -62,6 +62,32 @@ BODIES: dict[str, dict[str, Any]] = {
         **JSON_BODY,
     },
 }
+# Bodies of steps that send an operation a second time, differently (by request name).
+STRUCTURED = "Ask for JSON that follows a schema (structured output)"
+STEP_BODIES: dict[str, dict[str, Any]] = {
+    STRUCTURED: {
+        "mode": "raw",
+        "raw": json.dumps(
+            {
+                "message": "Describe this picture.",
+                "model": "{{model}}",
+                "image_ids": ["{{imageId}}"],
+                "format": {
+                    "type": "object",
+                    "properties": {
+                        "subject": {"type": "string"},
+                        "objects": {"type": "integer", "minimum": 0},
+                        "outdoors": {"type": "boolean"},
+                    },
+                    "required": ["subject", "objects", "outdoors"],
+                },
+                "options": {"temperature": 0, "seed": 42},
+                "keep_alive": "10m",
+            }
+        ),
+        **JSON_BODY,
+    },
+}
 
 # (operationId, request name, test script lines). The order is the order a person (or newman) runs them.
 IS_JSON = "const body = pm.response.json();"
@@ -235,6 +261,21 @@ STEPS: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "streamMessage",
+        STRUCTURED,
+        [
+            "const events = pm.response.text().split('\\n\\n').filter((b) => b.startsWith('data: ')).map((b) => JSON.parse(b.slice(6)));",
+            "pm.test('200: the streamed answer is JSON with the schema\\'s fields', () => {",
+            "  pm.response.to.have.status(200);",
+            "  pm.expect(events[events.length - 1].type).to.eql('done');",
+            "  const answer = JSON.parse(events.filter((e) => e.type === 'chunk').map((e) => e.content).join(''));",
+            "  pm.expect(answer.subject).to.be.a('string');",
+            "  pm.expect(answer.objects).to.be.a('number').and.to.be.at.least(0);",
+            "  pm.expect(answer.outdoors).to.be.a('boolean');",
+            "});",
+        ],
+    ),
+    (
         "openaiListModels",
         "Models, OpenAI style",
         [
@@ -334,8 +375,8 @@ def step(
         return item(name, "get", [], url_object("imageStoreUrl", "/api/images/{image_id}", query), script)
     service, path, method, operation = next(v for k, v in known.items() if k.endswith(":" + operation_id))
     request = item(name, method, headers_for(operation), url_object(SERVICES[service][0], path), script)
-    if operation_id in BODIES:
-        request["request"]["body"] = BODIES[operation_id]
+    if name in STEP_BODIES or operation_id in BODIES:
+        request["request"]["body"] = STEP_BODIES.get(name) or BODIES[operation_id]
     return request
 
 
