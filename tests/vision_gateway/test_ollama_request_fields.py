@@ -26,6 +26,7 @@ from services.vision_gateway.chat.ollama_request_fields import (
     keep_alive_from_text,
     parse_ollama_fields,
 )
+from services.vision_gateway.openai_compat.request import parse_completion_request
 from tests.conftest import ROOT
 
 
@@ -215,3 +216,48 @@ def test_the_document_states_the_same_rules() -> None:
     assert schemas["KeepAliveText"]["pattern"] == KEEP_ALIVE_TEXT_PATTERN
     assert re.fullmatch(KEEP_ALIVE_TEXT_PATTERN, "-1")
     assert not re.fullmatch(KEEP_ALIVE_PATTERN, "-1")
+
+
+# ---- the OpenAI adapter's fields go through the same rules, reported under OpenAI's names ----------
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "format_", "options"),
+    [
+        ({}, None, None),
+        ({"response_format": {"type": "text"}}, None, None),
+        ({"response_format": {"type": "json_object"}}, "json", None),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}}, SCHEMA, None),
+        ({"temperature": 1.5, "seed": 3, "max_tokens": 9}, None, {"temperature": 1.5, "seed": 3, "num_predict": 9}),
+        ({"stop": "END", "max_completion_tokens": 4}, None, {"stop": ["END"], "num_predict": 4}),
+    ],
+)
+def test_openai_fields_become_ollama_fields(extra: dict[str, Any], format_: Any, options: Any) -> None:
+    parsed = parse_completion_request({"model": "llava", "messages": HI, **extra}, max_images=4)
+    assert (parsed.format, parsed.options) == (format_, options)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        ({"top_p": 1.5}, "top_p", "top_p must be a number from 0 to 1"),
+        ({"seed": True}, "seed", "seed must be an integer from -2147483648 to 2147483647"),
+        ({"max_tokens": 0}, "max_tokens", "max_tokens must be a positive integer"),
+        ({"max_completion_tokens": 200_000}, "max_completion_tokens", "max_completion_tokens must be an integer"),
+        ({"stop": ["x" * 201]}, "stop", "stop must be a list of at most 8 strings"),
+        ({"response_format": "json"}, "response_format", "response_format.type must be text, json_object or"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format.json_schema.schema", ""),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"required": 1}}}},
+            "response_format.json_schema.schema",
+            "response_format.json_schema.schema is not a valid JSON Schema at /required",
+        ),
+    ],
+)
+def test_openai_refusals_carry_the_openai_param(extra: dict[str, Any], param: str, message: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        parse_completion_request({"model": "llava", "messages": HI, **extra}, max_images=4)
+    assert refused.value.details == {"param": param}
+    assert refused.value.message.startswith(message), refused.value.message

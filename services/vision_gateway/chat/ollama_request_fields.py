@@ -1,8 +1,9 @@
 """The Ollama request fields a client may set: `format`, `keep_alive` and an allow-list of `options`.
 
 Pure checks, no I/O, run while parsing so that a refused request writes nothing and reaches no one.
-Ollama itself only logs unknown option keys and fails a wrong-typed value after the turn was
-recorded (a 502 and an error row), so the gateway checks them first, naming the field at fault.
+Ollama itself only logs unknown option keys, and refuses a wrong-typed value or format only once
+the request reaches it: a 502 `upstream_error` at best, an `error` event after the stream began at
+worst. So the gateway checks them first and names the field at fault.
 The rules are those docs/openapi/vision-gateway.yaml states (schemathesis holds the two together):
 a change here is a change there.
 
@@ -129,20 +130,18 @@ def check_options(raw: Any) -> dict[str, Any] | None:
 
 def check_keep_alive(raw: Any, field: str = "keep_alive") -> int | float | str:
     """Seconds (negative: keep the model loaded for ever, 0: unload after the answer) or a Go duration."""
-    if isinstance(raw, str):
-        if _KEEP_ALIVE.fullmatch(raw) is None:  # not match: $ also matches before a final newline
-            raise InvalidField(field, 'must be a number of seconds or a duration such as "5m", "1h30m" or "-1m"')
-        return raw
-    return KEEP_ALIVE_SECONDS.check(raw, field)
+    return _duration(raw, field) if isinstance(raw, str) else KEEP_ALIVE_SECONDS.check(raw, field)
 
 
 def keep_alive_from_text(text: str) -> int | str:
     """A multipart part's keep_alive: an integer of seconds, else it must be a duration."""
-    if _KEEP_ALIVE_INTEGER.fullmatch(text):
-        return int(text)
-    checked = check_keep_alive(text)
-    assert isinstance(checked, str)
-    return checked
+    return int(text) if _KEEP_ALIVE_INTEGER.fullmatch(text) else _duration(text, "keep_alive")
+
+
+def _duration(text: str, field: str) -> str:
+    if _KEEP_ALIVE.fullmatch(text) is None:  # not match(): $ also matches before a final newline
+        raise InvalidField(field, 'must be a number of seconds or a duration such as "5m", "1h30m" or "-1m"')
+    return text
 
 
 def check_format(raw: Any, field: str = "format") -> str | dict[str, Any]:
