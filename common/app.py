@@ -50,7 +50,7 @@ def create_service_app(*, service: str, settings: CommonSettings, client_max_siz
     app[SERVICE_NAME_KEY] = service
     app[SETTINGS_KEY] = settings
     app[REGISTRY_KEY] = registry
-    app[AUTH_KEY] = ServiceAuth(settings.service_tokens)
+    app[AUTH_KEY] = ServiceAuth(settings.service_tokens.get_secret_value())
     app[READINESS_KEY] = Readiness()
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(remember_started_response)
@@ -65,7 +65,7 @@ def create_service_app(*, service: str, settings: CommonSettings, client_max_siz
 async def _database_pool(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     async with open_pool(
-        settings.database_url,
+        settings.database_url.get_secret_value(),
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
     ) as pool:

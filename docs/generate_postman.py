@@ -3,8 +3,8 @@
     .venv/bin/python docs/generate_postman.py
 
 The collection is a walkthrough that runs as is (Postman's runner or newman, see README): upload ->
-list -> meta -> bytes -> models -> ask -> history -> link -> stop -> serve with the signed URL ->
-stats -> delete -> gone -> health. Requests come from the documents (method, path, auth, user header,
+list -> meta -> bytes -> models -> ask -> history -> link -> stop -> ask a thinking model (`thinkingModel`)
+-> serve with the signed URL -> stats -> delete -> gone -> health. Requests come from the documents (method, path, auth, user header,
 name); each carries a test script that asserts the status and the shape and captures the IDs the
 later requests use (imageId, signedExp/signedSig, conversationId, streamId, messageId, userMessageId).
 URLs are full Postman url objects (host, path, query), so every runner can send them.
@@ -42,30 +42,14 @@ BODIES: dict[str, dict[str, Any]] = {
         **JSON_BODY,
     },
     "linkImage": {"mode": "raw", "raw": json.dumps({"message_id": "{{userMessageId}}"}), **JSON_BODY},
-    "createChatCompletion": {
+    # A second ask (a new conversation) that asks a thinking model to think; see the step's name below.
+    "streamMessage:think": {
         "mode": "raw",
-        "raw": json.dumps(
-            {
-                "model": "{{model}}",
-                "user": "{{userId}}",
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "text", "text": "What is in this picture?"},
-                            {"type": "image_url", "image_url": {"url": "retina:{{imageId}}"}},
-                        ],
-                    }
-                ],
-            }
-        ),
+        "raw": json.dumps({"message": "Is 1001 a prime number?", "model": "{{thinkingModel}}", "think": "high"}),
         **JSON_BODY,
     },
-}
-# Bodies of steps that send an operation a second time, differently (by request name).
-STRUCTURED = "Ask for JSON that follows a schema (structured output)"
-STEP_BODIES: dict[str, dict[str, Any]] = {
-    STRUCTURED: {
+    # Structured output: the answer must be JSON following this schema (with sampling options, keep_alive).
+    "streamMessage:structured": {
         "mode": "raw",
         "raw": json.dumps(
             {
@@ -83,6 +67,25 @@ STEP_BODIES: dict[str, dict[str, Any]] = {
                 },
                 "options": {"temperature": 0, "seed": 42},
                 "keep_alive": "10m",
+            }
+        ),
+        **JSON_BODY,
+    },
+    "createChatCompletion": {
+        "mode": "raw",
+        "raw": json.dumps(
+            {
+                "model": "{{model}}",
+                "user": "{{userId}}",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is in this picture?"},
+                            {"type": "image_url", "image_url": {"url": "retina:{{imageId}}"}},
+                        ],
+                    }
+                ],
             }
         ),
         **JSON_BODY,
@@ -213,6 +216,24 @@ STEPS: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "streamMessage:think",
+        "Ask a thinking model to think (SSE)",
+        [
+            "const events = pm.response.text().split('\\n\\n').filter((b) => b.startsWith('data: ')).map((b) => JSON.parse(b.slice(6)));",
+            "pm.test('200: thinking events before the answer (404 unknown_model: set thinkingModel)', () => {",
+            "  if (pm.response.code === 404) {",
+            "    pm.expect(pm.response.json().error.code).to.eql('unknown_model');",
+            "    return;",
+            "  }",
+            "  pm.response.to.have.status(200);",
+            "  const kinds = events.map((e) => e.type);",
+            "  pm.expect(kinds).to.include('thinking');",
+            "  pm.expect(kinds.indexOf('thinking')).to.be.below(kinds.indexOf('chunk'));",
+            "  pm.expect(kinds[kinds.length - 1]).to.eql('done');",
+            "});",
+        ],
+    ),
+    (
         "signedUrl",
         "Image bytes with the signed URL (no token)",
         [
@@ -261,8 +282,8 @@ STEPS: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
-        "streamMessage",
-        STRUCTURED,
+        "streamMessage:structured",
+        "Ask for JSON that follows a schema (structured output)",
         [
             "const events = pm.response.text().split('\\n\\n').filter((b) => b.startsWith('data: ')).map((b) => JSON.parse(b.slice(6)));",
             "pm.test('200: the streamed answer is JSON with the schema\\'s fields', () => {",
@@ -373,10 +394,12 @@ def step(
     if operation_id == "signedUrl":
         query = [{"key": "exp", "value": "{{signedExp}}"}, {"key": "sig", "value": "{{signedSig}}"}]
         return item(name, "get", [], url_object("imageStoreUrl", "/api/images/{image_id}", query), script)
+    body = BODIES.get(operation_id)
+    operation_id = operation_id.split(":")[0]  # "streamMessage:think": the same operation, another body
     service, path, method, operation = next(v for k, v in known.items() if k.endswith(":" + operation_id))
     request = item(name, method, headers_for(operation), url_object(SERVICES[service][0], path), script)
-    if name in STEP_BODIES or operation_id in BODIES:
-        request["request"]["body"] = STEP_BODIES.get(name) or BODIES[operation_id]
+    if body is not None:
+        request["request"]["body"] = body
     return request
 
 
@@ -394,7 +417,7 @@ def collection() -> dict[str, Any]:
         for service, path, method, operation in known.values()
         if operation["operationId"] in HEALTH_OPERATIONS
     ]
-    covered = {operation_id for operation_id, _, _ in STEPS} | set(HEALTH_OPERATIONS)
+    covered = {operation_id.split(":")[0] for operation_id, _, _ in STEPS} | set(HEALTH_OPERATIONS)
     missing = {key for key in known if key.split(":")[1] not in covered}
     if missing:
         raise SystemExit(f"operations with no request in the walkthrough: {sorted(missing)}")
@@ -411,6 +434,7 @@ def collection() -> dict[str, Any]:
             {"key": "serviceToken", "value": "paste the token retina up printed"},
             {"key": "userId", "value": "alice"},
             {"key": "model", "value": "llava"},
+            {"key": "thinkingModel", "value": "qwen3"},
             *(
                 {"key": key, "value": ""}
                 for key in (

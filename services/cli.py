@@ -9,14 +9,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.env import EnvReader, SettingsError
 from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
 from common.settings import (
+    SettingsError,
+    load_database_settings,
     load_gateway_settings,
     load_image_store_settings,
-    read_migrations_path,
 )
+from services.ask.command import add_parser as add_ask_parser
+from services.ask.command import run_ask
 from services.runner import ServiceSpec, load_or_exit, serve
 
 
@@ -46,16 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         "migrate-storage", help="copy blobs from IMAGE_STORAGE_PATH to the S3_BUCKET (resumable, verified)"
     )
     migrate_storage.add_argument("--no-verify", action="store_true", help="skip reading each copy back")
+    add_ask_parser(commands)
     return parser
 
 
 def _database_settings() -> tuple[str, Path]:
     """What `retina migrate` needs (no service tokens or keys: it serves nothing)."""
-    env = EnvReader(os.environ)
-    database_url = env.database_url("DATABASE_URL")
-    migrations = read_migrations_path(env)
-    env.raise_if_problems()
-    return database_url, migrations
+    settings = load_database_settings(os.environ)
+    return settings.database_url.get_secret_value(), settings.migrations_path
 
 
 def _migrate(rollback: bool) -> int:
@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_dir=default_state_dir(),
         )
         return 0
+    if args.command == "ask":
+        return run_ask(args)
     if args.command == "migrate":
         configure_logging("warning", "console")
         return _migrate(args.rollback)

@@ -11,7 +11,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
-from common.env import SettingsError
+from common.settings import SettingsError
 
 log = structlog.get_logger("retina.runner")
 

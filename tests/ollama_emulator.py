@@ -389,6 +389,19 @@ def default_models() -> list[EmulatedModel]:
             reply="",
             modified_at=datetime(2026, 3, 1, 8, 30, 0, tzinfo=pdt),
         ),
+        # A thinking model (text only): with `think` unset a modern server lets it think.
+        EmulatedModel(
+            "qwen3:latest",
+            thinking=True,
+            tools=True,
+            family="qwen3",
+            parameter_size="8.2B",
+            quantization_level="Q4_K_M",
+            size=5_225_387_923,
+            reply="Two plus two is four.",
+            thinking_reply="The user asks for a sum. Two and two make four.",
+            modified_at=datetime(2026, 2, 14, 10, 0, 0, tzinfo=pdt),
+        ),
     ]
 
 

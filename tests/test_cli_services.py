@@ -193,6 +193,18 @@ def test_retina_up_takes_ports_from_the_environment_and_flags_win(database_url: 
         assert http_get(f"http://127.0.0.1:{flag_gateway}/livez")[0] == 200
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://127.0.0.1:{env_gateway}/livez", timeout=2)
+        # `retina ask` finds this gateway and its token in local.env alone (Ollama is down: a 503, not a 401).
+        ask_env = {"PATH": os.environ.get("PATH", ""), "RETINA_STATE_DIR": str(tmp_path / "state")}
+        ask = subprocess.run(
+            [sys.executable, "-m", "services.cli", "ask", "hi", "-m", "llava"],
+            cwd=ROOT,
+            env=ask_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ask.returncode == 1, ask.stderr
+        assert ask.stderr.startswith("retina ask: 503 upstream_unavailable: "), ask.stderr
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0, "".join(output.lines)
 

@@ -45,6 +45,7 @@ def test_every_migration_has_a_rollback() -> None:
         "0003_message_streams",
         "0004_stream_recovery",
         "0005_image_change_notify",
+        "0006_message_thinking",
     ]
     for mid in ids:
         assert (MIGRATIONS / f"{mid}.rollback.sql").is_file(), mid
@@ -98,6 +99,7 @@ def test_upgrade_keeps_existing_messages(empty_database_url: str) -> None:
         "0003_message_streams",
         "0004_stream_recovery",
         "0005_image_change_notify",
+        "0006_message_thinking",
     ]
 
     with psycopg.connect(empty_database_url) as conn:
@@ -125,7 +127,8 @@ def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> No
             "INSERT INTO images (owner_id, blob_sha256, message_id) VALUES ('alice', %s, %s)",
             ("ab" * 32, message),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS, count=4).rolled_back == [
+    assert rollback_last(empty_database_url, MIGRATIONS, count=5).rolled_back == [
+        "0006_message_thinking",
         "0005_image_change_notify",
         "0004_stream_recovery",
         "0003_message_streams",
@@ -139,6 +142,7 @@ def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> No
         "0003_message_streams",
         "0004_stream_recovery",
         "0005_image_change_notify",
+        "0006_message_thinking",
     ]
     assert apply_migrations(empty_database_url, MIGRATIONS).applied == [], "idempotent at head"
 
@@ -153,7 +157,8 @@ def test_stream_recovery_rolls_back_with_interrupted_rows(empty_database_url: st
             "VALUES (%s, 'assistant', 'half an answer', 'interrupted', now())",
             (conversation,),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS, count=2).rolled_back == [
+    assert rollback_last(empty_database_url, MIGRATIONS, count=3).rolled_back == [
+        "0006_message_thinking",
         "0005_image_change_notify",
         "0004_stream_recovery",
     ]
@@ -164,7 +169,25 @@ def test_stream_recovery_rolls_back_with_interrupted_rows(empty_database_url: st
     assert apply_migrations(empty_database_url, MIGRATIONS).applied == [
         "0004_stream_recovery",
         "0005_image_change_notify",
+        "0006_message_thinking",
     ]
+
+
+def test_thinking_rolls_back_without_touching_the_answers(empty_database_url: str) -> None:
+    apply_migrations(empty_database_url, MIGRATIONS)
+    with psycopg.connect(empty_database_url) as conn:
+        conversation = conn.execute("INSERT INTO conversations (owner_id) VALUES ('alice') RETURNING id").fetchone()[0]
+        conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, thinking, status) "
+            "VALUES (%s, 'assistant', 'Four.', 'Two and two.', 'complete')",
+            (conversation,),
+        )
+    assert rollback_last(empty_database_url, MIGRATIONS, count=1).rolled_back == ["0006_message_thinking"]
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT content, status FROM messages").fetchall() == [("Four.", "complete")]
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0006_message_thinking"]
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT content, thinking FROM messages").fetchall() == [("Four.", None)]
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -185,12 +208,14 @@ def test_cli_migrate_and_rollback(empty_database_url: str) -> None:
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == (
         "applied: 0001_chat_schema, 0002_image_support, 0003_message_streams, 0004_stream_recovery,"
-        " 0005_image_change_notify"
+        " 0005_image_change_notify, 0006_message_thinking"
     )
     again = run_cli("migrate", env=env)
     assert again.stdout.strip() == "applied: nothing (already at head)"
     back = run_cli("migrate", "--rollback", env=env)
     assert back.returncode == 0, back.stderr
+    assert back.stdout.strip() == "rolled back: 0006_message_thinking"
+    back = run_cli("migrate", "--rollback", env=env)
     assert back.stdout.strip() == "rolled back: 0005_image_change_notify"
     back = run_cli("migrate", "--rollback", env=env)
     assert back.returncode == 0, back.stderr
@@ -203,6 +228,7 @@ def test_cli_migrate_and_rollback(empty_database_url: str) -> None:
             ).fetchall()
         }
         assert "progress_at" not in columns
+        assert "thinking" not in columns
         assert "stream_id" in columns
         assert conn.execute("SELECT to_regclass('messages')").fetchone() != (None,)
 

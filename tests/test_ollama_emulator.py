@@ -210,6 +210,7 @@ async def test_list_and_ps(client: ollama.AsyncClient, emulator: OllamaEmulator)
         "llama3.2:latest",
         "gemma3:latest",
         "nomic-embed-text:latest",
+        "qwen3:latest",
     ]
     assert all(re.fullmatch(r"[0-9a-f]{64}", m.digest or "") for m in listed), "bare hex digests"
     assert listed[0].details is not None
@@ -335,6 +336,20 @@ async def test_thinking_model_streams_its_thoughts_first(client: ollama.AsyncCli
     quiet = await client.chat(model="qwen3:8b", messages=HI, think=False)
     assert quiet.message.thinking is None
     assert quiet.message.content == "Four."
+
+
+async def test_the_catalogues_thinking_model_thinks_unless_told_not_to(
+    client: ollama.AsyncClient, emulator: OllamaEmulator
+) -> None:
+    """Ollama >= 0.12.4: with `think` unset a thinking-capable model thinks; a level counts as true."""
+    model = emulator.find("qwen3")
+    assert "thinking" in ((await client.show("qwen3")).capabilities or [])
+    for think in (None, "high"):
+        parts = await collect(await client.chat(model="qwen3", messages=HI, stream=True, think=think))
+        assert "".join(p.message.thinking or "" for p in parts) == model.thinking_reply
+        assert "".join(p.message.content for p in parts) == model.reply
+    assert "think" not in emulator.chats[0].body
+    assert emulator.chats[1].body["think"] == "high"
 
 
 async def test_done_reason_length(client: ollama.AsyncClient, emulator: OllamaEmulator) -> None:

@@ -101,7 +101,7 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
             ImageRepository(app[POOL_KEY]),
             storage,
             decoder,
-            UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
+            UrlSigner(settings.signing_keys.get_secret_value(), settings.signed_url_ttl_seconds),
             metrics,
             row_cache,
         )
@@ -124,4 +124,5 @@ def _row_cache_listener(settings: ImageStoreSettings, row_cache: ImageRowCache) 
     """The cache is only trusted while change notifications can reach it; none kept, none needed."""
     if settings.row_cache_entries == 0:
         return contextlib.nullcontext()
-    return listening(settings.common.database_url, IMAGE_CHANGE_CHANNEL, row_cache.on_notify, row_cache.set_listening)
+    database_url = settings.common.database_url.get_secret_value()
+    return listening(database_url, IMAGE_CHANGE_CHANNEL, row_cache.on_notify, row_cache.set_listening)

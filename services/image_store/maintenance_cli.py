@@ -36,7 +36,7 @@ async def _run(settings: ImageStoreSettings, task: str, *, repair: bool, verify:
         print(json.dumps({"task": "migrate-storage", **migration.as_dict()}))
         return 1 if migration.problems else 0
     async with (
-        open_pool(settings.common.database_url, min_size=1, max_size=2) as pool,
+        open_pool(settings.common.database_url.get_secret_value(), min_size=1, max_size=2) as pool,
         contextlib.AsyncExitStack() as stack,
     ):
         metrics = ImageStoreMetrics(new_registry())
@@ -47,7 +47,7 @@ async def _run(settings: ImageStoreSettings, task: str, *, repair: bool, verify:
             storage,
             # Never started: maintenance does not decode images.
             DecodePool(workers=1, timeout_seconds=1, max_pending=1),
-            UrlSigner(settings.signing_keys, settings.signed_url_ttl_seconds),
+            UrlSigner(settings.signing_keys.get_secret_value(), settings.signed_url_ttl_seconds),
             metrics,
         )
         maintenance = MaintenanceService(service)

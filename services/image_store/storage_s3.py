@@ -2,10 +2,7 @@
 
 Uploads are still received and re-encoded in local scratch space (the decode worker needs a
 seekable file); publishing streams that file to `<S3_PREFIX><ab/cd/sha256>`:
-- with a checksum the server verifies (x-amz-checksum-sha256 equals the content address for a
-  single PutObject; Content-MD5 on every part of a multipart upload);
-- without overwriting: `If-None-Match: *` where the server supports it; the caller always holds
-  the blob's advisory lock and has checked HEAD, which covers servers that do not;
+- with a checksum the server verifies, and without overwriting (`s3_upload`);
 - retried with exponential backoff by botocore's "standard" retry mode (every call here is
   idempotent: the key is the content hash); what still fails becomes `StorageUnavailable` (503).
 """
@@ -13,42 +10,28 @@ seekable file); publishing streams that file to `<S3_PREFIX><ab/cd/sha256>`:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import io
 import os
 import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import structlog
 from botocore.exceptions import ClientError
 
 from common.settings import S3Settings
 from services.image_store.s3_client import ABSENT, ALREADY_THERE, error_code, unavailable_on_failure
+from services.image_store.s3_upload import HASH_CHUNK, MULTIPART_THRESHOLD, PART_SIZE, S3Uploader
 from services.image_store.storage import ImageStorage, OpTimer, _no_timer
 from services.image_store.storage_backend import ReceivedFile, StoredObject, sha256_of_key
 
 if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
     from types_aiobotocore_s3 import S3Client
-    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 log = structlog.get_logger("retina.image_store.s3")
-
-MIB = 1024 * 1024
-# S3 needs parts of at least 5 MiB (except the last); 8 MiB keeps a part's buffer small.
-MULTIPART_THRESHOLD = 8 * MIB
-PART_SIZE = 8 * MIB
-HASH_CHUNK = 1 * MIB
-
-
-class _IfNoneMatch(TypedDict, total=False):
-    """Optional keyword for put/complete: botocore rejects None, so the key is left out instead."""
-
-    IfNoneMatch: str
 
 
 class _Range(TypedDict, total=False):
@@ -80,9 +63,9 @@ class S3BlobStore:
         self.prefix = settings.prefix
         self.scratch = scratch
         self._timer = timer
-        self.multipart_threshold = multipart_threshold
-        self.part_size = part_size
-        self.conditional_put = True  # cleared if the server refuses If-None-Match
+        self.uploader = S3Uploader(
+            client, settings.bucket, multipart_threshold=multipart_threshold, part_size=part_size
+        )
         self.page_size = 1000  # ListObjectsV2's maximum; tests lower it to cross page boundaries
 
     def object_key(self, key: str) -> str:
@@ -109,97 +92,12 @@ class S3BlobStore:
         size = await asyncio.to_thread(os.path.getsize, temp)
         with self._timer("write"), unavailable_on_failure("publish"):
             try:
-                if size <= self.multipart_threshold:
-                    await self._put_single(temp, key)
-                else:
-                    await self._put_multipart(temp, key)
+                await self.uploader.upload(temp, size, self.object_key(key), sha256_of_key(key))
             except ClientError as exc:
                 if error_code(exc) not in ALREADY_THERE:
                     raise
                 # Another replica published the same bytes first: content-addressed, so done.
                 log.info("s3_object_already_present", key=key)
-
-    def _if_none_match(self) -> _IfNoneMatch:
-        return {"IfNoneMatch": "*"} if self.conditional_put else {}
-
-    async def _put_single(self, temp: Path, key: str) -> None:
-        """One PutObject streamed from the file; the server checks its SHA-256 (= the key) and MD5.
-
-        Both, because S3-compatible servers differ in which one they verify (moto, for one,
-        checks Content-MD5 only). The MD5 takes one streamed read in a thread first.
-        """
-        checksum = base64.b64encode(bytes.fromhex(sha256_of_key(key))).decode()
-        md5 = await asyncio.to_thread(_file_md5, temp)
-        while True:
-            stream = await asyncio.to_thread(open, temp, "rb")
-            try:
-                await self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=self.object_key(key),
-                    Body=stream,
-                    ChecksumSHA256=checksum,
-                    ContentMD5=md5,
-                    ContentType="application/octet-stream",
-                    **self._if_none_match(),
-                )
-                return
-            except ClientError as exc:
-                if not self._refused_conditional(exc):
-                    raise
-            finally:
-                await asyncio.to_thread(stream.close)
-
-    def _refused_conditional(self, exc: ClientError) -> bool:
-        """Servers without conditional writes answer 501; fall back to HEAD-then-put under the lock."""
-        if self.conditional_put and error_code(exc) in {"NotImplemented", "501"}:
-            log.warning("s3_conditional_put_unsupported", bucket=self.bucket)
-            self.conditional_put = False
-            return True
-        return False
-
-    async def _put_multipart(self, temp: Path, key: str) -> None:
-        """Parts read one at a time (memory bounded by PART_SIZE); aborted on any failure."""
-        object_key = self.object_key(key)
-        created = await self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=object_key, ContentType="application/octet-stream"
-        )
-        upload_id = created["UploadId"]
-        try:
-            parts = await self._upload_parts(temp, object_key, upload_id)
-            await self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=object_key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **self._if_none_match(),
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
-                )
-            raise
-
-    async def _upload_parts(self, temp: Path, object_key: str, upload_id: str) -> list[CompletedPartTypeDef]:
-        parts: list[CompletedPartTypeDef] = []
-        stream = await asyncio.to_thread(open, temp, "rb")
-        try:
-            while True:
-                data, md5 = await asyncio.to_thread(_read_part, stream, self.part_size)
-                if not data:
-                    return parts
-                number = len(parts) + 1
-                answer = await self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=object_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=io.BytesIO(data),  # aiohttp sends a buffer in chunks; raw bytes in one write
-                    ContentMD5=md5,
-                )
-                parts.append({"ETag": answer["ETag"], "PartNumber": number})
-        finally:
-            await asyncio.to_thread(stream.close)
 
     # ---- reading, deleting, listing --------------------------------------------------------
 
@@ -293,16 +191,3 @@ class S3BlobStore:
     async def check_ready(self) -> None:
         with unavailable_on_failure("head_bucket"):
             await self.client.head_bucket(Bucket=self.bucket)
-
-
-def _read_part(stream: IO[bytes], size: int) -> tuple[bytes, str]:
-    data = stream.read(size)
-    return data, base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(HASH_CHUNK), b""):
-            digest.update(block)
-    return base64.b64encode(digest.digest()).decode()

@@ -74,56 +74,18 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     metrics = GatewayMetrics(app[REGISTRY_KEY])
     metrics.known_models.update(settings.known_models)
     app[API_ERROR_OBSERVER_KEY] = lambda _request, error: metrics.rejections.labels(error.code).inc()
+    preparer = ImagePreparer(
+        max_edge=settings.max_image_edge,
+        workers=settings.encode_workers,
+        cache_entries=settings.image_cache_entries,
+        cache_bytes=settings.image_cache_bytes,
+    )
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
-    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
-        ollama = OllamaClient(
-            session,
-            settings.ollama_url,
-            retries=settings.upstream_retries,
-            metrics=metrics,
-            connect_timeout=settings.ollama_connect_timeout_seconds,
-            read_timeout=settings.ollama_read_timeout_seconds,
-        )
-        preparer = ImagePreparer(
-            max_edge=settings.max_image_edge,
-            workers=settings.encode_workers,
-            cache_entries=settings.image_cache_entries,
-            cache_bytes=settings.image_cache_bytes,
-        )
-        budget = app[PREP_BUDGET_KEY] = PrepBudget(settings.prep_budget_bytes)
-        registry = StreamRegistry()
-        store = ImageStoreClient(
-            session,
-            settings.image_store_url,
-            settings.image_store_token,
-            retries=settings.upstream_retries,
-            metrics=metrics,
-            endpoint=settings.image_serve_endpoint,
-            upload_deadline_seconds=settings.upload_deadline_seconds,
-        )
-        repository = ConversationRepository(app[POOL_KEY])
-        app[HISTORY_IMAGES_KEY] = HistoryImages(store)
-        service = ChatService(
-            settings,
-            ollama=ollama,
-            models=VisionModelService(
-                ollama,
-                metrics,
-                ttl_seconds=settings.capability_ttl_seconds,
-                detection_enabled=settings.model_detection_enabled,
-            ),
-            store=store,
-            images=ImageSource(store, preparer, budget, metrics),
-            repository=repository,
-            registry=registry,
-            metrics=metrics,
-        )
-        app[CHAT_SERVICE_KEY] = service
-        app[COMPLETION_SERVICE_KEY] = CompletionService(service)
-        app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
-        try:
+    try:
+        async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+            registry, repository = _install_services(app, session, metrics, preparer)
             async with (
-                listen_for_stops(registry, app[SETTINGS_KEY].database_url) as listening,
+                listen_for_stops(registry, app[SETTINGS_KEY].database_url.get_secret_value()) as listening,
                 sweeping(repository, metrics, after_seconds=settings.stream_sweep_after_seconds),
             ):
 
@@ -133,8 +95,56 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
 
                 app[READINESS_KEY].add("stop_listener", stop_listener)
                 yield
-        finally:
-            preparer.close()
+    finally:
+        preparer.close()
+
+
+def _install_services(
+    app: web.Application, session: aiohttp.ClientSession, metrics: GatewayMetrics, preparer: ImagePreparer
+) -> tuple[StreamRegistry, ConversationRepository]:
+    """Build the upstream clients and the services over them, put the services in app state.
+
+    Returns what the background tasks (stop listener, sweeper) of `_chat_service` work on.
+    """
+    settings = app[GATEWAY_SETTINGS_KEY]
+    ollama = OllamaClient(
+        session,
+        settings.ollama_url,
+        retries=settings.upstream_retries,
+        metrics=metrics,
+        connect_timeout=settings.ollama_connect_timeout_seconds,
+        read_timeout=settings.ollama_read_timeout_seconds,
+    )
+    store = ImageStoreClient(
+        session,
+        settings.image_store_url,
+        settings.image_store_token.get_secret_value(),
+        retries=settings.upstream_retries,
+        metrics=metrics,
+        endpoint=settings.serve_endpoint,
+        upload_deadline_seconds=settings.upload_deadline_seconds,
+    )
+    budget = app[PREP_BUDGET_KEY] = PrepBudget(settings.prep_budget_bytes)
+    registry = StreamRegistry()
+    repository = ConversationRepository(app[POOL_KEY])
+    models = VisionModelService(
+        ollama, metrics, ttl_seconds=settings.capability_ttl_seconds, detection_enabled=settings.model_detection_enabled
+    )
+    service = ChatService(
+        settings,
+        ollama=ollama,
+        models=models,
+        store=store,
+        images=ImageSource(store, preparer, budget, metrics),
+        repository=repository,
+        registry=registry,
+        metrics=metrics,
+    )
+    app[HISTORY_IMAGES_KEY] = HistoryImages(store)
+    app[CHAT_SERVICE_KEY] = service
+    app[COMPLETION_SERVICE_KEY] = CompletionService(service)
+    app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
+    return registry, repository
 
 
 async def _end_open_streams(app: web.Application) -> None:

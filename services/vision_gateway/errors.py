@@ -10,6 +10,7 @@ __all__ = [
     "GatewayBusy",
     "GatewayError",
     "ImageNotFound",
+    "ModelCannotThink",
     "ModelNotVisionCapable",
     "RateLimited",
     "RequestTimeout",
@@ -52,6 +53,13 @@ class StreamNotFound(NotFound):
 
 class ModelNotVisionCapable(GatewayError):
     status, code = 422, "model_not_vision_capable"
+
+
+class ModelCannotThink(GatewayError):
+    """`think` asked of a model without the `thinking` capability (Ollama refuses it too). A well-formed
+    request the model cannot serve: 422, as for images sent to a model that cannot see."""
+
+    status, code = 422, "model_cannot_think"
 
 
 class RateLimited(GatewayError):

@@ -21,6 +21,7 @@ from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.admission import StreamAdmission
 from services.vision_gateway.chat import ChatRequest, ChatService
 from services.vision_gateway.chat.ollama_request_fields import keep_alive_from_text, parse_ollama_fields
+from services.vision_gateway.chat.thinking import parse_think, think_from_form
 from services.vision_gateway.errors import (
     BadRequest,
     ConversationNotFound,
@@ -105,6 +106,7 @@ def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> 
         request_id=request_id,
         format=ollama.format,
         keep_alive=ollama.keep_alive,
+        think=parse_think(fields.get("think")),
     )
 
 
@@ -209,6 +211,8 @@ async def _read_multipart(
                 uploaded.append(image_id)
             elif disposition.name == "image_ids":
                 fields.setdefault("image_ids", []).extend(parse_image_ids_part(await _small_text(part)))
+            elif disposition.name == "think":
+                fields["think"] = think_from_form(await _small_text(part))
             elif (name := disposition.name) in ("message", "model", "conversation_id", "options"):
                 text = await _small_text(part)
                 if name == "options":

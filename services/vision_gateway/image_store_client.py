@@ -7,25 +7,19 @@ applies: someone else's image is a 404 here exactly as it is there.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
 from services.vision_gateway.errors import ImageNotFound, StoreRefusedUpload, UpstreamRejected, UpstreamUnavailable
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.retry import (
-    Retryable,
-    call_upstream,
-    connection_failures_are_retryable,
-    retry_after_seconds,
-)
+from services.vision_gateway.retry import retry_after_seconds
+from services.vision_gateway.upstream import UpstreamClient
 
 # What the store may still spend on an upload after its last byte arrived: waiting for a decode
 # worker, the decode itself (IMAGE_DECODE_TIMEOUT_SECONDS, 20 s by default) and the database rows.
-T = TypeVar("T")
-
 UPLOAD_PROCESSING_ALLOWANCE_SECONDS = 60.0
 
 
@@ -49,7 +43,10 @@ class ImageMeta:
     url: str | None = None  # the store's signed URL (the store signs; the gateway holds no key)
 
 
-class ImageStoreClient:
+class ImageStoreClient(UpstreamClient):
+    label = "image_store"
+    unavailable = "the image-store is unavailable"
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -61,11 +58,9 @@ class ImageStoreClient:
         endpoint: str = "/api/images",
         upload_deadline_seconds: float = 300.0,
     ) -> None:
-        self._session = session
+        super().__init__(session, retries=retries, metrics=metrics)
         self._base = base_url + endpoint
         self._token = token
-        self._retries = retries
-        self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=60, sock_connect=5)
         # Derived from the store's own IMAGE_UPLOAD_DEADLINE_SECONDS: the store always answers a
         # slow upload (408) before the gateway would give up on it, so the gateway never masks
@@ -81,17 +76,6 @@ class ImageStoreClient:
             headers["X-Request-ID"] = request_id
         return headers
 
-    async def _call(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        return await call_upstream(
-            attempt,
-            retries=self._retries,
-            on_retry=lambda: self._metrics.retries.labels("image_store").inc(),
-            unavailable="the image-store is unavailable",
-        )
-
-    def _count(self, code: int | str) -> None:
-        self._metrics.upstream_requests.labels("image_store", str(code)).inc()
-
     async def fetch(
         self, image_id: uuid.UUID, user_id: str, request_id: str = "", *, known_sha256: str | None = None
     ) -> FetchedImage:
@@ -102,27 +86,17 @@ class ImageStoreClient:
             headers["If-None-Match"] = "*" if known_sha256 == "*" else f'"{known_sha256}"'
 
         async def attempt() -> FetchedImage:
-            with connection_failures_are_retryable(lambda: self._count("error")):
-                async with self._session.get(
-                    f"{self._base}/{image_id}", headers=headers, timeout=self._timeout
-                ) as response:
-                    self._count(response.status)
-                    if response.status == 304 and known_sha256:
-                        return FetchedImage(image_id, None, known_sha256, "")
-                    if response.status == 404:
-                        raise ImageNotFound(f"image {image_id} not found")
-                    if response.status >= 500:
-                        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                        raise Retryable(f"HTTP {response.status}", retry_after=retry_after)
-                    if response.status != 200:
-                        raise UpstreamRejected(f"the image-store refused image {image_id}: HTTP {response.status}")
-                    data = await response.read()
-                    return FetchedImage(
-                        image_id=image_id,
-                        data=data,
-                        sha256=response.headers.get("ETag", "").strip('"'),
-                        mime_type=response.content_type,
-                    )
+            url = f"{self._base}/{image_id}"
+            async with self._exchange("GET", url, headers=headers, timeout=self._timeout) as response:
+                if response.status == 304 and known_sha256:
+                    return FetchedImage(image_id, None, known_sha256, "")
+                _raise_unless_ok(response, image_id)
+                return FetchedImage(
+                    image_id=image_id,
+                    data=await response.read(),
+                    sha256=response.headers.get("ETag", "").strip('"'),
+                    mime_type=response.content_type,
+                )
 
         return await self._call(attempt)
 
@@ -130,27 +104,20 @@ class ImageStoreClient:
         """The image's record as the user sees it: a small JSON answer that is also the access check."""
 
         async def attempt() -> ImageMeta:
-            with connection_failures_are_retryable(lambda: self._count("error")):
-                async with self._session.get(
-                    f"{self._base}/{image_id}/meta", headers=self._headers(user_id, request_id), timeout=self._timeout
-                ) as response:
-                    self._count(response.status)
-                    if response.status == 404:
-                        raise ImageNotFound(f"image {image_id} not found")
-                    if response.status >= 500:
-                        raise Retryable(f"HTTP {response.status}")
-                    if response.status != 200:
-                        raise UpstreamRejected(f"the image-store refused image {image_id}: HTTP {response.status}")
-                    record = await response.json()
-                    url = record.get("url")
-                    return ImageMeta(
-                        image_id,
-                        str(record["sha256"]),
-                        int(record["size_bytes"]),
-                        int(record["width"]),
-                        int(record["height"]),
-                        url if isinstance(url, str) else None,
-                    )
+            url = f"{self._base}/{image_id}/meta"
+            headers = self._headers(user_id, request_id)
+            async with self._exchange("GET", url, headers=headers, timeout=self._timeout) as response:
+                _raise_unless_ok(response, image_id)
+                record = await response.json()
+                signed = record.get("url")
+                return ImageMeta(
+                    image_id,
+                    str(record["sha256"]),
+                    int(record["size_bytes"]),
+                    int(record["width"]),
+                    int(record["height"]),
+                    signed if isinstance(signed, str) else None,
+                )
 
         return await self._call(attempt)
 
@@ -195,18 +162,15 @@ class ImageStoreClient:
 
     async def link(self, image_id: uuid.UUID, message_id: uuid.UUID, user_id: str, request_id: str = "") -> None:
         async def attempt() -> None:
-            with connection_failures_are_retryable(lambda: self._count("error")):
-                async with self._session.patch(
-                    f"{self._base}/{image_id}",
-                    json={"message_id": str(message_id)},
-                    headers=self._headers(user_id, request_id),
-                    timeout=self._timeout,
-                ) as response:
-                    self._count(response.status)
-                    if response.status >= 500:
-                        raise Retryable(f"HTTP {response.status}")
-                    if response.status == 404:
-                        raise ImageNotFound(f"image {image_id} not found")
+            async with self._exchange(
+                "PATCH",
+                f"{self._base}/{image_id}",
+                json={"message_id": str(message_id)},
+                headers=self._headers(user_id, request_id),
+                timeout=self._timeout,
+            ) as response:
+                if response.status == 404:
+                    raise ImageNotFound(f"image {image_id} not found")
 
         await self._call(attempt)
 
@@ -226,6 +190,14 @@ class ImageStoreClient:
                 self._count(response.status)
         except (aiohttp.ClientConnectionError, TimeoutError):
             self._count("error")
+
+
+def _raise_unless_ok(response: aiohttp.ClientResponse, image_id: uuid.UUID) -> None:
+    """A read of one image: 404 is the user's "no such image"; any other non-200 is the store refusing us."""
+    if response.status == 404:
+        raise ImageNotFound(f"image {image_id} not found")
+    if response.status != 200:
+        raise UpstreamRejected(f"the image-store refused image {image_id}: HTTP {response.status}")
 
 
 async def _refusal(response: aiohttp.ClientResponse) -> Exception:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
 from services.vision_gateway.errors import UnknownModel, UpstreamRejected
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.retry import Retryable, call_upstream, connection_failures_are_retryable
-
-T = TypeVar("T")
+from services.vision_gateway.retry import Retryable
+from services.vision_gateway.upstream import UpstreamClient
 
 
 class OllamaStreamError(Exception):
@@ -110,7 +109,10 @@ class ChatStream:
         self._response.close()
 
 
-class OllamaClient:
+class OllamaClient(UpstreamClient):
+    label = "ollama"
+    unavailable = "Ollama is unavailable"
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -121,55 +123,33 @@ class OllamaClient:
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
-        self._session = session
+        super().__init__(session, retries=retries, metrics=metrics)
         self._base = base_url
-        self._retries = retries
-        self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._short_timeout = aiohttp.ClientTimeout(total=max(30.0, connect_timeout), sock_connect=connect_timeout)
-
-    def _count(self, code: int | str) -> None:
-        self._metrics.upstream_requests.labels("ollama", str(code)).inc()
-
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        return await call_upstream(
-            attempt,
-            retries=self._retries,
-            on_retry=lambda: self._metrics.retries.labels("ollama").inc(),
-            unavailable="Ollama is unavailable",
-        )
 
     async def show(self, model: str) -> dict[str, Any] | None:
         """Model details, or None when Ollama does not have the model."""
 
         async def attempt() -> dict[str, Any] | None:
-            with connection_failures_are_retryable(lambda: self._count("error")):
-                async with self._session.post(
-                    f"{self._base}/api/show", json={"model": model}, timeout=self._short_timeout
-                ) as response:
-                    self._count(response.status)
-                    if response.status == 404:
-                        return None
-                    if response.status >= 500:
-                        raise Retryable(f"HTTP {response.status} from /api/show")
-                    if response.status != 200:
-                        raise UpstreamRejected(f"Ollama refused /api/show: {await _error_text(response)}")
-                    details: dict[str, Any] = await response.json()
-                    return details
+            url = f"{self._base}/api/show"
+            async with self._exchange("POST", url, json={"model": model}, timeout=self._short_timeout) as response:
+                if response.status == 404:
+                    return None
+                if response.status != 200:
+                    raise UpstreamRejected(f"Ollama refused /api/show: {await _error_text(response)}")
+                details: dict[str, Any] = await response.json()
+                return details
 
-        return await self._retrying(attempt)
+        return await self._call(attempt)
 
     async def tags(self) -> list[dict[str, Any]]:
         async def attempt() -> list[dict[str, Any]]:
-            with connection_failures_are_retryable(lambda: self._count("error")):
-                async with self._session.get(f"{self._base}/api/tags", timeout=self._short_timeout) as response:
-                    self._count(response.status)
-                    if response.status >= 500:
-                        raise Retryable(f"HTTP {response.status} from /api/tags")
-                    body = await response.json()
-                    return list(body.get("models") or [])
+            async with self._exchange("GET", f"{self._base}/api/tags", timeout=self._short_timeout) as response:
+                body = await response.json()
+                return list(body.get("models") or [])
 
-        return await self._retrying(attempt)
+        return await self._call(attempt)
 
     async def open_chat(self, payload: dict[str, Any], *, request_id: str = "") -> ChatStream:
         """Send the chat request and read its first line (retrying until then)."""
@@ -180,7 +160,7 @@ class OllamaClient:
 
         async def attempt() -> ChatStream:
             started = time.perf_counter()
-            with connection_failures_are_retryable(lambda: self._count("error")):
+            with self._connection_failures_are_retryable():
                 response = await self._session.post(
                     f"{self._base}/api/chat", data=body, headers=headers, timeout=self._timeout
                 )
@@ -206,7 +186,7 @@ class OllamaClient:
                 response.close()
                 raise
 
-        return await self._retrying(attempt)
+        return await self._call(attempt)
 
 
 async def _error_text(response: aiohttp.ClientResponse) -> str:

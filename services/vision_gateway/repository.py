@@ -31,12 +31,14 @@ class StoredMessage:
     image_ids: list[uuid.UUID]
     created_at: datetime
     completed_at: datetime | None
+    thinking: str | None = None  # the model's reasoning, kept apart from the answer; None when it did not think
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": str(self.id),
             "role": self.role,
             "content": self.content,
+            "thinking": self.thinking,
             "model": self.model,
             "status": self.status,
             "has_images": self.has_images,
@@ -60,7 +62,7 @@ class NewTurn:
     assistant_message_id: uuid.UUID
 
 
-_MESSAGE_COLUMNS = "id, role, content, model, status, has_images, image_ids, created_at, completed_at"
+_MESSAGE_COLUMNS = "id, role, content, thinking, model, status, has_images, image_ids, created_at, completed_at"
 
 
 class ConversationRepository:
@@ -156,13 +158,17 @@ class ConversationRepository:
                     [turn.user_message_id, turn.assistant_message_id],
                 )
 
-    async def save_progress(self, message_id: uuid.UUID, content: str) -> None:
-        """The answer so far, while it streams: a crash then loses seconds, not the whole answer."""
+    async def save_progress(self, message_id: uuid.UUID, content: str, thinking: str = "") -> None:
+        """The answer (and thinking) so far, while it streams: a crash then loses seconds, not the whole answer."""
         async with connection(self._pool) as conn:
             await conn.execute(
-                "UPDATE messages SET content = $2, progress_at = now() WHERE id = $1 AND status = 'streaming'",
+                """
+                UPDATE messages SET content = $2, thinking = nullif($3, ''), progress_at = now()
+                 WHERE id = $1 AND status = 'streaming'
+                """,
                 message_id,
                 content,
+                thinking,
             )
 
     async def finish_turn(
@@ -173,11 +179,13 @@ class ConversationRepository:
         status: str,
         error: str | None,
         stats: dict[str, Any] | None,
+        thinking: str = "",
     ) -> None:
         async with connection(self._pool) as conn:
             await conn.execute(
                 """
-                UPDATE messages SET content = $2, status = $3, error = $4, stats = $5, completed_at = now()
+                UPDATE messages SET content = $2, status = $3, error = $4, stats = $5, thinking = nullif($6, ''),
+                       completed_at = now()
                  WHERE id = $1
                 """,
                 message_id,
@@ -185,6 +193,7 @@ class ConversationRepository:
                 status,
                 error,
                 stats,
+                thinking,
             )
 
     async def stream_state(self, stream_id: uuid.UUID) -> StreamState | None:

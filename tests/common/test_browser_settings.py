@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.env import SettingsError
-from common.settings import load_gateway_settings, load_image_store_settings
+from common.settings import SettingsError, load_gateway_settings, load_image_store_settings
 from tests.common.test_settings import minimal_env
 
 

@@ -9,6 +9,7 @@ import re
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
 from common.app import create_service_app
 from common.settings import ImageStoreSettings
@@ -89,9 +90,7 @@ async def test_livez_and_readyz_against_a_migrated_database(client: TestClient) 
 async def test_readyz_fails_when_the_schema_is_behind(
     aiohttp_client, store_settings: ImageStoreSettings, empty_database_url: str
 ) -> None:
-    from dataclasses import replace
-
-    settings = replace(store_settings.common, database_url=empty_database_url)
+    settings = store_settings.common.model_copy(update={"database_url": SecretStr(empty_database_url)})
     client = await aiohttp_client(create_service_app(service="test_service", settings=settings))
     response = await client.get("/readyz")
     assert response.status == 503

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from common.env import EnvReader, SettingsError
 from common.settings import (
+    GatewaySettings,
+    ImageStoreSettings,
+    SettingsError,
     load_gateway_settings,
     load_image_store_settings,
-    read_gateway,
-    read_image_store,
 )
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
 
@@ -39,8 +39,8 @@ def test_defaults_follow_the_design(tmp_path: Path) -> None:
     assert gateway.port == 8082
     assert gateway.model_detection_enabled is True
     assert gateway.fallback_policy == "reject"
-    assert gateway.image_store_token == SERVICE_TOKEN, "defaults to the first service token"
-    assert gateway.max_upload_bytes == 10 * 1024 * 1024
+    assert gateway.image_store_token.get_secret_value() == SERVICE_TOKEN, "defaults to the first service token"
+    assert gateway.max_size_bytes == 10 * 1024 * 1024
     assert gateway.demo_page_enabled is False, "the demo page is off unless asked for"
     assert gateway.cors_allowed_origins == ()
 
@@ -117,10 +117,8 @@ def test_short_secrets_are_refused(tmp_path: Path) -> None:
 
 def test_env_example_lists_every_variable_with_a_default_and_meaning(tmp_path: Path) -> None:
     """`.env.example` is the operator's reference; it must not drift from the code."""
-    reader = EnvReader(minimal_env(tmp_path))
-    read_image_store(reader)
-    read_gateway(reader)
-    consulted = reader.names_read
+    models = (ImageStoreSettings, GatewaySettings)
+    consulted = {str(field.validation_alias) for model in models for field in model.model_fields.values()}
 
     text = (ROOT / ".env.example").read_text()
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
@@ -154,3 +152,77 @@ def test_an_idle_clock_longer_than_the_deadline_is_refused(tmp_path: Path) -> No
     assert caught.value.problems == [
         "IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS (60) must not exceed IMAGE_UPLOAD_DEADLINE_SECONDS (10)"
     ]
+
+
+def test_cross_field_rules_are_reported_next_to_unrelated_field_errors(tmp_path: Path) -> None:
+    """Pydantic skips a model's rules once a field fails; each rule's own group is checked too."""
+    env = {
+        **minimal_env(tmp_path),
+        "IMAGE_STORE_PORT": "eighty",
+        "IMAGE_MAX_SIZE_MB": "0",
+        "DB_POOL_MIN_SIZE": "9",
+        "DB_POOL_MAX_SIZE": "3",
+        "IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS": "60",
+        "IMAGE_UPLOAD_DEADLINE_SECONDS": "10",
+        "IMAGE_SERVE_MODE": "redirect",
+    }
+    with pytest.raises(SettingsError) as caught:
+        load_image_store_settings(env)
+    problems = caught.value.problems
+    assert problems[:2] == [
+        "IMAGE_MAX_SIZE_MB must be at least 1, got 0",
+        "IMAGE_STORE_PORT must be a whole number, got 'eighty'",
+    ], "field problems first, in the order of the models' fields"
+    assert sorted(problems[2:]) == [
+        "DB_POOL_MIN_SIZE (9) must not exceed DB_POOL_MAX_SIZE (3)",
+        "IMAGE_SERVE_MODE=redirect needs IMAGE_STORAGE_BACKEND=s3 (a file has no URL to redirect to)",
+        "IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS (60) must not exceed IMAGE_UPLOAD_DEADLINE_SECONDS (10)",
+    ]
+
+
+def test_every_rule_is_reported_when_only_rules_are_broken(tmp_path: Path) -> None:
+    env = {
+        **minimal_env(tmp_path),
+        "VISION_FALLBACK_POLICY": "fallback_model",
+        "VISION_MAX_IMAGES_PER_MESSAGE": "10",
+        "VISION_MAX_IMAGES_PER_REQUEST": "2",
+        "DB_POOL_MIN_SIZE": "9",
+        "DB_POOL_MAX_SIZE": "3",
+    }
+    with pytest.raises(SettingsError) as caught:
+        load_gateway_settings(env)
+    assert sorted(caught.value.problems) == [
+        "DB_POOL_MIN_SIZE (9) must not exceed DB_POOL_MAX_SIZE (3)",
+        "VISION_FALLBACK_MODEL is required when VISION_FALLBACK_POLICY=fallback_model",
+        "VISION_MAX_IMAGES_PER_REQUEST (2) must be at least VISION_MAX_IMAGES_PER_MESSAGE (10)",
+    ]
+
+
+def test_secrets_never_appear_in_settings_or_their_errors(tmp_path: Path) -> None:
+    env = {**minimal_env(tmp_path), "IMAGE_STORE_TOKEN": "store-token-" + "s" * 20}
+    secrets = ["hunter2-secret", SERVICE_TOKEN, SIGNING_KEY, env["IMAGE_STORE_TOKEN"]]
+    gateway = load_gateway_settings(env)
+    store = load_image_store_settings(env)
+    shown = repr(gateway) + str(gateway) + repr(store) + str(store) + repr(store.model_dump())
+    assert not [secret for secret in secrets if secret in shown]
+    assert gateway.image_store_token.get_secret_value() == env["IMAGE_STORE_TOKEN"]
+    assert store.signing_keys.get_secret_value() == (SIGNING_KEY.encode(),)
+
+    broken = {**env, "SERVICE_TOKENS": "short-" + SERVICE_TOKEN[:9], "IMAGE_SIGNING_KEYS": "k" * 31}
+    for loader in (load_gateway_settings, load_image_store_settings):
+        with pytest.raises(SettingsError) as caught:
+            loader({**broken, "DATABASE_URL": "mysql://root:hunter2-secret@db/x"})
+        text = str(caught.value) + repr(caught.value.__context__) + repr(caught.value.__cause__)
+        assert not [secret for secret in [*secrets, broken["SERVICE_TOKENS"], "k" * 31] if secret in text]
+        assert caught.value.__context__ is None, "pydantic's error (which quotes inputs) is not chained"
+
+
+def test_values_are_trimmed_and_blank_means_unset(tmp_path: Path) -> None:
+    env = {
+        **minimal_env(tmp_path),
+        "IMAGE_STORE_PORT": " 9001 ",
+        "LOG_LEVEL": "  ",
+        "IMAGE_ALLOWED_TYPES": "IMAGE/PNG, ",
+    }
+    store = load_image_store_settings(env)
+    assert (store.port, store.log_level, store.allowed_types) == (9001, "info", {"image/png"})

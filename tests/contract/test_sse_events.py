@@ -49,7 +49,7 @@ async def stream(stack: LiveStack, body: dict[str, Any], user: str = "alice") ->
 def check_stream(raw: str) -> list[dict[str, Any]]:
     """Every SSE event valid against SseEvent, its JSON valid against StreamEvent; start first, one end last."""
     sse_event, stream_event = validator_for("SseEvent"), validator_for("StreamEvent")
-    kinds = ("start", "chunk", "notice", "done", "error")
+    kinds = ("start", "chunk", "thinking", "notice", "done", "error")
     per_type = {kind: validator_for(f"{kind.capitalize()}Event") for kind in kinds}
     decoded = []
     for event in parse_sse(raw):
@@ -97,6 +97,14 @@ async def test_an_image_stream_with_a_notice_validates(live_stack: LiveStack) ->
         assert status == 422, raw  # the deployment refuses instead: still a documented answer
 
 
+async def test_a_thinking_stream_validates(live_stack: LiveStack) -> None:
+    status, _, raw = await stream(live_stack, {"message": "Is 1001 prime?", "model": "qwen3", "think": "high"})
+    assert status == 200, raw
+    kinds = [e["type"] for e in check_stream(raw)]
+    assert "thinking" in kinds, kinds
+    assert kinds.index("thinking") < kinds.index("chunk"), kinds
+
+
 async def test_an_error_after_the_start_validates(live_stack: LiveStack) -> None:
     live_stack.emulator.fail_after_chunks = 2
     status, _, raw = await stream(live_stack, {"message": "Tell me a story.", "model": "llava"})
@@ -110,6 +118,8 @@ async def test_an_error_after_the_start_validates(live_stack: LiveStack) -> None
     "event",
     [
         {"type": "chunk"},
+        {"type": "thinking", "content": ""},
+        {"type": "thinking", "content": "hm", "partial": True},
         {"type": "done", "message_id": "not-a-uuid", "done_reason": "stop", "stats": {}, "saved": True},
         {"type": "start"},
         {"type": "surprise"},

@@ -78,7 +78,7 @@ def gateway_worst_case(environ: dict[str, str]) -> tuple[int, str]:
 
     gateway = load_gateway_settings(environ)
     max_pixels = load_image_store_settings(environ).max_pixels  # what the store lets in
-    largest = prep_cost(gateway.max_upload_bytes, max_pixels, 1)
+    largest = prep_cost(gateway.max_size_bytes, max_pixels, 1)
     worst = (
         (GATEWAY_IDLE_MIB + GATEWAY_SLACK_MIB) * MIB
         + max(gateway.prep_budget_bytes, largest)
@@ -113,7 +113,7 @@ def test_worst_case_memory_fits_the_pod_limit(
 
 
 def test_default_settings_fit_the_base_pod(tmp_path: Path) -> None:
-    """The defaults in common/settings.py alone (no ConfigMap) must fit the shipped limit too."""
+    """The defaults in common/settings/ alone (no ConfigMap) must fit the shipped limit too."""
     from common.settings import load_image_store_settings
     from services.image_store.decode_budget import worst_case_resident_bytes
 

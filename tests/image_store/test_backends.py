@@ -14,8 +14,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from common.env import SettingsError
-from common.settings import load_image_store_settings
+from common.settings import SettingsError, load_image_store_settings
 from services.image_store.app import MAINTENANCE_KEY, create_app
 from services.image_store.handlers import IMAGE_SERVICE_KEY
 from services.image_store.storage_backend import storage_key
@@ -118,7 +117,7 @@ async def test_multipart_publish_listing_pages_and_abandoned_uploads(
 ) -> None:
     store = store_client.app[IMAGE_SERVICE_KEY].storage
     assert isinstance(store, S3BlobStore)
-    store.multipart_threshold = store.part_size = 5 * 1024 * 1024  # S3's smallest part
+    store.uploader.multipart_threshold = store.uploader.part_size = 5 * 1024 * 1024  # S3's smallest part
     data = os.urandom(12 * 1024 * 1024)
     sha = hashlib.sha256(data).hexdigest()
     source = tmp_path / "big"

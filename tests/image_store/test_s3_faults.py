@@ -129,7 +129,7 @@ async def test_failed_multipart_upload_is_aborted(
 ) -> None:
     store = client.app[IMAGE_SERVICE_KEY].storage
     assert isinstance(store, S3BlobStore)
-    store.multipart_threshold = store.part_size = 5 * 1024 * 1024
+    store.uploader.multipart_threshold = store.uploader.part_size = 5 * 1024 * 1024
     data = os.urandom(11 * 1024 * 1024)
     source = tmp_path / "big"
     source.write_bytes(data)

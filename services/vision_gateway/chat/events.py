@@ -26,6 +26,11 @@ class ChunkEvent(TypedDict):
     content: str
 
 
+class ThinkingEvent(TypedDict):
+    type: Literal["thinking"]
+    content: str
+
+
 class NoticeEvent(TypedDict):
     type: Literal["notice"]
     code: str
@@ -48,7 +53,7 @@ class ErrorEvent(TypedDict):
     saved: bool
 
 
-Event = StartEvent | ChunkEvent | NoticeEvent | DoneEvent | ErrorEvent
+Event = StartEvent | ChunkEvent | ThinkingEvent | NoticeEvent | DoneEvent | ErrorEvent
 
 
 def start(
@@ -75,6 +80,11 @@ def start(
 
 def chunk(content: str) -> ChunkEvent:
     return {"type": "chunk", "content": content}
+
+
+def thinking(content: str) -> ThinkingEvent:
+    """A piece of the model's reasoning (Ollama's `message.thinking`), sent before the answer's chunks."""
+    return {"type": "thinking", "content": content}
 
 
 def notice(code: str, message: str) -> NoticeEvent:

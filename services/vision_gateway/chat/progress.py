@@ -16,7 +16,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -32,6 +32,13 @@ PROGRESS_SAVE_SECONDS = 2.0
 PROGRESS_STOP_SECONDS = 5.0
 RETRY_FIRST_DELAY = 0.2
 RETRY_MAX_DELAY = 2.0
+
+
+class Answer(NamedTuple):
+    """What a stream has produced so far: the answer and, kept apart from it, the model's thinking."""
+
+    content: str
+    thinking: str = ""
 
 
 class AnswerWriter:
@@ -53,22 +60,24 @@ class AnswerWriter:
         self._stopping = asyncio.Event()
         self._saved: bool | None = None
 
-    def start_progress(self, text: Callable[[], str]) -> None:
-        self._progress = asyncio.create_task(self._save_progress(text), name=f"progress-{self._message_id}")
+    def start_progress(self, answer: Callable[[], Answer]) -> None:
+        self._progress = asyncio.create_task(self._save_progress(answer), name=f"progress-{self._message_id}")
 
-    async def _save_progress(self, text: Callable[[], str]) -> None:
+    async def _save_progress(self, answer: Callable[[], Answer]) -> None:
+        # Both parts only grow while streaming, so their combined length tells whether anything is new.
         saved_length, touched = 0, time.monotonic()
         interval = min(PROGRESS_SAVE_SECONDS, self._touch_seconds)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
                 return
-            current, now = text(), time.monotonic()
-            if len(current) == saved_length and now - touched < self._touch_seconds:
+            current, now = answer(), time.monotonic()
+            length = len(current.content) + len(current.thinking)
+            if length == saved_length and now - touched < self._touch_seconds:
                 continue
             try:
-                await self._repository.save_progress(self._message_id, current)
-                saved_length, touched = len(current), now
+                await self._repository.save_progress(self._message_id, current.content, current.thinking)
+                saved_length, touched = length, now
             except Exception as exc:  # noqa: BLE001 - progress is best effort; the final write retries
                 log.warning("progress_save_failed", message_id=str(self._message_id), error=repr(exc))
 
@@ -82,7 +91,7 @@ class AnswerWriter:
             # A late progress save is harmless: it only updates rows still `streaming`.
             self._progress.cancel()
 
-    async def finish(self, content: str, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
+    async def finish(self, answer: Answer, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
         """Store the final answer once; True when it is in the database."""
         if self._saved is not None:
             return self._saved
@@ -93,7 +102,12 @@ class AnswerWriter:
         while True:
             try:
                 await self._repository.finish_turn(
-                    self._message_id, content=content, status=status, error=error, stats=stats
+                    self._message_id,
+                    content=answer.content,
+                    thinking=answer.thinking,
+                    status=status,
+                    error=error,
+                    stats=stats,
                 )
                 self._saved = True
                 break

@@ -23,7 +23,7 @@ import structlog
 
 from common.errors import ApiError
 from services.vision_gateway.chat import events
-from services.vision_gateway.chat.progress import AnswerWriter
+from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.turn import OpenTurn
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import ChatStream, OllamaStreamError
@@ -51,19 +51,25 @@ class StreamRelay:
         self.metrics = metrics
         self.label = metrics.model_label(turn.prepared.model)
         self.content: list[str] = []
+        self.thinking: list[str] = []
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.chunks = 0
         self.upstream_stats: dict[str, int] = {}
         self.outcome = "upstream_error"
 
-    def text(self) -> str:
-        return "".join(self.content)
+    def answer(self) -> Answer:
+        return Answer("".join(self.content), "".join(self.thinking))
+
+    @property
+    def partial(self) -> bool:
+        """Whether the client has received any of the answer or of the thinking before it."""
+        return bool(self.content or self.thinking)
 
     async def run(self) -> str:
         in_flight = self.metrics.in_flight.labels(self.label)
         in_flight.inc()
-        self.writer.start_progress(self.text)
+        self.writer.start_progress(self.answer)
         try:
             await self.sink.send(self.turn.start_event())
             for notice in self.turn.prepared.notices:
@@ -76,7 +82,7 @@ class StreamRelay:
             await self._end_stopped()
         except (asyncio.CancelledError, ConnectionResetError):
             self.outcome = "client_disconnected"
-            await asyncio.shield(self.writer.finish(self.text(), "stopped", "client disconnected", self.stats()))
+            await asyncio.shield(self.writer.finish(self.answer(), "stopped", "client disconnected", self.stats()))
             raise
         except Exception as exc:  # noqa: BLE001 - every failure ends the stream with an error event
             if self.live.stop_reason is not None:  # closing the upstream to stop it raised
@@ -90,18 +96,17 @@ class StreamRelay:
 
     async def _pump(self, upstream: ChatStream) -> bool:
         """Relay chunks as they arrive; True once Ollama said done. A stop closes the upstream."""
-        received_at = self.turn.request.received_at
         stop_watch = asyncio.create_task(self.live.wakeup.wait())
         stop_watch.add_done_callback(lambda _: upstream.close())
         try:
             async for chunk in upstream.chunks():
+                # Ollama sends thinking and answer in separate lines; relay each as its own event type.
+                if chunk.thinking:
+                    self._count_token()
+                    self.thinking.append(chunk.thinking)
+                    await self.sink.send(events.thinking(chunk.thinking))
                 if chunk.content:
-                    now = time.perf_counter()
-                    if self.first_at is None:
-                        self.first_at = now
-                        self.metrics.ttft.labels(self.label).observe(now - received_at)
-                    self.last_at = now
-                    self.chunks += 1
+                    self._count_token()
                     self.content.append(chunk.content)
                     await self.sink.send(events.chunk(chunk.content))
                 if chunk.done:
@@ -112,10 +117,19 @@ class StreamRelay:
             stop_watch.cancel()
         return False  # only a stop ends the loop without done or an error
 
+    def _count_token(self) -> None:
+        """Timing per generated piece; thinking counts: it is what the model spends its first tokens on."""
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+            self.metrics.ttft.labels(self.label).observe(now - self.turn.request.received_at)
+        self.last_at = now
+        self.chunks += 1
+
     async def _end_completed(self, done_reason: str) -> None:
         self.outcome = "completed"
         stats = self.stats()
-        saved = await asyncio.shield(self.writer.finish(self.text(), "complete", None, stats))
+        saved = await asyncio.shield(self.writer.finish(self.answer(), "complete", None, stats))
         await self.sink.send(
             events.done(message_id=self.turn.message_id, done_reason=done_reason, stats=stats, saved=saved)
         )
@@ -124,14 +138,12 @@ class StreamRelay:
         stats = self.stats()
         if self.live.stop_reason == "shutdown":
             self.outcome = "shutdown"
-            saved = await asyncio.shield(self.writer.finish(self.text(), "stopped", "server shutting down", stats))
+            saved = await asyncio.shield(self.writer.finish(self.answer(), "stopped", "server shutting down", stats))
             message = "the server is shutting down; " + ("the partial answer was saved" if saved else "nothing saved")
-            await self.sink.send(
-                events.error(code="shutting_down", message=message, partial=bool(self.content), saved=saved)
-            )
+            await self.sink.send(events.error(code="shutting_down", message=message, partial=self.partial, saved=saved))
             return
         self.outcome = "stopped"
-        saved = await asyncio.shield(self.writer.finish(self.text(), "stopped", None, stats))
+        saved = await asyncio.shield(self.writer.finish(self.answer(), "stopped", None, stats))
         await self.sink.send(
             events.done(message_id=self.turn.message_id, done_reason="stopped", stats=stats, saved=saved)
         )
@@ -139,8 +151,8 @@ class StreamRelay:
     async def _end_failed(self, exc: Exception) -> None:
         code, message = _describe_failure(exc, self.turn.request.request_id)
         self.outcome = "upstream_error" if code != "internal_error" else "internal_error"
-        saved = await asyncio.shield(self.writer.finish(self.text(), "error", message, self.stats()))
-        await self.sink.send(events.error(code=code, message=message, partial=bool(self.content), saved=saved))
+        saved = await asyncio.shield(self.writer.finish(self.answer(), "error", message, self.stats()))
+        await self.sink.send(events.error(code=code, message=message, partial=self.partial, saved=saved))
 
     def stats(self) -> dict[str, Any]:
         received = self.turn.request.received_at

@@ -18,9 +18,9 @@ from typing import Any
 
 from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import ModelCapabilities, VisionModelService
-from services.vision_gateway.chat import policy, prompt
+from services.vision_gateway.chat import policy, prompt, thinking
 from services.vision_gateway.chat.image_source import ImageSource
-from services.vision_gateway.chat.progress import AnswerWriter
+from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
 from services.vision_gateway.chat.turn import ChatRequest, OpenTurn, PreparedChat, open_turn
@@ -95,7 +95,7 @@ class ChatService:
             history_images=settings.history_images,
             max_per_request=settings.max_images_per_request,
         )
-        choice = await self._choose_model(request.model, wants_images=bool(request.image_ids or past_ids))
+        choice = await self._choose_model(request, wants_images=bool(request.image_ids or past_ids))
         user, request_id = request.user_id, request.request_id
         if choice.send_images:
             current = await self._images.prepare_all(request.image_ids, user, request_id, skip_missing=False)
@@ -109,13 +109,18 @@ class ChatService:
         self._metrics.image_bytes_sent.inc(prompt.image_bytes(messages))
         return PreparedChat(request, choice.model, choice.vision, messages, choice.notices, list(request.image_ids))
 
-    async def _choose_model(self, model: str, *, wants_images: bool) -> policy.ModelChoice:
-        requested = await self._models.get(model)
+    async def _choose_model(self, request: ChatRequest, *, wants_images: bool) -> policy.ModelChoice:
+        requested = await self._models.get(request.model)
         fallback_policy = self.settings.fallback_policy
         fallback = None
         if policy.needs_fallback_lookup(requested, wants_images=wants_images, policy=fallback_policy):
             fallback = await self._models.get(self.settings.fallback_model)
-        return policy.choose_model(requested, wants_images=wants_images, policy=fallback_policy, fallback=fallback)
+        choice = policy.choose_model(requested, wants_images=wants_images, policy=fallback_policy, fallback=fallback)
+        # The model that answers must be able to think; with detection off we cannot know, so Ollama decides.
+        if self.settings.model_detection_enabled:
+            answering = fallback if fallback is not None and choice.model == fallback.name else requested
+            thinking.check_can_think(answering, request.think)
+        return choice
 
     async def begin(self, prepared: PreparedChat, *, grace_seconds: float) -> OpenTurn:
         turn = await open_turn(prepared, ollama=self._ollama, repository=self._repository, grace_seconds=grace_seconds)
@@ -130,7 +135,7 @@ class ChatService:
         async with turn:
             pass
         writer = self._writer(turn)
-        await asyncio.shield(writer.finish("", "stopped", "client disconnected", None))
+        await asyncio.shield(writer.finish(Answer(""), "stopped", "client disconnected", None))
 
     async def relay(self, turn: OpenTurn, sink: EventSink) -> str:
         """Stream the answer to `sink`; returns the outcome. The (partial) answer is always stored."""

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from services.vision_gateway.chat import events
+from services.vision_gateway.chat.thinking import Think
 from services.vision_gateway.errors import UpstreamRejected
 from services.vision_gateway.ollama_client import ChatStream, OllamaClient, OllamaStreamError
 from services.vision_gateway.repository import ConversationRepository, NewTurn
@@ -46,6 +47,8 @@ class ChatRequest:
     # Ollama's `format` ("json" or a JSON Schema) and `keep_alive`, checked by chat/ollama_request_fields.py.
     format: str | dict[str, Any] | None = None
     keep_alive: int | float | str | None = None
+    # None: not sent to Ollama, whose default applies (thinking-capable models think); see thinking.py.
+    think: Think | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,8 @@ class PreparedChat:
             payload["format"] = self.request.format
         if self.request.keep_alive is not None:
             payload["keep_alive"] = self.request.keep_alive
+        if self.request.think is not None:
+            payload["think"] = self.request.think
         return payload
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from common.auth import MAX_USER_ID_LENGTH
 from common.ids import parse_uuid
 from services.vision_gateway.chat.ollama_request_fields import InvalidField, check_format, check_option
+from services.vision_gateway.chat.thinking import Think
 from services.vision_gateway.errors import BadRequest, TooManyImages
 
 MAX_MODEL_CHARS = 200
@@ -26,6 +27,8 @@ MAX_STOP_SEQUENCES = 4  # as OpenAI
 RETINA_SCHEME = "retina:"
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.IGNORECASE)
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# `reasoning_effort` as Ollama's own /v1 reads it: a level passed on as `think`, "none" turns thinking off.
+_REASONING_EFFORTS: dict[str, Think] = {"low": "low", "medium": "medium", "high": "high", "none": False}
 
 
 def invalid(message: str, param: str | None) -> BadRequest:
@@ -60,6 +63,7 @@ class CompletionRequest:
     options: dict[str, Any] | None
     user: str | None
     format: str | dict[str, Any] | None = None  # from response_format
+    think: Think | None = None
 
     @property
     def image_count(self) -> int:
@@ -93,6 +97,7 @@ def parse_completion_request(body: Any, *, max_images: int) -> CompletionRequest
         options=ollama_options(body),
         user=_user(body.get("user")),
         format=ollama_format(body.get("response_format")),
+        think=_reasoning_effort(body.get("reasoning_effort")),
     )
     if parsed.image_count > max_images:
         raise TooManyImages(f"{parsed.image_count} images sent; at most {max_images} per request")
@@ -236,6 +241,14 @@ def _stop(stop: Any) -> list[str]:
     ):
         raise invalid(f"stop must be a non-empty string or up to {MAX_STOP_SEQUENCES} of them", "stop")
     return sequences
+
+
+def _reasoning_effort(value: Any) -> Think | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in _REASONING_EFFORTS:
+        raise invalid('reasoning_effort must be "low", "medium", "high" or "none"', "reasoning_effort")
+    return _REASONING_EFFORTS[value]
 
 
 def _boolean(value: Any, param: str) -> bool:

@@ -21,7 +21,12 @@ _ERROR_TYPES = {
     429: "rate_limit_error",
 }
 # Which request field a retina error code is about, when the error does not say it itself.
-_PARAM_OF_CODE = {"unknown_model": "model", "model_not_vision_capable": "model", "too_many_images": "messages"}
+_PARAM_OF_CODE = {
+    "unknown_model": "model",
+    "model_not_vision_capable": "model",
+    "model_cannot_think": "reasoning_effort",
+    "too_many_images": "messages",
+}
 # Status for a stream that failed after it began, when the client asked for one JSON answer.
 _STATUS_OF_STREAM_ERROR = {"shutting_down": 503, "internal_error": 500}
 
@@ -69,6 +74,8 @@ class ChunkStream:
             await self._chunk({"role": "assistant", "content": ""})
         elif event["type"] == "chunk":
             await self._chunk({"content": event["content"]})
+        elif event["type"] == "thinking":  # where Ollama's own /v1 puts it (OpenAI's API has no such field)
+            await self._chunk({"reasoning": event["content"]})
         elif event["type"] == "done":
             await self._chunk({}, finish_reason=_finish_reason(event["done_reason"]))
             if self._include_usage:
@@ -101,6 +108,7 @@ class CompletionCollector:
     def __init__(self) -> None:
         self._identity = _Identity()
         self._content: list[str] = []
+        self._reasoning: list[str] = []
         self._final: events.DoneEvent | events.ErrorEvent | None = None
 
     async def send(self, event: events.Event) -> None:
@@ -108,6 +116,8 @@ class CompletionCollector:
             self._identity.take(event)
         elif event["type"] == "chunk":
             self._content.append(event["content"])
+        elif event["type"] == "thinking":
+            self._reasoning.append(event["content"])
         elif event["type"] in ("done", "error"):
             self._final = event
 
@@ -119,6 +129,8 @@ class CompletionCollector:
             message = final["message"] if final else "the answer ended without a result"
             raise ApiError(message, status=_STATUS_OF_STREAM_ERROR.get(code, 502), code=code)
         reply = {"role": "assistant", "content": "".join(self._content), "refusal": None}
+        if self._reasoning:
+            reply["reasoning"] = "".join(self._reasoning)
         return {
             "id": self._identity.id,
             "object": "chat.completion",

@@ -57,6 +57,7 @@ class CompletionService:
                 request_id=request_id,
                 history=tuple(history),
                 format=request.format,
+                think=request.think,
             )
             prepared = await self.chat.prepare(chat_request)
             turn = await self.chat.begin(prepared, grace_seconds=grace_seconds)

@@ -1,0 +1,77 @@
+"""Where the gateway is and who is asking: flags, then the environment, then `retina up`'s local.env.
+
+Variables (the first three are `retina ask`'s own; the rest are the names the services already use):
+  RETINA_GATEWAY_URL  the gateway's base URL (`retina up` writes it to local.env)
+  RETINA_TOKEN        the bearer token (the name `retina up`'s banner and the README export)
+  RETINA_USER_ID      the acting user, sent as X-User-Id (default `alice`, the user of the banner's
+                      examples and the demo page, so conversations started there can be continued)
+  SERVICE_TOKENS      the services' own token list; its first token is used when RETINA_TOKEN is unset
+  VISION_GATEWAY_PORT the gateway's port when no URL is known (default 8082)
+  RETINA_STATE_DIR    where local.env lives (default ./var, as for `retina up`)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.env_file import read_env_file
+
+DEFAULT_USER = "alice"
+DEFAULT_GATEWAY_PORT = "8082"
+
+
+class MissingToken(Exception):
+    """No token anywhere: nothing can be asked (exit code 3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AskConfig:
+    gateway_url: str
+    token: str
+    user_id: str
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", "X-User-Id": self.user_id}
+
+    def url(self, path: str) -> str:
+        return self.gateway_url.rstrip("/") + path
+
+
+def state_dir(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("RETINA_STATE_DIR", "var")).resolve()
+
+
+def _first_token(tokens: str | None) -> str | None:
+    first = (tokens or "").split(",")[0].strip()
+    return first or None
+
+
+def load_config(
+    environ: Mapping[str, str] = os.environ,
+    *,
+    gateway_url: str | None = None,
+    user_id: str | None = None,
+) -> AskConfig:
+    local_env_path = state_dir(environ) / "local.env"
+    local = read_env_file(local_env_path)
+    token = (
+        environ.get("RETINA_TOKEN", "").strip()
+        or _first_token(environ.get("SERVICE_TOKENS"))
+        or _first_token(local.get("SERVICE_TOKENS"))
+    )
+    if not token:
+        raise MissingToken(
+            f"no token: set RETINA_TOKEN (or SERVICE_TOKENS), or run `retina up`, which writes {local_env_path}"
+        )
+    port = environ.get("VISION_GATEWAY_PORT", "").strip() or DEFAULT_GATEWAY_PORT
+    url = (
+        gateway_url
+        or environ.get("RETINA_GATEWAY_URL", "").strip()
+        or local.get("RETINA_GATEWAY_URL")
+        or f"http://127.0.0.1:{port}"
+    )
+    user = user_id or environ.get("RETINA_USER_ID", "").strip() or DEFAULT_USER
+    return AskConfig(gateway_url=url, token=token, user_id=user)

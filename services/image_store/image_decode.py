@@ -1,0 +1,137 @@
+"""Decoding untrusted bytes within limits: the limits, the rejection error, and the checks.
+
+The header's dimensions are checked before any pixel is decoded (where the size sits at a fixed
+place, even before Pillow opens the file); a full decode then proves the file is intact. Any
+failure caused by the content becomes `ImageRejected`, never a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, ClassVar, Final
+
+from PIL import Image, UnidentifiedImageError
+
+from common.errors import ApiError
+from services.image_store.headers import declared_size
+
+# Pillow format name for each MIME type we can accept.
+PILLOW_FORMATS: Final[dict[str, str]] = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/webp": "WEBP",
+    "image/gif": "GIF",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationLimits:
+    allowed_types: frozenset[str]
+    max_side_px: int
+    max_pixels: int
+    max_frames: int
+    reencode: bool
+    jpeg_quality: int
+
+
+class ImageRejected(ApiError):
+    """An upload that is not an acceptable image; carries the contract's status and code."""
+
+    _OUTCOMES: ClassVar[dict[str, str]] = {
+        "unsupported_media_type": "unsupported_type",
+        "image_too_large": "too_large",
+    }
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, status=status, code=code)
+
+    @property
+    def outcome(self) -> str:
+        return self._OUTCOMES.get(self.code, "invalid")
+
+
+@contextlib.contextmanager
+def untrusted_content(label: str) -> Iterator[None]:
+    """Map whatever a decoder raises on hostile bytes to ImageRejected (never a 500)."""
+    with warnings.catch_warnings():
+        # Pillow reports odd-but-readable files ("Corrupt EXIF data", "malformed MPO") as UserWarning.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except ImageRejected:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected(422, "image_too_large", f"the image has too many pixels: {exc}") from exc
+        except MemoryError as exc:
+            raise ImageRejected(
+                422, "image_too_large", "decoding the image needs more memory than this server allows"
+            ) from exc
+        except Exception as exc:  # a crafted file can make a decoder raise anything
+            message = f"the file is not a valid {label} image: {_reason(exc)}"
+            raise ImageRejected(422, "invalid_image", message) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """A short cause without Pillow's text, which can include our temp file's path."""
+    if "truncated" in str(exc).lower() or isinstance(exc, EOFError):
+        return "it is truncated"
+    if isinstance(exc, UnidentifiedImageError):
+        return "its header cannot be read"
+    return "its data is corrupt"
+
+
+def open_image(stream: IO[bytes], head: bytes, mime: str, limits: ValidationLimits) -> Image.Image:
+    # Our limits go first where the size sits at a fixed place: Pillow's WebP plugin allocates
+    # the whole canvas while opening, and its own bomb check would name no dimensions.
+    declared = declared_size(head, mime)
+    if declared is not None and min(declared) > 0:  # 0 is left to Pillow (GIFs may say 0x0)
+        _check_dimensions(declared, limits)
+    return Image.open(stream, formats=[PILLOW_FORMATS[mime]])
+
+
+def check_header(image: Image.Image, mime: str, limits: ValidationLimits) -> int:
+    """Sides, area and frame count from the header, before any pixel is decoded."""
+    _check_dimensions(image.size, limits)
+    # A JPEG's extra MPF images (phones store depth maps and gain maps there) are not
+    # frames of the picture: only the primary image is decoded and stored.
+    frames = 1 if mime == "image/jpeg" else int(getattr(image, "n_frames", 1))
+    if frames > limits.max_frames:
+        raise ImageRejected(
+            422, "too_many_frames", f"the image has {frames} frames; at most {limits.max_frames} allowed"
+        )
+    return frames
+
+
+def _check_dimensions(size: tuple[int, int], limits: ValidationLimits) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageRejected(422, "invalid_image", f"the image is {width}x{height} px, which has no pixels")
+    if max(width, height) > limits.max_side_px:
+        raise ImageRejected(
+            422,
+            "image_too_large",
+            f"the image is {width}x{height} px; each side may be at most {limits.max_side_px} px",
+        )
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            422,
+            "image_too_large",
+            f"the image is {width}x{height} px ({width * height} pixels); "
+            f"at most {limits.max_pixels} pixels are allowed",
+        )
+
+
+def decode_fully(image: Image.Image, frames: int, limits: ValidationLimits) -> None:
+    """Decode every pixel (of every frame) so truncation and corruption show up now."""
+    if frames == 1:
+        image.load()
+        return
+    for index in range(frames):
+        image.seek(index)
+        _check_dimensions(image.size, limits)  # a GIF frame may grow the canvas
+        image.load()
+    image.seek(0)
