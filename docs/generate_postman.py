@@ -48,6 +48,29 @@ BODIES: dict[str, dict[str, Any]] = {
         "raw": json.dumps({"message": "Is 1001 a prime number?", "model": "{{thinkingModel}}", "think": "high"}),
         **JSON_BODY,
     },
+    # Structured output: the answer must be JSON following this schema (with sampling options, keep_alive).
+    "streamMessage:structured": {
+        "mode": "raw",
+        "raw": json.dumps(
+            {
+                "message": "Describe this picture.",
+                "model": "{{model}}",
+                "image_ids": ["{{imageId}}"],
+                "format": {
+                    "type": "object",
+                    "properties": {
+                        "subject": {"type": "string"},
+                        "objects": {"type": "integer", "minimum": 0},
+                        "outdoors": {"type": "boolean"},
+                    },
+                    "required": ["subject", "objects", "outdoors"],
+                },
+                "options": {"temperature": 0, "seed": 42},
+                "keep_alive": "10m",
+            }
+        ),
+        **JSON_BODY,
+    },
     "createChatCompletion": {
         "mode": "raw",
         "raw": json.dumps(
@@ -255,6 +278,21 @@ STEPS: list[tuple[str, str, list[str]]] = [
             "  pm.expect(body.object).to.eql('chat.completion');",
             "  pm.expect(body.choices[0].message.role).to.eql('assistant');",
             "  pm.expect(body.choices[0].message.content).to.be.a('string').and.not.empty;",
+            "});",
+        ],
+    ),
+    (
+        "streamMessage:structured",
+        "Ask for JSON that follows a schema (structured output)",
+        [
+            "const events = pm.response.text().split('\\n\\n').filter((b) => b.startsWith('data: ')).map((b) => JSON.parse(b.slice(6)));",
+            "pm.test('200: the streamed answer is JSON with the schema\\'s fields', () => {",
+            "  pm.response.to.have.status(200);",
+            "  pm.expect(events[events.length - 1].type).to.eql('done');",
+            "  const answer = JSON.parse(events.filter((e) => e.type === 'chunk').map((e) => e.content).join(''));",
+            "  pm.expect(answer.subject).to.be.a('string');",
+            "  pm.expect(answer.objects).to.be.a('number').and.to.be.at.least(0);",
+            "  pm.expect(answer.outdoors).to.be.a('boolean');",
             "});",
         ],
     ),

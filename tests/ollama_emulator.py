@@ -41,6 +41,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from PIL import Image
 
+from tests.ollama_structured import structured_reply
+
 __all__ = [
     "BUSY_MESSAGE",
     "GO_ENGINE_IMAGE_FORMATS",
@@ -476,6 +478,7 @@ class _Decoded:
     options: dict[str, Any] = field(default_factory=dict)
     tools: list[Any] = field(default_factory=list)
     top_logprobs: int = 0
+    format: Any = None  # json.RawMessage: "json", a JSON Schema object, or anything (refused by the runner)
 
 
 # ---- request decoding (Go encoding/json semantics) -------------------------------------------------
@@ -620,6 +623,8 @@ class _Decoder:
             into.think = self.think(value)
         elif key == "keep_alive":
             into.keep_alive = self.keep_alive(value)
+        elif key == "format":
+            into.format = value
         elif key == "options":
             if value is not None and not isinstance(value, dict):
                 self.type_error(value, "options", "map[string]interface {}")
@@ -1044,6 +1049,8 @@ class OllamaEmulator:
         # 2. top_logprobs
         if not 0 <= decoded.top_logprobs <= 20:
             return self._fail(record, 400, "top_logprobs must be between 0 and 20")
+        if decoded.format not in (None, "", "json") and not isinstance(decoded.format, dict):
+            return self._fail(record, 400, 'invalid format: expected "json" or a valid JSON schema')
         # 3./4. model name and lookup (generate answers 404 even for an empty name)
         name = decoded.model
         if kind == "chat" and not name:
@@ -1114,6 +1121,8 @@ class OllamaEmulator:
             image.format not in self.accepted_image_formats for image in seen
         ):
             runner_error = runner_error or UNKNOWN_IMAGE_FORMAT
+        if decoded.format:  # grammar-bound output: JSON, shaped by the schema if one was sent
+            reply = structured_reply(decoded.format, reply)
         thinking_on = decoded.think if decoded.think is not None else self.version_profile == "modern"
         pieces: list[tuple[str, str]] = []
         if model.thinking and thinking_on:

@@ -20,6 +20,7 @@ from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.admission import StreamAdmission
 from services.vision_gateway.chat import ChatRequest, ChatService
+from services.vision_gateway.chat.ollama_request_fields import keep_alive_from_text, parse_ollama_fields
 from services.vision_gateway.chat.thinking import parse_think, think_from_form
 from services.vision_gateway.errors import (
     BadRequest,
@@ -41,7 +42,6 @@ ADMISSION_KEY = web.AppKey("stream_admission", StreamAdmission)
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MODEL_CHARS = 200
-MAX_OPTIONS_BYTES = 8 * 1024
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32
 UPLOAD_CHUNK = 256 * 1024
@@ -95,19 +95,17 @@ def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> 
     raw_ids = fields.get("image_ids", [])
     if not isinstance(raw_ids, list):
         raise BadRequest("image_ids must be a list of image IDs")
-    options = fields.get("options", {})
-    if not isinstance(options, dict):
-        raise BadRequest("options must be a JSON object")
-    if len(json.dumps(options)) > MAX_OPTIONS_BYTES:
-        raise BadRequest(f"options is larger than {MAX_OPTIONS_BYTES} bytes")
+    ollama = parse_ollama_fields(fields)  # format, keep_alive, allow-listed options
     return ChatRequest(
         user_id=user_id,
         message=message,
         model=model.strip(_ECMA_SPACE),
         conversation_id=conversation_id,
         image_ids=[_uuid(raw, "image_ids") for raw in raw_ids],
-        options=options or None,
+        options=ollama.options,
         request_id=request_id,
+        format=ollama.format,
+        keep_alive=ollama.keep_alive,
         think=parse_think(fields.get("think")),
     )
 
@@ -168,7 +166,8 @@ async def _read_body(
             if request.content_type == "application/json":
                 try:
                     fields = await request.json()
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                # RecursionError: nesting deeper than the parser goes is no JSON we can read either.
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                     raise BadRequest("the body is not valid JSON") from exc
                 if not isinstance(fields, dict):
                     raise BadRequest("the body must be a JSON object")
@@ -220,6 +219,9 @@ async def _read_multipart(
                     fields["options"] = _json_text(text, "options")
                 else:
                     fields[name] = text
+            elif (name := disposition.name) in ("format", "keep_alive"):
+                text = await _small_text(part)
+                fields[name] = _format_text(text) if name == "format" else keep_alive_from_text(text)
             else:
                 raise BadRequest(f"unexpected multipart field {name!r}")
     except (ValueError, AssertionError, HttpProcessingError) as exc:
@@ -230,8 +232,16 @@ async def _read_multipart(
 def _json_text(text: str, field: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BadRequest(f"{field} must be JSON text") from exc
+
+
+def _format_text(text: str) -> Any:
+    """A `format` part: the bare word json, or JSON text (a schema object, or "json" quoted)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
 
 def parse_image_ids_part(text: str) -> list[Any]:

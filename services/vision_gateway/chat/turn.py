@@ -44,6 +44,9 @@ class ChatRequest:
     received_at: float = field(default_factory=time.perf_counter)
     # None: the history is the stored conversation's. A tuple: the client's own (no conversation_id).
     history: tuple[SentMessage, ...] | None = None
+    # Ollama's `format` ("json" or a JSON Schema) and `keep_alive`, checked by chat/ollama_request_fields.py.
+    format: str | dict[str, Any] | None = None
+    keep_alive: int | float | str | None = None
     # None: not sent to Ollama, whose default applies (thinking-capable models think); see thinking.py.
     think: Think | None = None
 
@@ -63,6 +66,10 @@ class PreparedChat:
         payload: dict[str, Any] = {"model": self.model, "messages": self.ollama_messages}
         if self.request.options:
             payload["options"] = self.request.options
+        if self.request.format is not None:
+            payload["format"] = self.request.format
+        if self.request.keep_alive is not None:
+            payload["keep_alive"] = self.request.keep_alive
         if self.request.think is not None:
             payload["think"] = self.request.think
         return payload

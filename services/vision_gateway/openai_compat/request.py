@@ -16,6 +16,7 @@ from typing import Any
 
 from common.auth import MAX_USER_ID_LENGTH
 from common.ids import parse_uuid
+from services.vision_gateway.chat.ollama_request_fields import InvalidField, check_format, check_option
 from services.vision_gateway.chat.thinking import Think
 from services.vision_gateway.errors import BadRequest, TooManyImages
 
@@ -26,13 +27,6 @@ MAX_STOP_SEQUENCES = 4  # as OpenAI
 RETINA_SCHEME = "retina:"
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.IGNORECASE)
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# OpenAI request field -> Ollama option, with the accepted range (None: any integer).
-_NUMBER_OPTIONS = {
-    "temperature": ("temperature", 0.0, 2.0),
-    "top_p": ("top_p", 0.0, 1.0),
-    "frequency_penalty": ("frequency_penalty", -2.0, 2.0),
-    "presence_penalty": ("presence_penalty", -2.0, 2.0),
-}
 # `reasoning_effort` as Ollama's own /v1 reads it: a level passed on as `think`, "none" turns thinking off.
 _REASONING_EFFORTS: dict[str, Think] = {"low": "low", "medium": "medium", "high": "high", "none": False}
 
@@ -68,6 +62,7 @@ class CompletionRequest:
     include_usage: bool
     options: dict[str, Any] | None
     user: str | None
+    format: str | dict[str, Any] | None = None  # from response_format
     think: Think | None = None
 
     @property
@@ -101,6 +96,7 @@ def parse_completion_request(body: Any, *, max_images: int) -> CompletionRequest
         include_usage=_include_usage(body.get("stream_options")),
         options=ollama_options(body),
         user=_user(body.get("user")),
+        format=ollama_format(body.get("response_format")),
         think=_reasoning_effort(body.get("reasoning_effort")),
     )
     if parsed.image_count > max_images:
@@ -116,9 +112,6 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     for name in ("tools", "functions"):
         if body.get(name):
             raise invalid(f"{name} are not supported by this server", name)
-    response_format = body.get("response_format")
-    if response_format is not None and (not isinstance(response_format, dict) or response_format.get("type") != "text"):
-        raise invalid("only response_format {'type': 'text'} is supported", "response_format")
     if body.get("logprobs"):
         raise invalid("logprobs are not supported by this server", "logprobs")
     modalities = body.get("modalities")
@@ -194,31 +187,49 @@ def image_part(raw: Any, param: str) -> ImagePart:
 
 
 def ollama_options(body: dict[str, Any]) -> dict[str, Any] | None:
-    """temperature, top_p, penalties, seed, max_tokens and stop, as Ollama's option names."""
+    """temperature, top_p, penalties, seed, max_tokens and stop, as Ollama's option names, checked by the
+    same rules as /api/stream-message's `options` (chat/ollama_request_fields.py) but named as sent."""
     options: dict[str, Any] = {}
-    for name, (option, low, high) in _NUMBER_OPTIONS.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise invalid(f"{name} must be a number from {low} to {high}", name)
-        options[option] = value
-    seed = body.get("seed")
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise invalid("seed must be an integer", "seed")
-        options["seed"] = seed
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed"):
+        if (value := body.get(name)) is not None:
+            options[name] = _checked(name, value, name)
     for name in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are sent
         value = body.get(name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise invalid(f"{name} must be a positive integer", name)
-        options["num_predict"] = value
+        options["num_predict"] = _checked("num_predict", value, name)
     stop = body.get("stop")
     if stop is not None:
-        options["stop"] = _stop(stop)
+        options["stop"] = _checked("stop", _stop(stop), "stop")
     return options or None
+
+
+def ollama_format(response_format: Any) -> str | dict[str, Any] | None:
+    """`response_format` as Ollama's `format`: json_object is "json", json_schema its `schema`."""
+    param = "response_format"
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if response_format is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind != "json_schema":
+        raise invalid("response_format.type must be text, json_object or json_schema", param)
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or "schema" not in spec:
+        raise invalid("response_format.json_schema.schema is required", f"{param}.json_schema.schema")
+    try:
+        return check_format(spec["schema"], f"{param}.json_schema.schema")
+    except InvalidField as exc:
+        raise invalid(exc.message, exc.field) from exc
+
+
+def _checked(option: str, value: Any, param: str) -> Any:
+    try:
+        return check_option(option, value, param)
+    except InvalidField as exc:
+        raise invalid(exc.message, param) from exc
 
 
 def _stop(stop: Any) -> list[str]:

@@ -56,6 +56,7 @@ class CompletionService:
                 options=request.options,
                 request_id=request_id,
                 history=tuple(history),
+                format=request.format,
                 think=request.think,
             )
             prepared = await self.chat.prepare(chat_request)
