@@ -148,3 +148,29 @@ async def test_demo_page_attach_ask_stream_stop_and_history(
     assert "stopped" in (await page.locator(".message.assistant .meta").nth(1).text_content() or "")
     assert (await page.locator(".message.assistant .content").nth(1).text_content() or "").startswith("word0")
     await page.screenshot(path=str(tmp_path / "5-history.png"), full_page=True)
+
+
+async def test_demo_page_shows_the_models_thinking_live_and_in_history(
+    page: Any, service_env: dict[str, str], aiohttp_server: Any
+) -> None:
+    """A thinking model's reasoning streams into its own folded box above the answer and comes back
+    from the history after a reload, kept apart from the answer text."""
+    emulator = OllamaEmulator(chunk_delay=0.01)
+    _, gateway_origin = await start_stack(service_env, aiohttp_server, emulator)
+    model = emulator.find("qwen3:latest")
+    assert model is not None and model.thinking
+
+    await page.goto(f"{gateway_origin}/demo#token={SERVICE_TOKEN}&user=alice")
+    await page.locator('#models button[data-model="qwen3:latest"]').click()
+    await page.fill("#message", "What is two and two?")
+    await page.click("#send")
+    await page.locator(".message.assistant .event.done").wait_for()
+    assert await page.locator(".message.assistant .thinking-text").text_content() == model.thinking_reply
+    assert await answer_text(page) == model.reply, "the answer holds no thinking"
+    assert await page.locator(".message.assistant details.thinking").get_attribute("open") is not None
+
+    await page.reload()
+    await page.locator(".message.assistant .meta").wait_for()
+    assert await page.locator(".message.assistant .thinking-text").text_content() == model.thinking_reply
+    assert await page.locator(".message.assistant details.thinking").get_attribute("open") is None, "folded"
+    assert await answer_text(page) == model.reply

@@ -193,3 +193,47 @@ async def test_a_reader_that_leaves_the_pipe_ends_the_ask_quietly(stack: Stack, 
     assert "Traceback" not in err
     record = await stack.emulator.wait_for_disconnect()
     assert not record.completed
+
+
+async def test_think_and_format_with_an_image_reach_the_model_and_come_back(
+    stack: Stack, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    """--think and --format ride in the multipart form beside the image; the gateway's parsing of those
+    text parts is what this proves (the unit tests of the CLI only check what it sends)."""
+    import json
+
+    import jsonschema
+
+    llava = stack.emulator.find("llava")
+    assert llava is not None
+    llava.thinking = True  # a vision model that can also think
+    schema = {
+        "type": "object",
+        "properties": {"animal": {"type": "string"}, "count": {"type": "integer", "minimum": 1}},
+        "required": ["animal", "count"],
+    }
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps(schema))
+    image = tmp_path / "cat.png"
+    image.write_bytes(photo("chelsea.png"))
+    args = ["How many animals?", "-i", str(image), "-m", "llava", "--think", "high", "--format", str(schema_file)]
+    code, out, err = await run_piped(args, env_for(stack, tmp_path))
+    assert code == 0, err
+
+    answer = json.loads(out)
+    jsonschema.validate(answer, schema)
+    assert llava.thinking_reply in err, "piped thinking goes to stderr, keeping stdout parseable"
+    sent = stack.emulator.chats[-1].body
+    assert sent["think"] == "high"
+    assert sent["format"] == schema
+    assert len(sent["messages"][-1]["images"]) == 1
+    stored = await db.fetchrow(
+        "SELECT content, thinking, status FROM messages WHERE conversation_id = $1 AND role = 'assistant'",
+        conversation_of(err),
+    )
+    assert stored is not None
+    assert (json.loads(stored["content"]), stored["thinking"], stored["status"]) == (
+        answer,
+        llava.thinking_reply,
+        "complete",
+    )
