@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -19,9 +18,10 @@ from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.admission import StreamAdmission
-from services.vision_gateway.chat import ChatRequest, ChatService
-from services.vision_gateway.chat.ollama_request_fields import keep_alive_from_text, parse_ollama_fields
-from services.vision_gateway.chat.thinking import parse_think, think_from_form
+from services.vision_gateway.chat import ChatService
+from services.vision_gateway.chat.ollama_request_fields import keep_alive_from_text
+from services.vision_gateway.chat.thinking import think_from_form
+from services.vision_gateway.chat_fields import format_text, json_text, parse_chat_fields, parse_image_ids_part
 from services.vision_gateway.errors import (
     BadRequest,
     ConversationNotFound,
@@ -34,80 +34,17 @@ from services.vision_gateway.history import HistoryImages, message_with_images
 from services.vision_gateway.sse import EventStream
 
 if TYPE_CHECKING:  # typing.TypeIs arrives in 3.13; only the checker needs it
-    from typing_extensions import TypeIs
+    pass
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)
 HISTORY_IMAGES_KEY = web.AppKey("history_images", HistoryImages)
 ADMISSION_KEY = web.AppKey("stream_admission", StreamAdmission)
 
-MAX_MESSAGE_CHARS = 32_000
-MAX_MODEL_CHARS = 200
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32
 UPLOAD_CHUNK = 256 * 1024
 # How long to wait for Ollama before committing to a stream (and pinging while it loads).
 OPEN_GRACE_SECONDS = 1.0
-
-
-def _uuid(raw: Any, field: str) -> uuid.UUID:
-    value = parse_uuid(raw)
-    if value is None:
-        if isinstance(raw, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", raw):
-            raise BadRequest(f"{field} must hold image IDs, not URLs")
-        raise BadRequest(f"{field} must be a UUID")
-    return value
-
-
-# What the document's `not: {pattern: "^\s*$"}` calls space: ECMAScript's \s. Python's str.strip() also strips
-# U+001C..U+001F and U+0085, which would refuse text the document calls valid.
-_ECMA_SPACE = "\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(map(chr, range(0x2000, 0x200B)))
-
-
-def _has_text(value: object) -> TypeIs[str]:
-    return isinstance(value, str) and bool(value.strip(_ECMA_SPACE))
-
-
-def _storable(text: str, field: str) -> str:
-    """PostgreSQL text holds neither NUL nor lone surrogates (JSON allows both): refuse them as a 400, not a 500."""
-    if "\x00" in text:
-        raise BadRequest(f"{field} must not contain NUL characters")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise BadRequest(f"{field} must be valid Unicode text") from exc
-    return text
-
-
-def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> ChatRequest:
-    message = fields.get("message")
-    if not _has_text(message):
-        raise BadRequest("message is required and must be non-empty text")
-    if len(message) > MAX_MESSAGE_CHARS:
-        raise BadRequest(f"message is longer than {MAX_MESSAGE_CHARS} characters")
-    _storable(message, "message")
-    model = fields.get("model")
-    if not _has_text(model) or len(model) > MAX_MODEL_CHARS:
-        raise BadRequest("model is required and must be a model name")
-    _storable(model, "model")
-    # Only an absent or null conversation_id starts a new conversation: "" is a client bug, not a request.
-    conversation = fields.get("conversation_id")
-    conversation_id = None if conversation is None else _uuid(conversation, "conversation_id")
-    raw_ids = fields.get("image_ids", [])
-    if not isinstance(raw_ids, list):
-        raise BadRequest("image_ids must be a list of image IDs")
-    ollama = parse_ollama_fields(fields)  # format, keep_alive, allow-listed options
-    return ChatRequest(
-        user_id=user_id,
-        message=message,
-        model=model.strip(_ECMA_SPACE),
-        conversation_id=conversation_id,
-        image_ids=[_uuid(raw, "image_ids") for raw in raw_ids],
-        options=ollama.options,
-        request_id=request_id,
-        format=ollama.format,
-        keep_alive=ollama.keep_alive,
-        think=parse_think(fields.get("think")),
-    )
 
 
 async def stream_message(request: web.Request) -> web.StreamResponse:
@@ -216,43 +153,17 @@ async def _read_multipart(
             elif (name := disposition.name) in ("message", "model", "conversation_id", "options"):
                 text = await _small_text(part)
                 if name == "options":
-                    fields["options"] = _json_text(text, "options")
+                    fields["options"] = json_text(text, "options")
                 else:
                     fields[name] = text
             elif (name := disposition.name) in ("format", "keep_alive"):
                 text = await _small_text(part)
-                fields[name] = _format_text(text) if name == "format" else keep_alive_from_text(text)
+                fields[name] = format_text(text) if name == "format" else keep_alive_from_text(text)
             else:
                 raise BadRequest(f"unexpected multipart field {name!r}")
     except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise BadRequest("malformed multipart body") from exc
     return fields
-
-
-def _json_text(text: str, field: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"{field} must be JSON text") from exc
-
-
-def _format_text(text: str) -> Any:
-    """A `format` part: the bare word json, or JSON text (a schema object, or "json" quoted)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return text
-
-
-def parse_image_ids_part(text: str) -> list[Any]:
-    """One `image_ids` form part: a single ID (the part may repeat, as HTML forms and OpenAPI send arrays)
-    or, as before, a JSON array of IDs. The IDs themselves are checked with the JSON body's rules."""
-    if not text.lstrip().startswith("["):
-        return [text]
-    ids = _json_text(text, "image_ids")
-    if not isinstance(ids, list):
-        raise BadRequest("image_ids must be a list of image IDs")
-    return ids
 
 
 async def _chunks(part: BodyPartReader, clocks: BodyClocks) -> AsyncIterator[bytes]:
