@@ -16,6 +16,7 @@ from common.app import AUTH_KEY
 from common.content_disposition import parse_form_data_disposition
 from common.errors import UnsupportedMediaType
 from common.http.body_timeout import BodyReadTimeout, read_limits
+from common.http.multipart import read_small_field
 from common.ids import parse_uuid
 from common.settings import ImageStoreSettings
 from services.image_store.conditional import Precondition, evaluate_preconditions, select_range
@@ -138,7 +139,7 @@ async def _receive_multipart(request: web.Request, session: UploadSession) -> tu
                 filename = disposition.filename
                 await session.receive(_part_chunks(part))
             else:
-                fields[disposition.name or ""] = await _read_small_field(part)
+                fields[disposition.name or ""] = await read_small_field(part, MAX_FIELD_BYTES)
     except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as exc:
         # aiohttp's messages can echo raw header bytes; keep ours short and printable.
         raise BadRequest("malformed multipart body") from exc
@@ -150,15 +151,6 @@ async def _receive_multipart(request: web.Request, session: UploadSession) -> tu
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(CHUNK_SIZE):
         yield chunk
-
-
-async def _read_small_field(part: BodyPartReader) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(MAX_FIELD_BYTES):
-        data += chunk
-        if len(data) > MAX_FIELD_BYTES:
-            raise BadRequest(f"field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes")
-    return data.decode("utf-8")
 
 
 # ---- serving -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from common.app import AUTH_KEY
 from common.content_disposition import parse_form_data_disposition
 from common.http.body_timeout import BodyClocks, BodyReadTimeout, read_limits
+from common.http.multipart import read_small_field
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from common.metrics import EVENT_STREAM_KEY
@@ -147,17 +148,19 @@ async def _read_multipart(
                     clocks.resume()
                 uploaded.append(image_id)
             elif disposition.name == "image_ids":
-                fields.setdefault("image_ids", []).extend(parse_image_ids_part(await _small_text(part)))
+                fields.setdefault("image_ids", []).extend(
+                    parse_image_ids_part(await read_small_field(part, MAX_FIELD_BYTES))
+                )
             elif disposition.name == "think":
-                fields["think"] = think_from_form(await _small_text(part))
+                fields["think"] = think_from_form(await read_small_field(part, MAX_FIELD_BYTES))
             elif (name := disposition.name) in ("message", "model", "conversation_id", "options"):
-                text = await _small_text(part)
+                text = await read_small_field(part, MAX_FIELD_BYTES)
                 if name == "options":
                     fields["options"] = json_text(text, "options")
                 else:
                     fields[name] = text
             elif (name := disposition.name) in ("format", "keep_alive"):
-                text = await _small_text(part)
+                text = await read_small_field(part, MAX_FIELD_BYTES)
                 fields[name] = format_text(text) if name == "format" else keep_alive_from_text(text)
             else:
                 raise BadRequest(f"unexpected multipart field {name!r}")
@@ -172,15 +175,6 @@ async def _chunks(part: BodyPartReader, clocks: BodyClocks) -> AsyncIterator[byt
     # The image is forwarded; until the store has checked and stored it, the client's remaining
     # bytes wait in buffers, and that wait must not count as the client being idle or slow.
     clocks.pause()
-
-
-async def _small_text(part: BodyPartReader) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(MAX_FIELD_BYTES):
-        data += chunk
-        if len(data) > MAX_FIELD_BYTES:
-            raise BadRequest(f"field {part.name!r} is too large")
-    return data.decode("utf-8")
 
 
 async def stop_stream(request: web.Request) -> web.Response:

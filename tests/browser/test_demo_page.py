@@ -158,7 +158,8 @@ async def test_demo_page_shows_the_models_thinking_live_and_in_history(
     emulator = OllamaEmulator(chunk_delay=0.01)
     _, gateway_origin = await start_stack(service_env, aiohttp_server, emulator)
     model = emulator.find("qwen3:latest")
-    assert model is not None and model.thinking
+    assert model is not None
+    assert model.thinking
 
     await page.goto(f"{gateway_origin}/demo#token={SERVICE_TOKEN}&user=alice")
     await page.locator('#models button[data-model="qwen3:latest"]').click()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from services.image_store.app import create_app
 from services.image_store.filenames import content_disposition, sanitize_filename
+from services.image_store.handlers import MAX_FIELD_BYTES
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import (
     BACKENDS,
@@ -421,3 +422,31 @@ async def test_metrics_count_refusals(store_client: TestClient) -> None:
     assert 'image_store_uploads_total{outcome="unsupported_type"} 1.0' in text
     assert 'image_store_uploads_total{outcome="stored"} 1.0' in text
     assert 'image_store_processing_duration_seconds_count{step="decode"} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"1" * (MAX_FIELD_BYTES + 1), f"field 'message_id' is longer than {MAX_FIELD_BYTES} bytes"),
+        (b"\xff\xfe not UTF-8", "field 'message_id' is not UTF-8 text"),
+    ],
+)
+async def test_an_oversized_or_undecodable_text_field_is_refused(
+    store_client: TestClient, db: asyncpg.Connection, blobs: BlobView, value: bytes, message: str
+) -> None:
+    """The text fields beside the file: bounded in memory and decoded strictly, and the file that came
+    first is not kept."""
+    boundary = "retina-field-boundary"
+    image_part, _ = raw_multipart(b"pic.png", png(), boundary)
+    body = image_part.removesuffix(f"--{boundary}--\r\n".encode()) + (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="message_id"\r\n\r\n'.encode()
+        + value
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = await store_client.post(
+        "/api/images",
+        data=body,
+        headers={**auth_headers(), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    await expect_error(response, 400, "bad_request", message)
+    await assert_nothing_stored(db, blobs)

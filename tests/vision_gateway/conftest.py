@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
@@ -17,7 +18,7 @@ from PIL import Image
 from common.settings import load_gateway_settings, load_image_store_settings
 from services.image_store.app import create_app as create_store
 from services.vision_gateway.app import create_app as create_gateway
-from tests.conftest import auth_headers
+from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import photo
 from tests.ollama_emulator import OllamaEmulator
 
@@ -102,6 +103,20 @@ class SseResult:
     @property
     def text(self) -> str:
         return "".join(e["content"] for e in self.of("chunk"))
+
+
+@pytest.fixture
+async def openai_client(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official `openai` client pointed at the gateway's /v1, as alice, never retrying (a retried
+    request would hide which response a test is looking at)."""
+    async with openai.AsyncOpenAI(
+        base_url=str(stack.gateway.make_url("/v1")),
+        api_key=SERVICE_TOKEN,
+        default_headers={"X-User-Id": "alice"},
+        max_retries=0,
+        timeout=30,
+    ) as client:
+        yield client
 
 
 async def read_sse(response: aiohttp.ClientResponse) -> SseResult:

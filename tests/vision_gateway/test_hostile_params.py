@@ -13,9 +13,11 @@ import uuid
 from typing import Any
 
 import aiohttp
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from services.vision_gateway.handlers import MAX_FIELD_BYTES
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.hostile_http import assert_sane, encode, header_values, path_segments, request, short_values
 from tests.image_store.conftest import photo
@@ -127,3 +129,29 @@ async def test_a_quoted_file_name_with_separators_reaches_the_store(stack: Any, 
     [image_id] = result.events[0]["image_ids"]
     stored = await db.fetchval("SELECT original_filename FROM images WHERE id = $1", uuid.UUID(image_id))
     assert stored == "a;b=c; x.png"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("message", b"x" * (MAX_FIELD_BYTES + 1), f"field 'message' is longer than {MAX_FIELD_BYTES} bytes"),
+        ("model", b"llava\xff", "field 'model' is not UTF-8 text"),
+    ],
+)
+async def test_an_oversized_or_undecodable_form_field_is_refused_after_undoing_uploads(
+    stack: Any, db: Any, field: str, value: bytes, message: str
+) -> None:
+    """An image part comes first and is forwarded to the store; the bad text field after it is a 400
+    and the upload is undone, so neither service keeps anything of the request."""
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("images", io.BytesIO(photo("rocket.jpg")), filename="rocket.jpg", content_type="image/jpeg")
+    fields = {"message": b"Describe this", "model": b"llava", field: value}
+    for name, raw in fields.items():
+        form.add_field(name, io.BytesIO(raw), content_type="text/plain")
+    response = await stack.gateway.post("/api/stream-message", data=form, headers=auth_headers())
+    assert response.status == 400, await response.text()
+    error = (await response.json())["error"]
+    assert (error["code"], error["message"]) == ("bad_request", message)
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert await db.fetchval("SELECT count(*) FROM images") == 0, "the forwarded image was deleted again"
+    assert stack.emulator.chats == []

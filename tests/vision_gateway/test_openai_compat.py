@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import openai
@@ -21,18 +20,6 @@ from tests.vision_gateway.conftest import Stack
 
 LLAVA_REPLY = OllamaEmulator().find("llava").reply
 LLAMA_REPLY = "Hello! How can I help you today?"
-
-
-@pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=str(stack.gateway.make_url("/v1")),
-        api_key=SERVICE_TOKEN,
-        default_headers={"X-User-Id": "alice"},
-        max_retries=0,  # a retried request would hide which response a test is looking at
-        timeout=30,
-    ) as oai:
-        yield oai
 
 
 def data_url(data: bytes, media_type: str) -> str:
@@ -51,9 +38,9 @@ async def image_rows(db: asyncpg.Connection) -> list[asyncpg.Record]:
 
 
 async def test_non_streaming_text_answer_is_recorded_as_a_new_conversation(
-    stack: Stack, client: openai.AsyncOpenAI, db: asyncpg.Connection
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
-    raw = await client.chat.completions.with_raw_response.create(
+    raw = await openai_client.chat.completions.with_raw_response.create(
         model="llama3.2",
         messages=[
             {"role": "system", "content": "You are terse."},
@@ -99,10 +86,10 @@ async def test_non_streaming_text_answer_is_recorded_as_a_new_conversation(
 
 
 async def test_streaming_a_real_photo_as_data_url(
-    stack: Stack, client: openai.AsyncOpenAI, db: asyncpg.Connection
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
     cat = photo("chelsea.png")
-    stream = await client.chat.completions.create(
+    stream = await openai_client.chat.completions.create(
         model="llava",
         messages=[image_message("What animal is this?", data_url(cat, "image/png"))],
         stream=True,
@@ -134,11 +121,11 @@ async def test_streaming_a_real_photo_as_data_url(
 
 
 async def test_retina_image_reference_and_history_image(
-    stack: Stack, client: openai.AsyncOpenAI, db: asyncpg.Connection
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
     stored = await stack.upload(photo("rocket.jpg"))
     earlier = photo("astronaut.png")
-    completion = await client.chat.completions.create(
+    completion = await openai_client.chat.completions.create(
         model="llava",
         messages=[
             image_message("What is this?", data_url(earlier, "image/png")),
@@ -171,8 +158,8 @@ async def test_user_field_names_the_user_when_no_header(stack: Stack, db: asyncp
     assert "X-User-Id" in refused.value.message
 
 
-async def test_max_tokens_maps_to_num_predict_and_length(stack: Stack, client: openai.AsyncOpenAI) -> None:
-    completion = await client.chat.completions.create(
+async def test_max_tokens_maps_to_num_predict_and_length(stack: Stack, openai_client: openai.AsyncOpenAI) -> None:
+    completion = await openai_client.chat.completions.create(
         model="llama3.2", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
     )
     assert stack.emulator.chats[-1].body["options"] == {"num_predict": 3}
@@ -201,10 +188,10 @@ async def test_bad_token_is_an_authentication_error(stack: Stack) -> None:
 
 
 async def test_unknown_model_is_not_found_and_nothing_is_written(
-    stack: Stack, client: openai.AsyncOpenAI, db: asyncpg.Connection
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
     with pytest.raises(openai.NotFoundError) as refused:
-        await client.chat.completions.create(
+        await openai_client.chat.completions.create(
             model="no-such-model",
             messages=[image_message("What is this?", data_url(photo("chelsea.png"), "image/png"))],
         )
@@ -216,10 +203,10 @@ async def test_unknown_model_is_not_found_and_nothing_is_written(
 
 
 async def test_remote_image_url_is_refused_before_anything_happens(
-    stack: Stack, client: openai.AsyncOpenAI, db: asyncpg.Connection
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        await client.chat.completions.create(
+        await openai_client.chat.completions.create(
             model="llava",
             messages=[
                 image_message("first", data_url(photo("chelsea.png"), "image/png")),
@@ -253,31 +240,31 @@ async def test_remote_image_url_is_refused_before_anything_happens(
     ],
 )
 async def test_bad_requests_name_the_field(
-    stack: Stack, client: openai.AsyncOpenAI, request_fields: dict[str, object], param: str
+    stack: Stack, openai_client: openai.AsyncOpenAI, request_fields: dict[str, object], param: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        await client.chat.completions.create(model="llava", **request_fields)
+        await openai_client.chat.completions.create(model="llava", **request_fields)
     assert refused.value.param == param
     assert refused.value.type == "invalid_request_error"
     assert stack.emulator.chats == []
 
 
 async def test_someone_elses_image_reference_is_not_found(
-    stack: Stack, client: openai.AsyncOpenAI, db: asyncpg.Connection
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
     bobs = await stack.upload(photo("rocket.jpg"), user="bob")
     with pytest.raises(openai.NotFoundError) as refused:
-        await client.chat.completions.create(model="llava", messages=[image_message("What?", f"retina:{bobs}")])
+        await openai_client.chat.completions.create(model="llava", messages=[image_message("What?", f"retina:{bobs}")])
     assert refused.value.code == "image_not_found"
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert stack.emulator.chats == []
 
 
 async def test_images_for_a_model_that_cannot_see_are_refused_and_uploads_removed(
-    stack: Stack, client: openai.AsyncOpenAI, db: asyncpg.Connection
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as refused:
-        await client.chat.completions.create(
+        await openai_client.chat.completions.create(
             model="llama3.2", messages=[image_message("What?", data_url(photo("chelsea.png"), "image/png"))]
         )
     assert refused.value.code == "model_not_vision_capable"
@@ -285,10 +272,10 @@ async def test_images_for_a_model_that_cannot_see_are_refused_and_uploads_remove
 
 
 async def test_failure_mid_answer_reaches_the_client_and_the_partial_answer_is_kept(
-    stack: Stack, client: openai.AsyncOpenAI, db: asyncpg.Connection
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
     stack.emulator.fail_after_chunks = 3
-    stream = await client.chat.completions.create(
+    stream = await openai_client.chat.completions.create(
         model="llama3.2", messages=[{"role": "user", "content": "Hi"}], stream=True
     )
     received: list[str] = []
@@ -302,7 +289,7 @@ async def test_failure_mid_answer_reaches_the_client_and_the_partial_answer_is_k
     assert failed.value.code == "upstream_error"
     assert "".join(received) == " ".join(LLAMA_REPLY.split()[:3])
     with pytest.raises(openai.APIStatusError) as failed_whole:
-        await client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+        await openai_client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
     assert failed_whole.value.status_code == 502
     assert failed_whole.value.code == "upstream_error"
     rows = await db.fetch("SELECT content, status FROM messages WHERE role = 'assistant'")
@@ -311,15 +298,15 @@ async def test_failure_mid_answer_reaches_the_client_and_the_partial_answer_is_k
     assert [r["content"] for r in rows] == [" ".join(LLAMA_REPLY.split()[:3])] * 2, "the partial answers are stored"
 
 
-async def test_models_list_and_retrieve(stack: Stack, client: openai.AsyncOpenAI) -> None:
-    page = await client.models.list()
+async def test_models_list_and_retrieve(stack: Stack, openai_client: openai.AsyncOpenAI) -> None:
+    page = await openai_client.models.list()
     names = [m.id for m in page.data]
     assert names == [m.name for m in stack.emulator.models]
     assert all(m.object == "model" and m.owned_by == "ollama" for m in page.data)
-    one = await client.models.retrieve("llava:latest")
+    one = await openai_client.models.retrieve("llava:latest")
     assert one.id == "llava:latest"
     with pytest.raises(openai.NotFoundError) as missing:
-        await client.models.retrieve("nope:latest")
+        await openai_client.models.retrieve("nope:latest")
     assert missing.value.code == "unknown_model"
 
 
@@ -347,14 +334,14 @@ async def test_oversized_and_malformed_bodies_use_openai_errors(stack: Stack, mo
     assert set((await response.json())["error"]) == {"code", "message"}
 
 
-async def test_openai_calls_are_counted_like_other_streams(stack: Stack, client: openai.AsyncOpenAI) -> None:
-    await client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
-    stream = await client.chat.completions.create(
+async def test_openai_calls_are_counted_like_other_streams(stack: Stack, openai_client: openai.AsyncOpenAI) -> None:
+    await openai_client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+    stream = await openai_client.chat.completions.create(
         model="llama3.2", messages=[{"role": "user", "content": "Hi"}], stream=True
     )
     assert [chunk async for chunk in stream]
     with pytest.raises(openai.NotFoundError):
-        await client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "Hi"}])
+        await openai_client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "Hi"}])
     response = await stack.gateway.get("/metrics")
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -369,9 +356,11 @@ async def test_openai_calls_are_counted_like_other_streams(stack: Stack, client:
     assert samples[("http_server_requests_total", (("code", "404"), ("method", "POST"), route))] == 1
 
 
-async def test_unknown_v1_routes_and_methods_answer_in_openai_shape(stack: Stack, client: openai.AsyncOpenAI) -> None:
+async def test_unknown_v1_routes_and_methods_answer_in_openai_shape(
+    stack: Stack, openai_client: openai.AsyncOpenAI
+) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
-        await client.embeddings.create(model="nomic-embed-text", input="hello")
+        await openai_client.embeddings.create(model="nomic-embed-text", input="hello")
     assert missing.value.code == "not_found"
     assert missing.value.type == "invalid_request_error"
     response = await stack.gateway.post("/v1/models", json={}, headers=auth_headers())
@@ -383,9 +372,11 @@ async def test_unknown_v1_routes_and_methods_answer_in_openai_shape(stack: Stack
     assert response.headers["Allow"] == "POST"
 
 
-async def test_an_image_without_text_is_a_question(stack: Stack, client: openai.AsyncOpenAI) -> None:
+async def test_an_image_without_text_is_a_question(stack: Stack, openai_client: openai.AsyncOpenAI) -> None:
     parts = [{"type": "image_url", "image_url": {"url": data_url(photo("chelsea.png"), "image/png")}}]
-    completion = await client.chat.completions.create(model="llava", messages=[{"role": "user", "content": parts}])
+    completion = await openai_client.chat.completions.create(
+        model="llava", messages=[{"role": "user", "content": parts}]
+    )
     assert completion.choices[0].message.content == LLAVA_REPLY
     assert len(stack.emulator.chats[-1].images) == 1
     conversations = await stack.gateway.get("/api/conversations", headers=auth_headers())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,7 +16,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.conftest import SERVICE_TOKEN, auth_headers
+from tests.conftest import auth_headers
 from tests.image_store.conftest import photo
 from tests.vision_gateway.conftest import Stack, ask, read_sse
 from tests.vision_gateway.test_faults import expect_refusal
@@ -132,20 +131,8 @@ async def test_a_refused_multipart_field_keeps_no_upload(stack: Stack, db: async
 # ---- the OpenAI-compatible endpoint maps its own fields onto the same rules --------------------------
 
 
-@pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=str(stack.gateway.make_url("/v1")),
-        api_key=SERVICE_TOKEN,
-        default_headers={"X-User-Id": "alice"},
-        max_retries=0,
-        timeout=30,
-    ) as oai:
-        yield oai
-
-
-async def test_openai_response_format_json_schema(stack: Stack, client: openai.AsyncOpenAI) -> None:
-    completion = await client.chat.completions.create(
+async def test_openai_response_format_json_schema(stack: Stack, openai_client: openai.AsyncOpenAI) -> None:
+    completion = await openai_client.chat.completions.create(
         model="llama3.2",
         messages=[{"role": "user", "content": "Describe a rocket."}],
         response_format={"type": "json_schema", "json_schema": {"name": "scene", "schema": SCHEMA, "strict": True}},
@@ -157,7 +144,7 @@ async def test_openai_response_format_json_schema(stack: Stack, client: openai.A
     sent = stack.emulator.chats[-1].body
     assert sent["format"] == SCHEMA
     assert sent["options"] == {"temperature": 0.5, "presence_penalty": 0.5, "num_predict": 500}
-    plain = await client.chat.completions.create(
+    plain = await openai_client.chat.completions.create(
         model="llama3.2", messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"}
     )
     assert isinstance(json.loads(plain.choices[0].message.content or ""), dict)
@@ -181,10 +168,15 @@ async def test_openai_response_format_json_schema(stack: Stack, client: openai.A
     ],
 )
 async def test_openai_refusals_name_the_param(
-    stack: Stack, db: asyncpg.Connection, client: openai.AsyncOpenAI, extra: dict[str, Any], param: str, part: str
+    stack: Stack,
+    db: asyncpg.Connection,
+    openai_client: openai.AsyncOpenAI,
+    extra: dict[str, Any],
+    param: str,
+    part: str,
 ) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        await client.chat.completions.create(
+        await openai_client.chat.completions.create(
             model="llama3.2", messages=[{"role": "user", "content": "hi"}], extra_body=extra
         )
     assert refused.value.param == param
