@@ -617,8 +617,10 @@ async def test_pool_refuses_work_beyond_max_pending(
 ) -> None:
     pool = await pool_factory(workers=1, timeout_seconds=20, max_pending=2)
     small = write(tmp_path, "small", images.solid("PNG"))
+    # Both slow: whichever reaches the only worker first, neither can be done 50 ms later (with a
+    # small second image, it could win the worker and finish before the check).
     first = asyncio.create_task(pool.process(slow_image, tmp_path / "o1", LIMITS))
-    second = asyncio.create_task(pool.process(small, tmp_path / "o2", LIMITS))
+    second = asyncio.create_task(pool.process(slow_image, tmp_path / "o2", LIMITS))
     await asyncio.sleep(0.05)
     assert pool.in_flight == 2  # one running, one waiting for the only worker
     started = time.perf_counter()
@@ -626,7 +628,7 @@ async def test_pool_refuses_work_beyond_max_pending(
         await pool.process(small, tmp_path / "o3", LIMITS)
     assert time.perf_counter() - started < 0.1, "refused at once, not after waiting"
     assert (await first).width == 4000
-    assert (await second).width == 64
+    assert (await second).width == 4000
     assert pool.in_flight == 0
     assert not (tmp_path / "o3").exists()
 
