@@ -98,7 +98,9 @@ async def measure(fn, base: str, concurrency: int, rounds: int) -> list[float]:
 
 
 def gateway_env(url: str, tmp: str, ollama: str, **extra: str) -> dict[str, str]:
-    return {**store_env(url, Path(tmp)), "OLLAMA_URL": ollama, "VISION_KNOWN_MODELS": "llava", **extra}
+    # One bench user runs every stream: the per-user admission limits would measure the 429 path.
+    limits = {"VISION_MAX_STREAMS_PER_USER": "0", "VISION_STREAM_RATE_PER_MINUTE": "0"}
+    return {**store_env(url, Path(tmp)), "OLLAMA_URL": ollama, "VISION_KNOWN_MODELS": "llava", **limits, **extra}
 
 
 def bench_ttft(admin_url: str) -> None:
