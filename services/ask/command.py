@@ -15,7 +15,7 @@ from services.ask.exits import TABLE, ExitCode
 from services.ask.progress import UploadProgress
 from services.ask.render import Renderer
 from services.ask.request import THINK_LEVELS, AskRequest, FormatFileError, load_format, parse_think
-from services.ask.session import AskSession
+from services.ask.session import SILENCE_TIMEOUT_SECONDS, AskSession
 
 DESCRIPTION = """Ask a model about local images; the answer streams to stdout as it is generated.
 Uploads go through the gateway (multipart) with a progress bar on stderr; notices, the outcome and
@@ -41,6 +41,16 @@ def _conversation(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a conversation ID (a UUID)") from None
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds between 0 and 86400")
+    return seconds
 
 
 def _format(value: str) -> Any:
@@ -99,6 +109,14 @@ def add_parser(commands: Any) -> None:
         metavar="json|SCHEMA.json",
         help="structured output: `json`, or a file holding a JSON schema",
     )
+    ask.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=SILENCE_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"give up after this long without a byte from the gateway (default {SILENCE_TIMEOUT_SECONDS:g}; "
+        "0 = never)",
+    )
     ask.add_argument("--gateway", metavar="URL", help="gateway base URL (overrides RETINA_GATEWAY_URL)")
     ask.add_argument("--user", metavar="ID", help="acting user (overrides RETINA_USER_ID)")
     ask.set_defaults(question_after_think=None)
@@ -130,7 +148,8 @@ def run_ask(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | N
     progress = UploadProgress(request.upload_bytes(), err, enabled=err.isatty())
     renderer = Renderer(out, err, terminal=out.isatty())
     try:
-        return asyncio.run(AskSession(config, request, renderer, progress).run())
+        session = AskSession(config, request, renderer, progress, silence_timeout=args.timeout or None)
+        return asyncio.run(session.run())
     except BrokenPipeError:
         # stdout's reader left (`| head -3`): stop quietly, as Python's docs advise for pipes.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

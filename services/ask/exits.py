@@ -17,7 +17,7 @@ class ExitCode(IntEnum):
 
 TABLE = """exit codes:
   0    the answer is complete
-  1    the answer failed (error event, broken stream, gateway 5xx or 429)
+  1    the answer failed (error event, broken or silent stream, gateway 5xx or 429)
   2    usage: bad arguments, an unreadable image or schema file
   3    no token configured, or the gateway refused it (401)
   4    the gateway refused the request (other 4xx: bad_request, unknown_model, image_not_found, ...)

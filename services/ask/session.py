@@ -26,6 +26,10 @@ from services.ask.sse import StreamProtocolError, events
 # After the stop request, how long the final event may take before the connection is dropped.
 STOP_GRACE_SECONDS = 15.0
 CONNECT_TIMEOUT_SECONDS = 10.0
+# The gateway pings an open stream every SSE_HEARTBEAT_SECONDS (15 s by default) and answers an
+# upload within its own deadlines, so this much silence means the connection is dead (a vanished
+# host, a proxy holding a half-open socket), not a slow model.
+SILENCE_TIMEOUT_SECONDS = 120.0
 
 
 @dataclass
@@ -37,8 +41,17 @@ class StreamState:
 
 
 class AskSession:
-    def __init__(self, config: AskConfig, request: AskRequest, renderer: Renderer, progress: UploadProgress) -> None:
+    def __init__(
+        self,
+        config: AskConfig,
+        request: AskRequest,
+        renderer: Renderer,
+        progress: UploadProgress,
+        *,
+        silence_timeout: float | None = SILENCE_TIMEOUT_SECONDS,
+    ) -> None:
         self.config = config
+        self.silence_timeout = silence_timeout
         self.request = request
         self.renderer = renderer
         self.progress = progress
@@ -52,7 +65,9 @@ class AskSession:
         """Run until the answer ends; SIGINT is handled here, not by KeyboardInterrupt."""
         loop = asyncio.get_running_loop()
         self._main = asyncio.current_task()
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=self.silence_timeout
+        )
         loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
         try:
             async with aiohttp.ClientSession(timeout=timeout, headers=self.config.headers()) as session:
@@ -82,6 +97,14 @@ class AskSession:
             self.progress.finish()
             self.renderer.status(f"retina ask: cannot reach the gateway at {self.config.gateway_url}: {exc.os_error}")
             return ExitCode.UNREACHABLE
+        except aiohttp.ServerTimeoutError:
+            self.progress.finish()
+            self.renderer.end_line()
+            self.renderer.status(
+                f"retina ask: the gateway sent nothing for {self.silence_timeout:g} s (not even a keep-alive ping);"
+                " giving up on the connection"
+            )
+            return ExitCode.FAILED
         except (aiohttp.ClientError, StreamProtocolError) as exc:
             self.progress.finish()
             self.renderer.end_line()

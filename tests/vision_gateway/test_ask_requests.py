@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,8 @@ def test_format_reads_json_or_a_schema_file(tmp_path: Path) -> None:
         (["--format", "BROKEN"], "is not JSON"),
         (["--conversation", "abc"], "'abc' is not a conversation ID"),
         (["-i", "DIR"], "cannot read image"),
+        (["--timeout", "abc"], "'abc' is not a number of seconds between 0 and 86400"),
+        (["--timeout", "-1"], "'-1' is not a number of seconds"),
     ],
 )
 def test_bad_arguments_are_usage_errors(
@@ -323,3 +326,28 @@ def test_retina_up_remembers_its_gateway_url_next_to_the_secrets(tmp_path: Path)
 def test_a_question_given_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_ask(parse("Q", "--think", "extra", "-m", "x")) == ExitCode.USAGE
     assert "unexpected argument 'extra'" in capsys.readouterr().err
+
+
+async def test_a_gateway_gone_silent_mid_answer_is_given_up_on(aiohttp_server: Any) -> None:
+    """No byte, not even a ping, for the silence timeout: exit 1 saying so, not a hang until Ctrl-C."""
+    fake = FakeGateway(writes=sse(start_event(), {"type": "chunk", "content": "half"}), hold=True)
+    server = await aiohttp_server(fake.app())
+    config = AskConfig(str(server.make_url("")), SERVICE_TOKEN, "carol")
+    out, err = io.StringIO(), io.StringIO()
+    progress = UploadProgress(0, err, enabled=False)
+    session = AskSession(
+        config, AskRequest("Q", "m"), Renderer(out, err, terminal=False), progress, silence_timeout=0.5
+    )
+    started = time.perf_counter()
+    code = await session.run()
+    assert code == ExitCode.FAILED
+    assert 0.4 < time.perf_counter() - started < 5
+    assert out.getvalue() == "half\n"
+    assert "the gateway sent nothing for 0.5 s (not even a keep-alive ping)" in err.getvalue()
+    assert fake.stops == [], "silence is not a stop request"
+
+
+def test_timeout_takes_seconds_and_zero_means_never() -> None:
+    assert parse("Q", "-m", "x").timeout == 120.0
+    assert parse("Q", "-m", "x", "--timeout", "2.5").timeout == 2.5
+    assert parse("Q", "-m", "x", "--timeout", "0").timeout == 0.0  # run_ask passes None: no read timeout
