@@ -77,6 +77,22 @@ class GatewaySettings(FallbackSettings, ImageCountSettings, UploadSettings, Comm
         True,
         doc="Ask Ollama (/api/show) whether a model can see; false trusts every model with images.",
     )
+    max_keep_alive_seconds: int = setting(
+        "VISION_MAX_KEEP_ALIVE_SECONDS",
+        -1,
+        ge=-1,
+        le=2**31 - 1,
+        doc="Longest keep_alive a request may ask Ollama for, in seconds; longer, or negative (for ever), "
+        "is 400 bad_request. -1 = no cap.",
+    )
+    max_num_ctx: int = setting(
+        "VISION_MAX_NUM_CTX",
+        0,
+        ge=0,
+        le=131072,
+        doc="Largest options.num_ctx a request may ask for (context memory on the Ollama server); "
+        "larger is 400 bad_request. 0 = no cap.",
+    )
     capability_ttl_seconds: float = setting(
         "VISION_CAPABILITY_TTL_SECONDS", 300.0, ge=0.0, le=86400.0, doc="Seconds a model's capabilities are cached."
     )

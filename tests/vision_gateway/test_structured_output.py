@@ -183,3 +183,35 @@ async def test_openai_refusals_name_the_param(
     assert part in refused.value.message
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert stack.emulator.chats == []
+
+
+# ---- the operator's caps: VISION_MAX_KEEP_ALIVE_SECONDS and VISION_MAX_NUM_CTX --------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "part"),
+    [
+        ({"keep_alive": 601}, "keep_alive must be at most 600 s on this server"),
+        ({"keep_alive": "10m1s"}, "keep_alive must be at most 600 s"),
+        ({"keep_alive": -1}, "keep_alive must not keep the model loaded for ever here (at most 600 s)"),
+        ({"keep_alive": "-1m"}, "keep_alive must not keep the model loaded for ever"),
+        ({"options": {"num_ctx": 8193}}, "options.num_ctx must be at most 8192 on this server"),
+    ],
+)
+async def test_the_operators_caps_refuse_more_before_anything_is_written(
+    stack: Stack, db: asyncpg.Connection, fields: dict[str, Any], part: str
+) -> None:
+    capped = await stack.make_gateway(VISION_MAX_KEEP_ALIVE_SECONDS="600", VISION_MAX_NUM_CTX="8192")
+    response = await ask(capped, {"message": "hi", "model": "llava", **fields})
+    await expect_refusal(response, 400, "bad_request", stack, db, part)
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 0
+
+
+async def test_within_the_operators_caps_the_values_reach_ollama(stack: Stack, db: asyncpg.Connection) -> None:
+    capped = await stack.make_gateway(VISION_MAX_KEEP_ALIVE_SECONDS="600", VISION_MAX_NUM_CTX="8192")
+    body = {"message": "hi", "model": "llava", "keep_alive": "9m59.5s", "options": {"num_ctx": 8192}}
+    result = await read_sse(await ask(capped, body))
+    assert result.status == 200, result.events
+    assert result.events[-1]["type"] == "done"
+    sent = stack.emulator.chats[-1].body
+    assert (sent["keep_alive"], sent["options"]["num_ctx"]) == ("9m59.5s", 8192)

@@ -20,6 +20,7 @@ from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import ModelCapabilities, VisionModelService
 from services.vision_gateway.chat import policy, prompt, thinking
 from services.vision_gateway.chat.image_source import ImageSource
+from services.vision_gateway.chat.operator_caps import OperatorCaps
 from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
@@ -68,6 +69,7 @@ class ChatService:
         metrics: GatewayMetrics,
     ) -> None:
         self.settings = settings
+        self._caps = OperatorCaps(settings.max_keep_alive_seconds, settings.max_num_ctx)
         self._ollama = ollama
         self._models = models
         self._store = store
@@ -78,6 +80,7 @@ class ChatService:
 
     async def prepare(self, request: ChatRequest) -> PreparedChat:
         settings = self.settings
+        self._caps.check(request.keep_alive, request.options)
         if len(request.image_ids) > settings.max_images_per_message:
             raise TooManyImages(
                 f"{len(request.image_ids)} images sent; at most {settings.max_images_per_message} per message"
