@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
@@ -115,6 +115,18 @@ async def _read_body(
         raise RequestTimeout(exc.message) from exc
 
 
+# How each text part of the form becomes the value the JSON body would hold.
+_FORM_TEXT: dict[str, Callable[[str], Any]] = {
+    "message": str,
+    "model": str,
+    "conversation_id": str,
+    "options": lambda text: json_text(text, "options"),
+    "think": think_from_form,
+    "format": format_text,
+    "keep_alive": keep_alive_from_text,
+}
+
+
 async def _read_multipart(
     request: web.Request,
     service: ChatService,
@@ -133,40 +145,39 @@ async def _read_multipart(
                 raise BadRequest("too many or nested multipart parts")
             # Not part.name / part.filename: aiohttp's parser splits quoted names at ';'.
             disposition = parse_form_data_disposition(part.headers.get(hdrs.CONTENT_DISPOSITION))
-            if disposition.name == "images":
-                if len(uploaded) >= service.settings.max_images_per_message:
+            name = disposition.name or ""
+            if name == "images":
+                if len(uploaded) >= service.settings.max_images_per_message:  # refused before its bytes are sent on
                     raise TooManyImages(f"at most {service.settings.max_images_per_message} images per message")
-                try:
-                    image_id = await service.upload_image(
-                        user_id,
-                        _chunks(part, clocks),
-                        filename=disposition.filename,
-                        content_type=part.headers.get("Content-Type", "application/octet-stream"),
-                        request_id=request_id,
-                    )
-                finally:
-                    clocks.resume()
-                uploaded.append(image_id)
-            elif disposition.name == "image_ids":
-                fields.setdefault("image_ids", []).extend(
-                    parse_image_ids_part(await read_small_field(part, MAX_FIELD_BYTES))
-                )
-            elif disposition.name == "think":
-                fields["think"] = think_from_form(await read_small_field(part, MAX_FIELD_BYTES))
-            elif (name := disposition.name) in ("message", "model", "conversation_id", "options"):
-                text = await read_small_field(part, MAX_FIELD_BYTES)
-                if name == "options":
-                    fields["options"] = json_text(text, "options")
-                else:
-                    fields[name] = text
-            elif (name := disposition.name) in ("format", "keep_alive"):
-                text = await read_small_field(part, MAX_FIELD_BYTES)
-                fields[name] = format_text(text) if name == "format" else keep_alive_from_text(text)
+                uploaded.append(await _upload_part(part, disposition.filename, service, user_id, request_id, clocks))
+            elif name == "image_ids":
+                ids = parse_image_ids_part(await read_small_field(part, MAX_FIELD_BYTES))
+                fields.setdefault("image_ids", []).extend(ids)
+            elif name in _FORM_TEXT:
+                fields[name] = _FORM_TEXT[name](await read_small_field(part, MAX_FIELD_BYTES))
             else:
-                raise BadRequest(f"unexpected multipart field {name!r}")
+                raise BadRequest(f"unexpected multipart field {name!r}" if name else "a multipart part has no name")
     except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise BadRequest("malformed multipart body") from exc
     return fields
+
+
+async def _upload_part(
+    part: BodyPartReader,
+    filename: str | None,
+    service: ChatService,
+    user_id: str,
+    request_id: str,
+    clocks: BodyClocks,
+) -> uuid.UUID:
+    """Forward one image part to the image-store as it arrives; its ID once stored."""
+    content_type = part.headers.get("Content-Type", "application/octet-stream")
+    try:
+        return await service.upload_image(
+            user_id, _chunks(part, clocks), filename=filename, content_type=content_type, request_id=request_id
+        )
+    finally:
+        clocks.resume()
 
 
 async def _chunks(part: BodyPartReader, clocks: BodyClocks) -> AsyncIterator[bytes]:
