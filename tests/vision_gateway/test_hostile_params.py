@@ -17,6 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from common.app import REGISTRY_KEY
 from services.vision_gateway.handlers import MAX_FIELD_BYTES
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.hostile_http import assert_sane, encode, header_values, path_segments, request, short_values
@@ -155,3 +156,24 @@ async def test_an_oversized_or_undecodable_form_field_is_refused_after_undoing_u
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert await db.fetchval("SELECT count(*) FROM images") == 0, "the forwarded image was deleted again"
     assert stack.emulator.chats == []
+
+
+async def test_an_image_part_beyond_the_limit_is_refused_before_it_is_forwarded(stack: Any, db: Any) -> None:
+    """The second image part of a one-image gateway: 400 too_many_images, the first upload undone, and
+    the second never sent to the image-store (refused on its headers, not after its bytes moved)."""
+    gateway = await stack.make_gateway(VISION_MAX_IMAGES_PER_MESSAGE="1")
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("message", "Compare these")
+    form.add_field("model", "llava")
+    for name in ("rocket.jpg", "chelsea.png"):
+        form.add_field("images", io.BytesIO(photo(name)), filename=name, content_type="application/octet-stream")
+    response = await gateway.post("/api/stream-message", data=form, headers=auth_headers())
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"]["code"] == "too_many_images"
+    registry = gateway.app[REGISTRY_KEY]
+    stored = registry.get_sample_value(
+        "vision_gateway_upstream_requests_total", {"target": "image_store", "code": "201"}
+    )
+    assert stored == 1.0, "only the first image reached the store"
+    assert await db.fetchval("SELECT count(*) FROM images") == 0, "and it was deleted again"
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
