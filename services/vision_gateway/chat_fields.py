@@ -42,14 +42,21 @@ def _has_text(value: object) -> TypeIs[str]:
     return isinstance(value, str) and bool(value.strip(_ECMA_SPACE))
 
 
-def _storable(text: str, field: str) -> str:
-    """PostgreSQL text holds neither NUL nor lone surrogates (JSON allows both): refuse them as a 400, not a 500."""
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL text cannot hold `text` (JSON allows NUL and lone surrogates; text does not), or None."""
     if "\x00" in text:
-        raise BadRequest(f"{field} must not contain NUL characters")
+        return "must not contain NUL characters"
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise BadRequest(f"{field} must be valid Unicode text") from exc
+    except UnicodeEncodeError:
+        return "must be valid Unicode text"
+    return None
+
+
+def _storable(text: str, field: str) -> str:
+    """Refuse what PostgreSQL cannot store as a 400 naming the field, not a 500 at the INSERT."""
+    if (problem := unstorable(text)) is not None:
+        raise BadRequest(f"{field} {problem}")
     return text
 
 

@@ -423,3 +423,15 @@ async def test_the_per_user_rate_limit_applies_here_too(stack: Stack, db: asyncp
             await limited.chat.completions.create(model="llava", messages=[{"role": "user", "content": "again"}])
     assert int(refused.value.response.headers["Retry-After"]) >= 1
     assert await db.fetchval("SELECT count(*) FROM conversations") == 1, "the refused call wrote nothing"
+
+
+async def test_text_postgresql_cannot_store_is_a_400_not_a_500(
+    stack: Stack, openai_client: openai.AsyncOpenAI, db: asyncpg.Connection
+) -> None:
+    """JSON carries NUL and lone surrogates; PostgreSQL text does not. Refused like the native endpoint."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        await openai_client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "a\x00b"}])
+    assert refused.value.param == "messages[0].content"
+    assert "NUL" in refused.value.message
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert stack.emulator.chats == []

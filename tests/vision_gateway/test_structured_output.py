@@ -156,7 +156,7 @@ async def test_openai_response_format_json_schema(stack: Stack, openai_client: o
     [
         ({"temperature": 3}, "temperature", "temperature must be a number from 0 to 2"),
         ({"seed": 2**40}, "seed", "seed must be an integer"),
-        ({"max_tokens": 10**6}, "max_tokens", "max_tokens must be an integer from -2 to 131072"),
+        ({"max_tokens": 10**6}, "max_tokens", "max_tokens must be an integer from 1 to 131072"),
         ({"stop": ["x" * 300]}, "stop", "stop must be a list"),
         ({"response_format": {"type": "xml"}}, "response_format", "response_format.type must be"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema.schema", "is required"),

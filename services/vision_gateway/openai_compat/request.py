@@ -16,8 +16,9 @@ from typing import Any
 
 from common.auth import MAX_USER_ID_LENGTH
 from common.ids import parse_uuid
-from services.vision_gateway.chat.ollama_request_fields import InvalidField, check_format, check_option
+from services.vision_gateway.chat.ollama_request_fields import MAX_TOKENS, InvalidField, check_format, check_option
 from services.vision_gateway.chat.thinking import Think
+from services.vision_gateway.chat_fields import unstorable
 from services.vision_gateway.errors import BadRequest, TooManyImages
 
 MAX_MODEL_CHARS = 200
@@ -74,7 +75,7 @@ def parse_completion_request(body: Any, *, max_images: int) -> CompletionRequest
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object", None)
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS:
+    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS or unstorable(model):
         raise invalid("model is required and must be a model name", "model")
     _refuse_unsupported(body)
     raw_messages = body.get("messages")
@@ -141,6 +142,8 @@ def _message(raw: Any, param: str) -> ParsedMessage:
         raise invalid("only user messages may carry images", f"{param}.content")
     if len(text) > MAX_TEXT_CHARS:
         raise invalid(f"a message is longer than {MAX_TEXT_CHARS} characters", f"{param}.content")
+    if (problem := unstorable(text)) is not None:  # stored like a native turn: the same 400, not a 500
+        raise invalid(f"content {problem}", f"{param}.content")
     return ParsedMessage(role, text, images)
 
 
@@ -197,9 +200,9 @@ def ollama_options(body: dict[str, Any]) -> dict[str, Any] | None:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise invalid(f"{name} must be a positive integer", name)
-        options["num_predict"] = _checked("num_predict", value, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
+            raise invalid(f"{name} must be an integer from 1 to {MAX_TOKENS}", name)
+        options["num_predict"] = value
     stop = body.get("stop")
     if stop is not None:
         options["stop"] = _checked("stop", _stop(stop), "stop")
