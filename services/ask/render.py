@@ -19,6 +19,7 @@ class Renderer:
         self.err = err
         self.terminal = terminal
         self.answer_chars = 0
+        self.thinking_chars = 0
         self._thinking_open = False
         self._line_open: TextIO | None = None  # the stream whose last line lacks its newline
 
@@ -32,6 +33,7 @@ class Renderer:
 
     def thinking(self, text: str) -> None:
         self._thinking_open = True
+        self.thinking_chars += len(text)
         if self.terminal:
             # Reset after each piece: a Ctrl-C between two pieces must not leave the terminal dimmed.
             self._write(self.out, DIM + text + RESET)

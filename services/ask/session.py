@@ -49,8 +49,10 @@ class AskSession:
         progress: UploadProgress,
         *,
         silence_timeout: float | None = SILENCE_TIMEOUT_SECONDS,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         self.config = config
+        self.connect_timeout = connect_timeout
         self.silence_timeout = silence_timeout
         self.request = request
         self.renderer = renderer
@@ -65,9 +67,7 @@ class AskSession:
         """Run until the answer ends; SIGINT is handled here, not by KeyboardInterrupt."""
         loop = asyncio.get_running_loop()
         self._main = asyncio.current_task()
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=self.silence_timeout
-        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.silence_timeout)
         loop.add_signal_handler(signal.SIGINT, self._on_interrupt)
         try:
             async with aiohttp.ClientSession(timeout=timeout, headers=self.config.headers()) as session:
@@ -97,12 +97,19 @@ class AskSession:
             self.progress.finish()
             self.renderer.status(f"retina ask: cannot reach the gateway at {self.config.gateway_url}: {exc.os_error}")
             return ExitCode.UNREACHABLE
-        except aiohttp.ServerTimeoutError:
+        except aiohttp.ConnectionTimeoutError:  # a ServerTimeoutError too: it must be caught first
+            self.progress.finish()
+            self.renderer.status(
+                f"retina ask: cannot reach the gateway at {self.config.gateway_url}: "
+                f"no connection within {self.connect_timeout:g} s"
+            )
+            return ExitCode.UNREACHABLE
+        except aiohttp.ServerTimeoutError:  # only raised with a silence timeout set (sock_read)
             self.progress.finish()
             self.renderer.end_line()
+            waited = f"for {self.silence_timeout:g} s " if self.silence_timeout else ""
             self.renderer.status(
-                f"retina ask: the gateway sent nothing for {self.silence_timeout:g} s (not even a keep-alive ping);"
-                " giving up on the connection"
+                f"retina ask: the gateway sent nothing {waited}(not even a keep-alive ping); giving up on it"
             )
             return ExitCode.FAILED
         except (aiohttp.ClientError, StreamProtocolError) as exc:
@@ -153,7 +160,9 @@ class AskSession:
     def _outcome(self) -> ExitCode:
         self.renderer.end_line()
         final, conversation = self.state.final, self.state.conversation_id
-        chars = self.renderer.answer_chars
+        chars = f"{self.renderer.answer_chars} characters"
+        if self.renderer.thinking_chars:
+            chars += f" (and {self.renderer.thinking_chars} of thinking)"
         if final is None:
             self.renderer.status("retina ask: the stream ended without a final event")
             return ExitCode.FAILED
@@ -161,12 +170,12 @@ class AskSession:
         if final["type"] == "error":
             self.renderer.status(f"retina ask: error {final.get('code')}: {final.get('message')}")
             if final.get("partial"):
-                self.renderer.status(f"{chars} characters {kept} {conversation}")
+                self.renderer.status(f"{chars} {kept} {conversation}")
             else:
                 self.renderer.status(f"conversation {conversation}")
             return ExitCode.FAILED
         if final.get("done_reason") == "stopped":
-            self.renderer.status(f"stopped; {chars} characters {kept} {conversation}")
+            self.renderer.status(f"stopped; {chars} {kept} {conversation}")
             return ExitCode.STOPPED
         if final.get("done_reason") == "length":
             self.renderer.status("the answer reached the model's length limit")

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,46 @@ def test_timeout_takes_seconds_and_zero_means_never() -> None:
     assert parse("Q", "-m", "x").timeout == 120.0
     assert parse("Q", "-m", "x", "--timeout", "2.5").timeout == 2.5
     assert parse("Q", "-m", "x", "--timeout", "0").timeout == 0.0  # run_ask passes None: no read timeout
+
+
+async def test_an_error_while_thinking_counts_the_kept_thinking(aiohttp_server: Any) -> None:
+    error = {"type": "error", "code": "upstream_failed", "message": "the model crashed", "partial": True, "saved": True}
+    fake = FakeGateway(writes=sse(start_event(), {"type": "thinking", "content": "Let me"}, error))
+    code, _, err = await ask(fake, aiohttp_server, AskRequest("Q", "m"))
+    assert code == ExitCode.FAILED
+    assert f"0 characters (and 6 of thinking) kept in conversation {CONVERSATION_ID}\n" in err
+
+
+async def test_a_gateway_that_never_accepts_the_connection_is_unreachable(tmp_path: Path) -> None:
+    """SYNs dropped (a full accept queue here, a firewall in life): a connect timeout, exit 5, not a
+    "sent nothing" silence and not a traceback, whatever --timeout says."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        host, port = listener.getsockname()
+        # Fill the accept queue (never accepted) until a connect hangs: from then on SYNs go unanswered.
+        fillers: list[socket.socket] = []
+        while len(fillers) < 16:
+            filler = socket.socket()
+            filler.settimeout(0.3)
+            try:
+                filler.connect((host, port))
+            except TimeoutError:
+                filler.close()
+                break
+            fillers.append(filler)
+        try:
+            config = AskConfig(f"http://{host}:{port}", SERVICE_TOKEN, "carol")
+            out, err = io.StringIO(), io.StringIO()
+            renderer, progress = Renderer(out, err, terminal=False), UploadProgress(0, err, enabled=False)
+            session = AskSession(
+                config, AskRequest("Q", "m"), renderer, progress, silence_timeout=None, connect_timeout=0.5
+            )
+            started = time.perf_counter()
+            code = await session.run()
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert code == ExitCode.UNREACHABLE, err.getvalue()
+    assert time.perf_counter() - started < 5, err.getvalue()
+    assert f"cannot reach the gateway at http://{host}:{port}: no connection within 0.5 s" in err.getvalue()
