@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.ids import parse_uuid
 from services.vision_gateway.chat import ChatRequest
-from services.vision_gateway.chat.ollama_request_fields import parse_ollama_fields
-from services.vision_gateway.chat.thinking import parse_think
+from services.vision_gateway.chat.ollama_request_fields import OllamaFields, parse_ollama_fields
+from services.vision_gateway.chat.thinking import Think, parse_think
 from services.vision_gateway.errors import BadRequest
 
 if TYPE_CHECKING:  # typing.TypeIs arrives in 3.13; only the checker needs it
@@ -58,6 +59,25 @@ def _storable(text: str, field: str) -> str:
     if (problem := unstorable(text)) is not None:
         raise BadRequest(f"{field} {problem}")
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class FieldsBeforeImages:
+    """What a multipart form has said by its first image part, checked by the JSON body's rules."""
+
+    model: str | None
+    think: Think | None
+    ollama: OllamaFields
+
+
+def fields_before_images(fields: dict[str, Any]) -> FieldsBeforeImages:
+    """Check the fields a form sent before its images now, so a refusal costs no upload; the whole
+    form is checked again by parse_chat_fields once it has been read. A client that puts its text
+    fields first (as `retina ask` and browsers' FormData in field order do) gets every field refusal
+    before any image moves."""
+    model = fields.get("model")
+    named = model.strip(_ECMA_SPACE) if _has_text(model) and len(model) <= MAX_MODEL_CHARS else None
+    return FieldsBeforeImages(named, parse_think(fields.get("think")), parse_ollama_fields(fields))
 
 
 def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> ChatRequest:

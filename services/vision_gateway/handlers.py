@@ -22,7 +22,13 @@ from services.vision_gateway.admission import StreamAdmission
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.ollama_request_fields import keep_alive_from_text
 from services.vision_gateway.chat.thinking import think_from_form
-from services.vision_gateway.chat_fields import format_text, json_text, parse_chat_fields, parse_image_ids_part
+from services.vision_gateway.chat_fields import (
+    fields_before_images,
+    format_text,
+    json_text,
+    parse_chat_fields,
+    parse_image_ids_part,
+)
 from services.vision_gateway.errors import (
     BadRequest,
     ConversationNotFound,
@@ -149,6 +155,9 @@ async def _read_multipart(
             if name == "images":
                 if len(uploaded) >= service.settings.max_images_per_message:  # refused before its bytes are sent on
                     raise TooManyImages(f"at most {service.settings.max_images_per_message} images per message")
+                if not uploaded:
+                    early = fields_before_images(fields)
+                    await service.check_before_images(early.model, early.think, early.ollama)
                 uploaded.append(await _upload_part(part, disposition.filename, service, user_id, request_id, clocks))
             elif name == "image_ids":
                 ids = parse_image_ids_part(await read_small_field(part, MAX_FIELD_BYTES))

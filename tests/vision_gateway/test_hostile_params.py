@@ -177,3 +177,35 @@ async def test_an_image_part_beyond_the_limit_is_refused_before_it_is_forwarded(
     assert stored == 1.0, "only the first image reached the store"
     assert await db.fetchval("SELECT count(*) FROM images") == 0, "and it was deleted again"
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code"),
+    [
+        ({"model": "llava", "think": "high"}, 422, "model_cannot_think"),
+        ({"model": "llama3.2"}, 422, "model_not_vision_capable"),
+        ({"model": "no-such-model"}, 404, "unknown_model"),
+        ({"model": "llava", "format": "xml"}, 400, "bad_request"),
+        ({"model": "llava", "options": '{"num_gpu": 1}'}, 400, "bad_request"),
+        ({"model": "llava", "keep_alive": "-1m"}, 400, "bad_request"),  # under the cap set below
+    ],
+)
+async def test_text_fields_sent_before_the_images_are_judged_before_any_image_moves(
+    stack: Any, db: Any, fields: dict[str, str], status: int, code: str
+) -> None:
+    """A form that puts its text first (as retina ask does) is refused without one upload: the store
+    never sees the image, so the user's upload rate is not spent on a request that cannot run."""
+    gateway = await stack.make_gateway(VISION_MAX_KEEP_ALIVE_SECONDS="600")
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("message", "What is this?")
+    for name, value in fields.items():
+        form.add_field(name, value)
+    form.add_field("images", io.BytesIO(photo("rocket.jpg")), filename="rocket.jpg", content_type="image/jpeg")
+    response = await gateway.post("/api/stream-message", data=form, headers=auth_headers())
+    assert response.status == status, await response.text()
+    assert (await response.json())["error"]["code"] == code
+    registry = gateway.app[REGISTRY_KEY]
+    sent = registry.get_sample_value("vision_gateway_upstream_requests_total", {"target": "image_store", "code": "201"})
+    assert (sent or 0.0) == 0.0, "no image reached the store"
+    assert await db.fetchval("SELECT count(*) FROM images") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0

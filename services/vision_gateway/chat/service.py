@@ -20,10 +20,12 @@ from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import ModelCapabilities, VisionModelService
 from services.vision_gateway.chat import policy, prompt, thinking
 from services.vision_gateway.chat.image_source import ImageSource
+from services.vision_gateway.chat.ollama_request_fields import OllamaFields
 from services.vision_gateway.chat.operator_caps import OperatorCaps
 from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
+from services.vision_gateway.chat.thinking import Think
 from services.vision_gateway.chat.turn import ChatRequest, OpenTurn, PreparedChat, open_turn
 from services.vision_gateway.errors import (
     ConversationNotFound,
@@ -98,7 +100,9 @@ class ChatService:
             history_images=settings.history_images,
             max_per_request=settings.max_images_per_request,
         )
-        choice = await self._choose_model(request, wants_images=bool(request.image_ids or past_ids))
+        choice = await self._choose_model(
+            request.model, request.think, wants_images=bool(request.image_ids or past_ids)
+        )
         user, request_id = request.user_id, request.request_id
         if choice.send_images:
             current = await self._images.prepare_all(request.image_ids, user, request_id, skip_missing=False)
@@ -112,8 +116,16 @@ class ChatService:
         self._metrics.image_bytes_sent.inc(prompt.image_bytes(messages))
         return PreparedChat(request, choice.model, choice.vision, messages, choice.notices, list(request.image_ids))
 
-    async def _choose_model(self, request: ChatRequest, *, wants_images: bool) -> policy.ModelChoice:
-        requested = await self._models.get(request.model)
+    async def check_before_images(self, model: str | None, think: Think | None, ollama: OllamaFields) -> None:
+        """What a request with images can be refused for before its images move: the operator's caps,
+        and, once the model is named, the model itself (unknown, blind, unable to think). The lookups
+        are cached, so prepare() repeats them for nothing."""
+        self._caps.check(ollama.keep_alive, ollama.options)
+        if model is not None:
+            await self._choose_model(model, think, wants_images=True)
+
+    async def _choose_model(self, model: str, think: Think | None, *, wants_images: bool) -> policy.ModelChoice:
+        requested = await self._models.get(model)
         fallback_policy = self.settings.fallback_policy
         fallback = None
         if policy.needs_fallback_lookup(requested, wants_images=wants_images, policy=fallback_policy):
@@ -122,7 +134,7 @@ class ChatService:
         # The model that answers must be able to think; with detection off we cannot know, so Ollama decides.
         if self.settings.model_detection_enabled:
             answering = fallback if fallback is not None and choice.model == fallback.name else requested
-            thinking.check_can_think(answering, request.think)
+            thinking.check_can_think(answering, think)
         return choice
 
     async def begin(self, prepared: PreparedChat, *, grace_seconds: float) -> OpenTurn:
