@@ -156,8 +156,7 @@ async def _read_multipart(
                 if len(uploaded) >= service.settings.max_images_per_message:  # refused before its bytes are sent on
                     raise TooManyImages(f"at most {service.settings.max_images_per_message} images per message")
                 if not uploaded:
-                    early = fields_before_images(fields)
-                    await service.check_before_images(early.model, early.think, early.ollama)
+                    await _check_before_images(service, fields, clocks)
                 uploaded.append(await _upload_part(part, disposition.filename, service, user_id, request_id, clocks))
             elif name == "image_ids":
                 ids = parse_image_ids_part(await read_small_field(part, MAX_FIELD_BYTES))
@@ -169,6 +168,17 @@ async def _read_multipart(
     except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise BadRequest("malformed multipart body") from exc
     return fields
+
+
+async def _check_before_images(service: ChatService, fields: dict[str, Any], clocks: BodyClocks) -> None:
+    """Judge the fields sent so far before the first image moves. The model lookup may wait on
+    Ollama: that wait is the gateway's, so it must not count against the client's body clocks."""
+    early = fields_before_images(fields)
+    clocks.pause()
+    try:
+        await service.check_before_images(early.model, early.think, early.ollama)
+    finally:
+        clocks.resume()
 
 
 async def _upload_part(

@@ -141,6 +141,24 @@ async def test_the_stores_processing_time_does_not_count_against_the_client(
     assert await db.fetchval("SELECT count(*) FROM images") == 1
 
 
+async def test_the_model_lookup_before_the_first_image_does_not_count_against_the_client(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    """The form names its model before its image, so the gateway asks Ollama about the model before
+    forwarding the image; Ollama takes longer than the idle clock to answer. That wait is the
+    gateway's: no 408, and the image is stored."""
+    stack.emulator.show_delay = 0.8
+    gateway = await stack.make_gateway(
+        IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS="0.3", IMAGE_UPLOAD_DEADLINE_SECONDS="2", VISION_CAPABILITY_TTL_SECONDS="0"
+    )
+    started = time.monotonic()
+    result = await read_sse(await post_chat_with_image(gateway, photo("rocket.jpg")))
+    elapsed = time.monotonic() - started
+    assert result.status == 200, result.events
+    assert elapsed > 0.8, f"answered in {elapsed:.2f} s: the lookup did not wait, so this proves nothing"
+    assert await db.fetchval("SELECT count(*) FROM images") == 1
+
+
 @pytest.mark.slow
 async def test_a_legitimate_slow_upload_of_1_5_mib_over_66_seconds_is_stored(
     service_env: dict[str, str], stack: Stack, db: asyncpg.Connection, aiohttp_server: Any
