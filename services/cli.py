@@ -106,7 +106,8 @@ def _run_service(name: str, host: str | None, port: int | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "up":
-        from services.local_stack import default_state_dir, run_local_stack
+        from services.env_file import state_dir
+        from services.local_stack import run_local_stack
 
         configure_logging(os.environ.get("LOG_LEVEL", "info"), os.environ.get("LOG_FORMAT", "console"))
         run_local_stack(
@@ -114,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             store_port=args.store_port,
             gateway_port=args.gateway_port,
-            state_dir=default_state_dir(),
+            state_dir=state_dir(),
         )
         return 0
     if args.command == "ask":

@@ -8,7 +8,6 @@ survive restarts. Both services then run in this process until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from common.settings import (
     load_image_store_settings,
 )
 from common.settings.base import EnvSettings, load
-from services.env_file import read_env_file, write_env_file
+from services.env_file import local_env_path, read_env_file, write_env_file
 from services.image_store.app import create_app as create_image_store
 from services.runner import ServiceSpec, load_or_exit, serve
 from services.vision_gateway.app import create_app as create_gateway
@@ -38,7 +37,7 @@ LOCAL_DATABASE = "retina"
 
 def local_secrets(state_dir: Path) -> dict[str, str]:
     """Development-only secrets, generated on first run and reused afterwards."""
-    path = state_dir / "local.env"
+    path = local_env_path(state_dir)
     values = read_env_file(path)
     if not values.get("SERVICE_TOKENS") or not values.get("IMAGE_SIGNING_KEYS"):
         values = {"SERVICE_TOKENS": generate_secret(), "IMAGE_SIGNING_KEYS": generate_secret(48)}
@@ -48,7 +47,7 @@ def local_secrets(state_dir: Path) -> dict[str, str]:
 
 def remember_gateway_url(state_dir: Path, url: str) -> None:
     """Note where this run's gateway listens, so `retina ask` finds it (whatever ports were chosen)."""
-    path = state_dir / "local.env"
+    path = local_env_path(state_dir)
     values = read_env_file(path)
     if values.get("RETINA_GATEWAY_URL") != url:
         write_env_file(path, {**values, "RETINA_GATEWAY_URL": url})
@@ -192,7 +191,3 @@ Try it:
 
 Press Ctrl-C to stop.
 """
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("RETINA_STATE_DIR", "var")).resolve()

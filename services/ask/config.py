@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from services.env_file import read_env_file
+from common.settings import GatewaySettings
+from services.env_file import local_env_path, read_env_file, state_dir
 
 DEFAULT_USER = "alice"
-DEFAULT_GATEWAY_PORT = "8082"
+DEFAULT_GATEWAY_PORT = str(GatewaySettings.model_fields["port"].default)  # the gateway's own default
 
 
 class MissingToken(Exception):
@@ -40,10 +40,6 @@ class AskConfig:
         return self.gateway_url.rstrip("/") + path
 
 
-def state_dir(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("RETINA_STATE_DIR", "var")).resolve()
-
-
 def _first_token(tokens: str | None) -> str | None:
     first = (tokens or "").split(",")[0].strip()
     return first or None
@@ -55,8 +51,8 @@ def load_config(
     gateway_url: str | None = None,
     user_id: str | None = None,
 ) -> AskConfig:
-    local_env_path = state_dir(environ) / "local.env"
-    local = read_env_file(local_env_path)
+    local_env = local_env_path(state_dir(environ))
+    local = read_env_file(local_env)
     token = (
         environ.get("RETINA_TOKEN", "").strip()
         or _first_token(environ.get("SERVICE_TOKENS"))
@@ -64,7 +60,7 @@ def load_config(
     )
     if not token:
         raise MissingToken(
-            f"no token: set RETINA_TOKEN (or SERVICE_TOKENS), or run `retina up`, which writes {local_env_path}"
+            f"no token: set RETINA_TOKEN (or SERVICE_TOKENS), or run `retina up`, which writes {local_env}"
         )
     port = environ.get("VISION_GATEWAY_PORT", "").strip() or DEFAULT_GATEWAY_PORT
     url = (

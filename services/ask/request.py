@@ -23,7 +23,9 @@ from aiohttp import payload
 from services.ask.progress import UploadProgress
 
 CHUNK_BYTES = 256 * 1024
-THINK_LEVELS = ("low", "medium", "high")
+# The gateway's `think` levels (services/vision_gateway/chat/thinking.py LEVELS; a test keeps them
+# equal). Not imported: that package pulls the whole gateway into a command-line start.
+THINK_LEVELS = ("low", "medium", "high", "max")
 # What a bare `--think` and the spelled-out switches mean.
 THINK_WORDS: dict[str, bool | str] = {"true": True, "on": True, "false": False, "off": False}
 
@@ -60,13 +62,13 @@ class AskRequest:
 
 
 def parse_think(value: str) -> Think:
-    """`low|medium|high`, or on/off spelled true/false/on/off."""
+    """A level (`low|medium|high|max`), or on/off spelled true/false/on/off."""
     lowered = value.strip().lower()
     if lowered in THINK_LEVELS:
         return lowered
     if lowered in THINK_WORDS:
         return THINK_WORDS[lowered]
-    raise ValueError(f"--think takes low, medium, high, true or false, not {value!r}")
+    raise ValueError(f"--think takes {', '.join(THINK_LEVELS)}, true or false, not {value!r}")
 
 
 def load_format(value: str) -> Format:

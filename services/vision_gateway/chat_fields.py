@@ -75,9 +75,14 @@ def fields_before_images(fields: dict[str, Any]) -> FieldsBeforeImages:
     form is checked again by parse_chat_fields once it has been read. A client that puts its text
     fields first (as `retina ask` and browsers' FormData in field order do) gets every field refusal
     before any image moves."""
-    model = fields.get("model")
-    named = model.strip(_ECMA_SPACE) if _has_text(model) and len(model) <= MAX_MODEL_CHARS else None
-    return FieldsBeforeImages(named, parse_think(fields.get("think")), parse_ollama_fields(fields))
+    model = _model_name(fields["model"]) if "model" in fields else None
+    return FieldsBeforeImages(model, parse_think(fields.get("think")), parse_ollama_fields(fields))
+
+
+def _model_name(raw: Any) -> str:
+    if not _has_text(raw) or len(raw) > MAX_MODEL_CHARS:
+        raise BadRequest("model is required and must be a model name")
+    return _storable(raw, "model").strip(_ECMA_SPACE)
 
 
 def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> ChatRequest:
@@ -87,10 +92,7 @@ def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> 
     if len(message) > MAX_MESSAGE_CHARS:
         raise BadRequest(f"message is longer than {MAX_MESSAGE_CHARS} characters")
     _storable(message, "message")
-    model = fields.get("model")
-    if not _has_text(model) or len(model) > MAX_MODEL_CHARS:
-        raise BadRequest("model is required and must be a model name")
-    _storable(model, "model")
+    model = _model_name(fields.get("model"))
     # Only an absent or null conversation_id starts a new conversation: "" is a client bug, not a request.
     conversation = fields.get("conversation_id")
     conversation_id = None if conversation is None else _uuid(conversation, "conversation_id")
@@ -101,7 +103,7 @@ def parse_chat_fields(fields: dict[str, Any], user_id: str, request_id: str) -> 
     return ChatRequest(
         user_id=user_id,
         message=message,
-        model=model.strip(_ECMA_SPACE),
+        model=model,
         conversation_id=conversation_id,
         image_ids=[_uuid(raw, "image_ids") for raw in raw_ids],
         options=ollama.options,

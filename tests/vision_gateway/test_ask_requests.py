@@ -20,7 +20,7 @@ from services.ask.config import AskConfig, MissingToken, load_config
 from services.ask.exits import ExitCode
 from services.ask.progress import UploadProgress
 from services.ask.render import DIM, RESET, Renderer
-from services.ask.request import CHUNK_BYTES, AskRequest
+from services.ask.request import CHUNK_BYTES, THINK_LEVELS, AskRequest
 from services.ask.session import AskSession
 from services.cli import _parser
 from services.env_file import read_env_file, write_env_file
@@ -266,6 +266,13 @@ def test_think_takes_a_level_or_stands_alone_before_the_question() -> None:
     assert parse("Q", "--think=false", "-m", "x").think is False
     assert parse("Q", "-m", "x", "--think").think is True
     assert parse("Q", "-m", "x").think is None
+    assert parse("Q", "--think", "max", "-m", "x").think == "max"
+
+
+def test_the_cli_offers_exactly_the_gateways_think_levels() -> None:
+    from services.vision_gateway.chat.thinking import LEVELS
+
+    assert THINK_LEVELS == LEVELS
 
 
 def test_format_reads_json_or_a_schema_file(tmp_path: Path) -> None:

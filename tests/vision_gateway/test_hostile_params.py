@@ -22,7 +22,7 @@ from services.vision_gateway.handlers import MAX_FIELD_BYTES
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.hostile_http import assert_sane, encode, header_values, path_segments, request, short_values
 from tests.image_store.conftest import photo
-from tests.vision_gateway.conftest import read_sse
+from tests.vision_gateway.conftest import closed_port_url, read_sse
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 AUTH = list(auth_headers().items())
@@ -188,6 +188,7 @@ async def test_an_image_part_beyond_the_limit_is_refused_before_it_is_forwarded(
         ({"model": "llava", "format": "xml"}, 400, "bad_request"),
         ({"model": "llava", "options": '{"num_gpu": 1}'}, 400, "bad_request"),
         ({"model": "llava", "keep_alive": "-1m"}, 400, "bad_request"),  # under the cap set below
+        ({"model": "lla\x00va"}, 400, "bad_request"),  # a name PostgreSQL could not store, never sent to Ollama
     ],
 )
 async def test_text_fields_sent_before_the_images_are_judged_before_any_image_moves(
@@ -204,6 +205,26 @@ async def test_text_fields_sent_before_the_images_are_judged_before_any_image_mo
     response = await gateway.post("/api/stream-message", data=form, headers=auth_headers())
     assert response.status == status, await response.text()
     assert (await response.json())["error"]["code"] == code
+    registry = gateway.app[REGISTRY_KEY]
+    sent = registry.get_sample_value("vision_gateway_upstream_requests_total", {"target": "image_store", "code": "201"})
+    assert (sent or 0.0) == 0.0, "no image reached the store"
+    assert await db.fetchval("SELECT count(*) FROM images") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_ollama_down_refuses_a_form_before_its_image_is_uploaded(stack: Any, db: Any) -> None:
+    """Nothing listens where Ollama should be: the model lookup made for the form's first image fails
+    (503 upstream_unavailable after retries), and the image never reaches the store."""
+    gateway = await stack.make_gateway(OLLAMA_URL=closed_port_url(), UPSTREAM_RETRIES="1")
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("message", "What is this?")
+    form.add_field("model", "llava")
+    form.add_field("images", io.BytesIO(photo("rocket.jpg")), filename="rocket.jpg", content_type="image/jpeg")
+    response = await gateway.post("/api/stream-message", data=form, headers=auth_headers())
+    assert response.status == 503, await response.text()
+    error = (await response.json())["error"]
+    assert error["code"] == "upstream_unavailable"
+    assert error["message"].startswith("Ollama is unavailable")
     registry = gateway.app[REGISTRY_KEY]
     sent = registry.get_sample_value("vision_gateway_upstream_requests_total", {"target": "image_store", "code": "201"})
     assert (sent or 0.0) == 0.0, "no image reached the store"
