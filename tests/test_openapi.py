@@ -12,7 +12,10 @@ from openapi_spec_validator import validate
 
 from common.settings import load_gateway_settings, load_image_store_settings
 from services.image_store.app import create_app as create_store
+from services.image_store.handlers import DEFAULT_PAGE_SIZE
+from services.image_store.service import MAX_PAGE_SIZE
 from services.vision_gateway.app import create_app as create_gateway
+from services.vision_gateway.conversations import DEFAULT_PAGE, MAX_PAGE
 from tests.conftest import ROOT
 
 DOCS = ROOT / "docs" / "openapi"
@@ -58,6 +61,28 @@ def test_document_is_valid_and_matches_routes(
                 for status, response in operation["responses"].items():
                     if status.startswith(("4", "5")) and "$ref" in response:
                         assert response["$ref"] == "#/components/responses/Error"
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "default", "maximum"),
+    [
+        ("image-store.yaml", "/api/images", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
+        ("vision-gateway.yaml", "/api/conversations", DEFAULT_PAGE, MAX_PAGE),
+    ],
+)
+def test_documented_page_parameters_are_the_ones_read(document: str, path: str, default: int, maximum: int) -> None:
+    """Each list endpoint documents the limit and cursor common/http/paging.py reads with its values."""
+    spec = yaml.safe_load((DOCS / document).read_text())
+    paged = {
+        (route, method): {p["name"]: p for p in operation.get("parameters", []) if "name" in p}
+        for route, item in spec["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict) and any(p.get("name") == "limit" for p in operation.get("parameters", []))
+    }
+    assert set(paged) == {(path, "get")}
+    params = paged[path, "get"]
+    assert params["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}
+    assert params["cursor"]["schema"]["minLength"] == 1
 
 
 def test_postman_collection_is_generated_and_has_the_main_flows() -> None:

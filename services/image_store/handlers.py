@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +16,7 @@ from common.content_disposition import parse_form_data_disposition
 from common.errors import UnsupportedMediaType
 from common.http.body_timeout import BodyReadTimeout, read_limits
 from common.http.multipart import read_small_field
+from common.http.paging import page_params
 from common.ids import parse_uuid
 from common.settings import ImageStoreSettings
 from services.image_store.conditional import Precondition, evaluate_preconditions, select_range
@@ -35,7 +35,7 @@ CHUNK_SIZE = 256 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 1024
-_PAGE_LIMIT = re.compile(r"[0-9]{1,3}")
+DEFAULT_PAGE_SIZE = 50
 
 
 def parse_image_id(raw: str) -> uuid.UUID:
@@ -54,20 +54,6 @@ def parse_optional_uuid(raw: str | None, field: str) -> uuid.UUID | None:
     if value is None:
         raise BadRequest(f"{field} must be a UUID")
     return value
-
-
-def parse_limit(raw: str) -> int:
-    """ASCII digits only: str.isdigit() also accepts '²' (int() refuses it) and '٣' (it accepts)."""
-    if not _PAGE_LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
-    return int(raw)
-
-
-def parse_cursor(raw: str | None) -> str | None:
-    """Absent means the first page; an empty cursor is not one this server issued."""
-    if raw == "":
-        raise BadRequest("cursor is not one this server issued")
-    return raw
 
 
 def service_of(request: web.Request) -> ImageService:
@@ -226,12 +212,9 @@ async def delete_image(request: web.Request) -> web.Response:
 async def list_images(request: web.Request) -> web.Response:
     caller = request.app[AUTH_KEY].caller(request)
     service = service_of(request)
-    rows, next_cursor = await service.list(
-        caller.user_id,
-        message_id=parse_optional_uuid(request.query.get("message_id"), "message_id"),
-        limit=parse_limit(request.query.get("limit", "50")),
-        cursor=parse_cursor(request.query.get("cursor")),
-    )
+    message_id = parse_optional_uuid(request.query.get("message_id"), "message_id")
+    page = page_params(request.query, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+    rows, next_cursor = await service.list(caller.user_id, message_id=message_id, limit=page.limit, cursor=page.cursor)
     return web.json_response({"images": [record_json(service, row) for row in rows], "next_cursor": next_cursor})
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.app import AUTH_KEY
+from common.http.paging import page_params
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
-from services.vision_gateway.conversations import IMAGE_RULES, ConversationService, parse_limit
+from services.vision_gateway.conversations import DEFAULT_PAGE, IMAGE_RULES, MAX_PAGE, ConversationService
 from services.vision_gateway.errors import BadRequest, ConversationNotFound
 
 CONVERSATION_SERVICE_KEY = web.AppKey("conversation_service", ConversationService)
@@ -15,9 +16,8 @@ CONVERSATION_SERVICE_KEY = web.AppKey("conversation_service", ConversationServic
 
 async def list_conversations(request: web.Request) -> web.Response:
     caller = request.app[AUTH_KEY].caller(request)
-    limit = parse_limit(request.query.get("limit"))
-    cursor = request.query.get("cursor")
-    page = await request.app[CONVERSATION_SERVICE_KEY].list(caller.user_id, limit=limit, cursor=cursor)
+    wanted = page_params(request.query, default=DEFAULT_PAGE, maximum=MAX_PAGE)
+    page = await request.app[CONVERSATION_SERVICE_KEY].list(caller.user_id, limit=wanted.limit, cursor=wanted.cursor)
     return web.json_response(page.to_json())
 
 

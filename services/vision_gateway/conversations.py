@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from common.http.paging import CURSOR_NOT_ISSUED
 from common.ids import parse_uuid
 from services.vision_gateway.errors import BadRequest, ConversationNotFound
 from services.vision_gateway.image_store_client import ImageStoreClient
@@ -60,18 +61,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         at, raw_id = raw
         position = datetime.fromisoformat(at), parse_uuid(raw_id)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-        raise BadRequest("cursor is not a cursor this service issued") from exc
+        raise BadRequest(CURSOR_NOT_ISSUED) from exc
     if position[1] is None or position[0].tzinfo is None:
-        raise BadRequest("cursor is not a cursor this service issued")
+        raise BadRequest(CURSOR_NOT_ISSUED)
     return position[0], position[1]
-
-
-def parse_limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_PAGE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
-    return int(raw)
 
 
 @dataclass(frozen=True, slots=True)

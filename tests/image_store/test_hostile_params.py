@@ -88,7 +88,9 @@ async def test_malformed_signatures_are_404(live: dict[str, Any], query: str) ->
     assert answer.error() == {"code": "not_found", "message": "image not found"}
 
 
-@pytest.mark.parametrize("limit", ["%C2%B2", "9" * 5000, "%D9%A3", "0", "101", "-1", "1.5", "+5", "%205", "%EF%BC%95"])
+@pytest.mark.parametrize(
+    "limit", ["%C2%B2", "%E2%91%A0", "9" * 5000, "%D9%A3", "", "0", "101", "-1", "1.5", "+5", "%205", "%EF%BC%95"]
+)
 async def test_bad_limits_are_400(live: dict[str, Any], limit: str) -> None:
     answer = await asyncio.to_thread(request, live["port"], "GET", f"/api/images?limit={limit}", AUTH)
     assert answer.status == 400, answer.body[:200]

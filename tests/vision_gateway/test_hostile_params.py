@@ -92,6 +92,25 @@ async def test_path_ids_are_404(stack: Any) -> None:
     await asyncio.to_thread(check)
 
 
+# '²' and '①' pass str.isdigit() but not int(); '٣' and '５' pass both; 5,000 digits would be converted.
+BAD_LIMITS = ["%C2%B2", "%E2%91%A0", "%D9%A3", "%EF%BC%95", "9" * 5000, "", "0", "101", "-1", "1.0", "+5", "%205"]
+
+
+async def test_bad_conversation_limits_are_400(stack: Any) -> None:
+    """The image-store's limit rule (one helper, common/http/paging.py): each bad limit is a 400
+    bad_request, never a 500, and good limits still list."""
+    port = stack.gateway.server.port
+    conversation_id = await asyncio.to_thread(_start_conversation, port)
+    for limit in BAD_LIMITS:
+        answer = await asyncio.to_thread(request, port, "GET", f"/api/conversations?limit={limit}", AUTH)
+        assert answer.status == 400, (limit[:20], answer.status, answer.body[:200])
+        assert answer.error() == {"code": "bad_request", "message": "limit must be a whole number from 1 to 100"}
+    for query in ("limit=1", "limit=100", "limit=05", ""):
+        answer = await asyncio.to_thread(request, port, "GET", f"/api/conversations?{query}", AUTH)
+        assert answer.status == 200, (query, answer.body[:200])
+        assert [c["id"] for c in json.loads(answer.body)["conversations"]] == [conversation_id]
+
+
 async def test_message_listing_parameters_never_crash(stack: Any) -> None:
     port = stack.gateway.server.port
     conversation_id = await asyncio.to_thread(_start_conversation, port)
