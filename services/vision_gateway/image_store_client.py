@@ -42,6 +42,19 @@ class ImageMeta:
     height: int
     url: str | None = None  # the store's signed URL (the store signs; the gateway holds no key)
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ImageMeta:
+        """From the store's ImageRecord JSON (an upload's answer, or GET /meta)."""
+        signed = record.get("url")
+        return cls(
+            uuid.UUID(str(record["id"])),
+            str(record["sha256"]),
+            int(record["size_bytes"]),
+            int(record["width"]),
+            int(record["height"]),
+            signed if isinstance(signed, str) else None,
+        )
+
 
 class ImageStoreClient(UpstreamClient):
     label = "image_store"
@@ -108,16 +121,7 @@ class ImageStoreClient(UpstreamClient):
             headers = self._headers(user_id, request_id)
             async with self._exchange("GET", url, headers=headers, timeout=self._timeout) as response:
                 _raise_unless_ok(response, image_id)
-                record = await response.json()
-                signed = record.get("url")
-                return ImageMeta(
-                    image_id,
-                    str(record["sha256"]),
-                    int(record["size_bytes"]),
-                    int(record["width"]),
-                    int(record["height"]),
-                    signed if isinstance(signed, str) else None,
-                )
+                return ImageMeta.from_record(await response.json())
 
         return await self._call(attempt)
 

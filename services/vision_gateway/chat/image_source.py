@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from common.singleflight import SingleFlight
 from services.vision_gateway.admission import PrepBudget, prep_cost
@@ -38,13 +38,21 @@ class ImageSource:
             await self._store.check_access(image_id, user_id, request_id)
 
     async def prepare_all(
-        self, image_ids: Iterable[uuid.UUID], user_id: str, request_id: str, *, skip_missing: bool
+        self,
+        image_ids: Iterable[uuid.UUID],
+        user_id: str,
+        request_id: str,
+        *,
+        skip_missing: bool,
+        known: Mapping[uuid.UUID, ImageMeta] | None = None,
     ) -> dict[uuid.UUID, PreparedImage]:
-        """Each distinct image once, concurrently; missing ones raise unless `skip_missing`."""
+        """Each distinct image once, concurrently; missing ones raise unless `skip_missing`.
+        `known`: records this request already has (its own uploads), so the store is not asked again."""
+        known = known or {}
 
         async def one(image_id: uuid.UUID) -> tuple[uuid.UUID, PreparedImage | None]:
             try:
-                return image_id, await self.prepare(image_id, user_id, request_id)
+                return image_id, await self.prepare(image_id, user_id, request_id, known.get(image_id))
             except ImageNotFound:
                 if skip_missing:
                     return image_id, None
@@ -53,8 +61,10 @@ class ImageSource:
         results = await asyncio.gather(*(one(i) for i in dict.fromkeys(image_ids)))
         return {image_id: prepared for image_id, prepared in results if prepared is not None}
 
-    async def prepare(self, image_id: uuid.UUID, user_id: str, request_id: str) -> PreparedImage:
-        meta = await self._store.meta(image_id, user_id, request_id)  # the user's own access check
+    async def prepare(
+        self, image_id: uuid.UUID, user_id: str, request_id: str, known: ImageMeta | None = None
+    ) -> PreparedImage:
+        meta = known or await self._store.meta(image_id, user_id, request_id)  # the user's own access check
         cached = self._preparer.cached(meta.sha256)
         if cached is not None:
             return cached
