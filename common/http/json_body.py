@@ -36,9 +36,12 @@ async def read_json_object(request: web.Request, *, max_bytes: int, too_large: s
     return parse_json_object(body)
 
 
-def parse_json_object(body: bytes | bytearray) -> dict[str, Any]:
+def parse_json_object(body: bytearray) -> dict[str, Any]:
+    """Consumes `body`: its buffer is freed once decoded, before the parser makes its own copies."""
     try:
-        value = json.loads(body)
+        text = body.decode("utf-8")
+        del body[:]
+        value = json.loads(text)
     # RecursionError: nesting deeper than the parser goes is no JSON we can read either.
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest("the body is not valid JSON") from exc
