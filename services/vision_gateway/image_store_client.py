@@ -7,12 +7,13 @@ applies: someone else's image is a 404 here exactly as it is there.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from services.vision_gateway.admission import Reservation
 from services.vision_gateway.errors import ImageNotFound, StoreRefusedUpload, UpstreamRejected, UpstreamUnavailable
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.retry import retry_after_seconds
@@ -29,6 +30,13 @@ class FetchedImage:
     data: bytes | None  # None: unchanged since the ETag the caller already had (304)
     sha256: str
     mime_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadImage:
+    image_id: uuid.UUID
+    data: bytes
+    sha256: str  # the store's ETag
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,34 @@ class ImageStoreClient(UpstreamClient):
                     sha256=response.headers.get("ETag", "").strip('"'),
                     mime_type=response.content_type,
                 )
+
+        return await self._call(attempt)
+
+    async def fetch_held(
+        self,
+        image_id: uuid.UUID,
+        user_id: str,
+        request_id: str,
+        *,
+        hold: Callable[[int], Awaitable[Reservation]],
+    ) -> tuple[ReadImage, Reservation]:
+        """The image's bytes, with `hold(length)` taken before the body is read (the caller releases
+        it). One GET: the store's owner check (404 for someone else's image) and the download."""
+
+        async def attempt() -> tuple[ReadImage, Reservation]:
+            url = f"{self._base}/{image_id}"
+            headers = self._headers(user_id, request_id)
+            async with self._exchange("GET", url, headers=headers, timeout=self._timeout) as response:
+                _raise_unless_ok(response, image_id)
+                held = await hold(response.content_length or 0)
+                try:
+                    data = await response.read()
+                except BaseException:
+                    held.release()
+                    raise
+                # Redirected to object storage: the store's own answer (the first hop) carries the SHA-256.
+                first = response.history[0] if response.history else response
+                return ReadImage(image_id, data, first.headers.get("ETag", "").strip('"')), held
 
         return await self._call(attempt)
 

@@ -215,7 +215,9 @@ class ChatService:
         record = await self._store.upload(
             caller.user_id, chunks, filename=filename, content_type=content_type, request_id=caller.request_id
         )
-        return ImageMeta.from_record(record)
+        meta = ImageMeta.from_record(record)
+        self._images.remember(caller.user_id, meta)
+        return meta
 
     async def discard_uploads(self, image_ids: Sequence[uuid.UUID], caller: Caller) -> None:
         for image_id in image_ids:
