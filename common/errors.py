@@ -110,6 +110,11 @@ class PreconditionFailed(ApiError):
     status, code = 412, "precondition_failed"
 
 
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+    outcome_label = "too_large"
+
+
 class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 

@@ -11,6 +11,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
+from common.memory import return_large_buffers
 from common.settings import SettingsError
 
 log = structlog.get_logger("retina.runner")
@@ -43,6 +44,7 @@ async def serve(
     specs: Sequence[ServiceSpec], *, shutdown_timeout: float, on_started: Callable[[], None] | None = None
 ) -> None:
     """Serve every app until SIGINT/SIGTERM, then shut all of them down gracefully."""
+    return_large_buffers()  # RSS then follows what the memory budgets count (common/memory.py)
     runners: list[web.AppRunner] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -69,10 +69,11 @@ async def _explain_refused_preflight(request: web.Request, handler: Handler) -> 
 
 
 async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: the answer of a CORS-enabled route depends on the Origin header."""
+    """on_response_prepare: the answer of a CORS-enabled route depends on the Origin header. (config_dict:
+    the request may be in a sub-application, such as the gateway's /v1.)"""
     if request.match_info.route.resource is None:
         return
-    if request.match_info.route.resource.name not in request.app[CORS_ROUTE_NAMES_KEY]:
+    if request.match_info.route.resource.name not in request.config_dict[CORS_ROUTE_NAMES_KEY]:
         return
     vary = response.headers.get(hdrs.VARY, "")
     if "origin" not in (item.strip().lower() for item in vary.split(",")):

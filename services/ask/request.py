@@ -23,7 +23,7 @@ from aiohttp import payload
 from services.ask.progress import UploadProgress
 
 CHUNK_BYTES = 256 * 1024
-# The gateway's `think` levels (services/vision_gateway/chat/thinking.py LEVELS; a test keeps them
+# The gateway's `think` levels (services/vision_gateway/chat/request.py THINK_LEVELS; a test keeps them
 # equal). Not imported: that package pulls the whole gateway into a command-line start.
 THINK_LEVELS = ("low", "medium", "high", "max")
 # What a bare `--think` and the spelled-out switches mean.

@@ -6,9 +6,10 @@ each limit; a global limit would need a store shared by the replicas):
 - `StreamAdmission`: concurrent `stream-message` requests per user (VISION_MAX_STREAMS_PER_USER)
   and requests per user per minute (VISION_STREAM_RATE_PER_MINUTE, a token bucket). Both answer
   429 `rate_limited` with Retry-After, before anything is uploaded, fetched or written.
-- `PrepBudget`: bytes of images between download and encode (VISION_PREP_BUDGET_MB). A request
-  waits briefly for room, then gets 503 `busy` with Retry-After; this is what bounds the
-  gateway's memory when many different large images are asked about at once.
+- `PrepBudget`: bytes of images between download and encode, and of `/v1` bodies that carry
+  images inline (VISION_PREP_BUDGET_MB). A request waits briefly for room, then gets 503 `busy`
+  with Retry-After; this is what bounds the gateway's memory when many different large images
+  are asked about at once, whichever entry they came through.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from services.vision_gateway.errors import GatewayBusy, RateLimited
 # twice (aiohttp's read buffer and the bytes object made from it).
 DECODED_BYTES_PER_PIXEL = 6
 FILE_COPIES = 2
+# A /v1 body while it is parsed and its data: URLs decoded: the bytes read, the str json makes of
+# each image's base64, and the decoded image (3/4 of that), with slack for the upload's chunks.
+BODY_COPIES = 3
 # How long a request waits for budget before 503 busy, and the Retry-After it then gets.
 PREP_WAIT_SECONDS = 5.0
 PREP_RETRY_AFTER_SECONDS = 2
@@ -52,14 +56,22 @@ class PrepBudget:
 
     @contextlib.asynccontextmanager
     async def reserve(self, cost: int) -> AsyncIterator[None]:
-        cost = min(cost, self.limit_bytes)
-        await self._admit(cost)
+        reservation = await self.hold(cost)
         try:
             yield
         finally:
-            self.in_use -= cost  # synchronous: a cancelled holder always gives its bytes back
-            self._freed.set()
-            self._freed = asyncio.Event()
+            reservation.release()
+
+    async def hold(self, cost: int) -> Reservation:
+        """Room for `cost` bytes until the reservation is released (for a hold that ends mid-block)."""
+        cost = min(cost, self.limit_bytes)
+        await self._admit(cost)
+        return Reservation(self, cost)
+
+    def _give_back(self, cost: int) -> None:
+        self.in_use -= cost  # synchronous: a cancelled holder always gives its bytes back
+        self._freed.set()
+        self._freed = asyncio.Event()
 
     async def _admit(self, cost: int) -> None:
         deadline = time.monotonic() + self._wait_seconds
@@ -72,6 +84,19 @@ class PrepBudget:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._freed.wait(), remaining)
         self.in_use += cost
+
+
+class Reservation:
+    """Bytes held in a PrepBudget; `release()` may be called any number of times."""
+
+    def __init__(self, budget: PrepBudget, cost: int) -> None:
+        self._budget: PrepBudget | None = budget
+        self.cost = cost
+
+    def release(self) -> None:
+        if self._budget is not None:
+            self._budget._give_back(self.cost)
+            self._budget = None
 
 
 class StreamAdmission:

@@ -20,19 +20,13 @@ from services.vision_gateway.chat.image_source import ImageSource
 from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
 from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
-from services.vision_gateway.handlers import ADMISSION_KEY, CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
+from services.vision_gateway.handlers import CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
 from services.vision_gateway.history import HistoryImages
 from services.vision_gateway.image_prep import ImagePreparer
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
-from services.vision_gateway.openai_compat.handlers import (
-    COMPLETION_SERVICE_KEY,
-    RETINA_HEADERS,
-    add_openai_fallback_route,
-    add_openai_routes,
-)
-from services.vision_gateway.openai_compat.service import CompletionService
+from services.vision_gateway.openai_compat.handlers import RETINA_HEADERS, create_openai_app
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.streams import StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
@@ -46,13 +40,11 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app = create_service_app(service=SERVICE_NAME, settings=settings.common)
     ignore_aiohttp_disposition_warnings()
     app[GATEWAY_SETTINGS_KEY] = settings
-    app[ADMISSION_KEY] = StreamAdmission(
-        max_streams=settings.max_streams_per_user, rate_per_minute=settings.stream_rate_per_minute
-    )
     app.cleanup_ctx.append(_chat_service)
     app.on_shutdown.append(_end_open_streams)
     add_routes(app)
-    add_openai_routes(app)
+    v1 = create_openai_app()
+    app.add_subapp("/v1", v1)
     add_conversation_routes(app)
     if settings.demo_page_enabled:
         add_demo_routes(app)
@@ -60,12 +52,11 @@ def create_app(settings: GatewaySettings) -> web.Application:
     enable_cors(
         app,
         settings.cors_allowed_origins,
-        [r for r in app.router.resources() if r.canonical.startswith(("/api/", "/v1/"))],
+        [*(r for r in app.router.resources() if r.canonical.startswith("/api/")), *v1.router.resources()],
         allow_methods=("GET", "POST", "DELETE"),
         allow_headers=("Authorization", "Content-Type", "X-User-Id", "X-Request-ID", "Accept"),
         expose_headers=("X-Request-ID", "Retry-After", "X-Stream-Id", "X-Conversation-Id", *RETINA_HEADERS),
     )
-    add_openai_fallback_route(app)
     return app
 
 
@@ -139,10 +130,13 @@ def _install_services(
         repository=repository,
         registry=registry,
         metrics=metrics,
+        admission=StreamAdmission(
+            max_streams=settings.max_streams_per_user, rate_per_minute=settings.stream_rate_per_minute
+        ),
+        budget=budget,
     )
     app[HISTORY_IMAGES_KEY] = HistoryImages(store)
     app[CHAT_SERVICE_KEY] = service
-    app[COMPLETION_SERVICE_KEY] = CompletionService(service)
     app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
     return registry, repository
 

@@ -7,12 +7,13 @@ applies: someone else's image is a 404 here exactly as it is there.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from services.vision_gateway.admission import Reservation
 from services.vision_gateway.errors import ImageNotFound, StoreRefusedUpload, UpstreamRejected, UpstreamUnavailable
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.retry import retry_after_seconds
@@ -32,6 +33,13 @@ class FetchedImage:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadImage:
+    image_id: uuid.UUID
+    data: bytes
+    sha256: str  # the store's ETag
+
+
+@dataclass(frozen=True, slots=True)
 class ImageMeta:
     """What the store knows of an image before its bytes move: enough to key and budget a fetch."""
 
@@ -41,6 +49,19 @@ class ImageMeta:
     width: int
     height: int
     url: str | None = None  # the store's signed URL (the store signs; the gateway holds no key)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ImageMeta:
+        """From the store's ImageRecord JSON (an upload's answer, or GET /meta)."""
+        signed = record.get("url")
+        return cls(
+            uuid.UUID(str(record["id"])),
+            str(record["sha256"]),
+            int(record["size_bytes"]),
+            int(record["width"]),
+            int(record["height"]),
+            signed if isinstance(signed, str) else None,
+        )
 
 
 class ImageStoreClient(UpstreamClient):
@@ -100,6 +121,34 @@ class ImageStoreClient(UpstreamClient):
 
         return await self._call(attempt)
 
+    async def fetch_held(
+        self,
+        image_id: uuid.UUID,
+        user_id: str,
+        request_id: str,
+        *,
+        hold: Callable[[int], Awaitable[Reservation]],
+    ) -> tuple[ReadImage, Reservation]:
+        """The image's bytes, with `hold(length)` taken before the body is read (the caller releases
+        it). One GET: the store's owner check (404 for someone else's image) and the download."""
+
+        async def attempt() -> tuple[ReadImage, Reservation]:
+            url = f"{self._base}/{image_id}"
+            headers = self._headers(user_id, request_id)
+            async with self._exchange("GET", url, headers=headers, timeout=self._timeout) as response:
+                _raise_unless_ok(response, image_id)
+                held = await hold(response.content_length or 0)
+                try:
+                    data = await response.read()
+                except BaseException:
+                    held.release()
+                    raise
+                # Redirected to object storage: the store's own answer (the first hop) carries the SHA-256.
+                first = response.history[0] if response.history else response
+                return ReadImage(image_id, data, first.headers.get("ETag", "").strip('"')), held
+
+        return await self._call(attempt)
+
     async def meta(self, image_id: uuid.UUID, user_id: str, request_id: str = "") -> ImageMeta:
         """The image's record as the user sees it: a small JSON answer that is also the access check."""
 
@@ -108,16 +157,7 @@ class ImageStoreClient(UpstreamClient):
             headers = self._headers(user_id, request_id)
             async with self._exchange("GET", url, headers=headers, timeout=self._timeout) as response:
                 _raise_unless_ok(response, image_id)
-                record = await response.json()
-                signed = record.get("url")
-                return ImageMeta(
-                    image_id,
-                    str(record["sha256"]),
-                    int(record["size_bytes"]),
-                    int(record["width"]),
-                    int(record["height"]),
-                    signed if isinstance(signed, str) else None,
-                )
+                return ImageMeta.from_record(await response.json())
 
         return await self._call(attempt)
 

@@ -270,7 +270,7 @@ def test_think_takes_a_level_or_stands_alone_before_the_question() -> None:
 
 
 def test_the_cli_offers_exactly_the_gateways_think_levels() -> None:
-    from services.vision_gateway.chat.thinking import LEVELS
+    from services.vision_gateway.chat.request import THINK_LEVELS as LEVELS
 
     assert THINK_LEVELS == LEVELS
 

@@ -302,9 +302,9 @@ async def test_client_gone_before_the_stream_starts_is_recorded_as_stopped(
     """abandon() is what the handler calls when writing the SSE headers fails."""
     service = stack.gateway.app[CHAT_SERVICE_KEY]
     stack.emulator.first_token_delay = 2.0
-    from services.vision_gateway.chat import ChatRequest
+    from services.vision_gateway.chat import Caller, parse_chat_request
 
-    prepared = await service.prepare(ChatRequest("alice", "hi", "llava", None, [], None))
+    prepared = await service.prepare(parse_chat_request({"message": "hi", "model": "llava"}), Caller("alice"))
     turn = await service.begin(prepared, grace_seconds=0.05)
     assert await db.fetchval("SELECT status FROM messages WHERE role = 'assistant'") == "streaming"
     await service.abandon(turn)

@@ -9,13 +9,16 @@ one such image took the gateway from 52 to 647 MiB (bench/RESULTS.md).
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,3 +143,47 @@ async def test_gateway_rss_stays_under_256_mib_during_40_image_asks(stack: Stack
     assert 1.0 <= served <= distinct, "no image is downloaded twice"
     if distinct == 1:
         assert outcomes == ["200 done"] * 40
+
+
+def distinct_copy(png: bytes, seed: int) -> bytes:
+    """The same pixels with a tEXt chunk naming `seed` right after IHDR: distinct bytes, made in microseconds."""
+    text = b"tEXt" + b"seed\x00" + str(seed).encode()
+    chunk = len(text[4:]).to_bytes(4, "big") + text + zlib.crc32(text).to_bytes(4, "big")
+    ihdr_end = 8 + 4 + 4 + 13 + 4
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+async def openai_burst(base: str, png: bytes, users: int) -> list[str]:
+    """`users` /v1 requests at once, each a distinct 16.5 MiB PNG as a base64 data URL."""
+
+    async def one(session: aiohttp.ClientSession, n: int) -> str:
+        url = "data:image/png;base64," + base64.b64encode(distinct_copy(png, n)).decode()
+        body = json.dumps(
+            {"model": "llava", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]}
+        ).encode()  # fmt: skip
+        del url
+        headers = {**auth_headers(f"user-{n}"), "Content-Type": "application/json"}
+        async with session.post(f"{base}/v1/chat/completions", data=io.BytesIO(body), headers=headers) as response:
+            payload = await response.json()
+            if response.status == 503:
+                assert int(response.headers["Retry-After"]) >= 1
+            return f"{response.status} {payload['error']['code'] if 'error' in payload else 'done'}"
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        return await asyncio.gather(*(one(session, n) for n in range(users)))
+
+
+async def test_v1_data_url_images_count_against_the_memory_budget(stack: Stack) -> None:
+    """Issue 17: 40 concurrent /v1 requests with a distinct 16.5 MiB PNG each (40 users) once took the
+    gateway from 80 to 566 MiB; their bodies now reserve the prep budget before they are read."""
+    png = noise_png(0)
+    assert len(png) > 16 * 2**20
+    with gateway_process(stack.env) as (base, process):
+        idle = process.memory_info().rss
+        with PeakRss(process) as peak:
+            outcomes = await openai_burst(base, png, 40)
+    print(f"/v1 x40: gateway RSS idle {idle / 2**20:.0f} MiB, peak {peak.peak / 2**20:.0f} MiB, {sorted(outcomes)}")
+    assert peak.peak - idle <= GOAL_BYTES, f"peak {peak.peak / 2**20:.0f} MiB, idle {idle / 2**20:.0f} MiB"
+    assert set(outcomes) <= {"200 done", "503 busy"}, outcomes
+    assert "200 done" in outcomes, outcomes

@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from common.app import REGISTRY_KEY
-from services.vision_gateway.handlers import MAX_FIELD_BYTES
+from services.vision_gateway.ask_form import MAX_FIELD_BYTES
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.hostile_http import assert_sane, encode, header_values, path_segments, request, short_values
 from tests.image_store.conftest import photo

@@ -1,4 +1,5 @@
-"""The rules for `format`, `keep_alive` and `options` (chat/ollama_request_fields.py), case by case.
+"""The rules of the one chat request (chat/request.py) for `format`, `keep_alive` and `options`, case by
+case, and the OpenAI mapping into it (openai_compat/mapping.py).
 
 Pure: no stack. The live tests (test_structured_output.py) prove the same rules hold over HTTP,
 write nothing when they refuse and reach Ollama when they accept.
@@ -14,20 +15,46 @@ import pytest
 import yaml
 
 from common.errors import BadRequest
-from services.vision_gateway.chat.ollama_request_fields import (
+from services.vision_gateway.ask_form import _FORM_TEXT
+from services.vision_gateway.chat.request import (
     KEEP_ALIVE_PATTERN,
-    KEEP_ALIVE_TEXT_PATTERN,
-    OPTIONS,
+    ChatRequest,
     InvalidField,
-    Number,
-    check_format,
-    check_keep_alive,
-    check_options,
-    keep_alive_from_text,
-    parse_ollama_fields,
+    RequestLimits,
+    parse_chat_request,
 )
-from services.vision_gateway.openai_compat.request import parse_completion_request
+from services.vision_gateway.openai_compat.mapping import map_completion, openai_params
 from tests.conftest import ROOT
+
+KEEP_ALIVE_TEXT_PATTERN = r"^(-?[0-9]{1,9}|-?([0-9]{1,5}(\.[0-9]{1,3})?(ns|us|ms|s|m|h)){1,3})$"
+
+
+def _request(**fields: Any) -> ChatRequest:
+    return parse_chat_request({"message": "hi", "model": "llava", **fields})
+
+
+def check_options(options: Any) -> Any:
+    return _request(options=options).options
+
+
+def check_keep_alive(value: Any) -> Any:
+    return _request(keep_alive=value).keep_alive
+
+
+def keep_alive_from_text(text: str) -> Any:
+    """As a multipart part: decoded as the form decodes it, then judged by the same rules."""
+    return check_keep_alive(_FORM_TEXT["keep_alive"](text))
+
+
+def check_format(value: Any) -> Any:
+    return _request(format=value).format
+
+
+def parse_completion_request(body: Any, *, max_images: int) -> ChatRequest:
+    """/v1's path into the one model: the OpenAI mapping, then the chat request's rules."""
+    completion = map_completion(body, max_images=max_images)
+    with openai_params(completion.params):
+        return parse_chat_request({**completion.fields, "image_ids": []}, RequestLimits(blank_message_with_images=True))
 
 
 def _nested(levels: int) -> dict[str, Any]:
@@ -181,38 +208,18 @@ def test_refused_formats(value: Any, message: str) -> None:
 
 
 def test_absent_fields_are_not_sent_and_present_ones_are_checked() -> None:
-    assert parse_ollama_fields({"message": "hi"}) == parse_ollama_fields({"options": {}})
-    parsed = parse_ollama_fields({"format": SCHEMA, "keep_alive": "10m", "options": {"seed": 7}})
-    assert (parsed.format, parsed.keep_alive, parsed.options) == (SCHEMA, "10m", {"seed": 7})
+    assert _request().ollama_fields() == _request(options={}).ollama_fields() == {}
+    parsed = _request(format=SCHEMA, keep_alive="10m", options={"seed": 7})
+    assert parsed.ollama_fields() == {"format": SCHEMA, "keep_alive": "10m", "options": {"seed": 7}}
     with pytest.raises(InvalidField, match=r"^keep_alive"):
-        parse_ollama_fields({"keep_alive": None})
+        _request(keep_alive=None)
     with pytest.raises(InvalidField, match=r"^format"):
-        parse_ollama_fields({"format": None})
+        _request(format=None)
 
 
-def _document_schemas() -> dict[str, Any]:
-    document = yaml.safe_load((ROOT / "docs" / "openapi" / "vision-gateway.yaml").read_text())
-    return document["components"]["schemas"]
-
-
-def test_the_document_states_the_same_rules() -> None:
-    """schemathesis fuzzes the document: every option, range and pattern must be the code's."""
-    schemas = _document_schemas()
-    documented = schemas["OllamaOptions"]
-    assert documented["additionalProperties"] is False
-    assert set(documented["properties"]) == set(OPTIONS)
-    for name, rule in OPTIONS.items():
-        prop = documented["properties"][name]
-        if isinstance(rule, Number):
-            assert prop["type"] == ("integer" if rule.integer else "number"), name
-            assert (prop["minimum"], prop["maximum"]) == (rule.low, rule.high), name
-        else:
-            assert prop["type"] == "array", name
-            assert prop["maxItems"] == 8, name
-            assert (prop["items"]["minLength"], prop["items"]["maxLength"]) == (1, 200), name
-    keep_alive = schemas["KeepAlive"]["oneOf"]
-    assert (keep_alive[0]["minimum"], keep_alive[0]["maximum"]) == (-(2**31), 2**31 - 1)
-    assert keep_alive[1]["pattern"] == KEEP_ALIVE_PATTERN
+def test_the_form_keep_alive_text_pattern_is_what_the_decoder_accepts() -> None:
+    """The document's KeepAliveText: an integer of seconds, or a duration."""
+    schemas = yaml.safe_load((ROOT / "docs" / "openapi" / "vision-gateway.yaml").read_text())["components"]["schemas"]
     assert schemas["KeepAliveText"]["pattern"] == KEEP_ALIVE_TEXT_PATTERN
     assert re.fullmatch(KEEP_ALIVE_TEXT_PATTERN, "-1")
     assert not re.fullmatch(KEEP_ALIVE_PATTERN, "-1")
@@ -247,14 +254,23 @@ def test_openai_fields_become_ollama_fields(extra: dict[str, Any], format_: Any,
         ({"max_tokens": 0}, "max_tokens", "max_tokens must be an integer from 1 to 131072"),
         ({"max_completion_tokens": 200_000}, "max_completion_tokens", "max_completion_tokens must be an integer"),
         ({"max_tokens": -1}, "max_tokens", "max_tokens must be an integer from 1 to 131072"),
-        ({"messages": [{"role": "user", "content": "a\x00b"}]}, "messages[0].content", "content must not contain NUL"),
-        ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content", "content must be valid Unicode"),
+        (
+            {"messages": [{"role": "user", "content": "a\x00b"}]},
+            "messages[0].content",
+            "messages[0].content must not contain NUL",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "\ud800"}]},
+            "messages[0].content",
+            "messages[0].content must be valid Unicode",
+        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "x\x00"}]}]},
             "messages[0].content",
-            "content must not contain NUL",
+            "messages[0].content must not contain NUL",
         ),
-        ({"model": "lla\x00va"}, "model", "model is required and must be a model name"),
+        ({"model": "lla\x00va"}, "model", "model must not contain NUL"),
+        ({"model": " "}, "model", "model is required and must be a model name"),
         ({"stop": ["x" * 201]}, "stop", "stop must be a list of at most 8 strings"),
         ({"response_format": "json"}, "response_format", "response_format.type must be text, json_object or"),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format.json_schema.schema", ""),

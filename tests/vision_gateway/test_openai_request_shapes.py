@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from common.errors import BadRequest
-from services.vision_gateway.openai_compat.request import parse_completion_request
+from services.vision_gateway.openai_compat.mapping import map_completion as parse_completion_request
 
 
 @pytest.mark.parametrize("role", [{}, [], ["user"], {"user": 1}, 1, None, True])

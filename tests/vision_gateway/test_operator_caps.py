@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from services.vision_gateway.chat.ollama_request_fields import InvalidField, check_keep_alive
-from services.vision_gateway.chat.operator_caps import OperatorCaps, keep_alive_seconds
+from services.vision_gateway.chat.request import InvalidField, RequestLimits, keep_alive_seconds, parse_chat_request
+
+
+def check_keep_alive(value: Any) -> Any:
+    return parse_chat_request({"message": "hi", "model": "llava", "keep_alive": value}).keep_alive
+
+
+class OperatorCaps:
+    """The caps as the request model applies them: a request with these fields, under these limits."""
+
+    def __init__(self, **caps: int) -> None:
+        self.limits = RequestLimits(**caps)
+
+    def check(self, keep_alive: Any, options: Any) -> None:
+        fields: dict[str, Any] = {"message": "hi", "model": "llava", "options": options or {}}
+        if keep_alive is not None:
+            fields["keep_alive"] = keep_alive
+        parse_chat_request(fields, self.limits)
 
 
 @pytest.mark.parametrize(

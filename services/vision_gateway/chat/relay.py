@@ -122,7 +122,7 @@ class StreamRelay:
         now = time.perf_counter()
         if self.first_at is None:
             self.first_at = now
-            self.metrics.ttft.labels(self.label).observe(now - self.turn.request.received_at)
+            self.metrics.ttft.labels(self.label).observe(now - self.turn.caller.received_at)
         self.last_at = now
         self.chunks += 1
 
@@ -149,13 +149,13 @@ class StreamRelay:
         )
 
     async def _end_failed(self, exc: Exception) -> None:
-        code, message = _describe_failure(exc, self.turn.request.request_id)
+        code, message = _describe_failure(exc, self.turn.caller.request_id)
         self.outcome = "upstream_error" if code != "internal_error" else "internal_error"
         saved = await asyncio.shield(self.writer.finish(self.answer(), "error", message, self.stats()))
         await self.sink.send(events.error(code=code, message=message, partial=self.partial, saved=saved))
 
     def stats(self) -> dict[str, Any]:
-        received = self.turn.request.received_at
+        received = self.turn.caller.received_at
         upstream = self.upstream_stats
         return {
             "prompt_tokens": upstream.get("prompt_eval_count", 0),
@@ -167,7 +167,7 @@ class StreamRelay:
     def _record_metrics(self) -> None:
         metrics, label = self.metrics, self.label
         metrics.streams.labels(label, self.outcome).inc()
-        elapsed = time.perf_counter() - self.turn.request.received_at
+        elapsed = time.perf_counter() - self.turn.caller.received_at
         metrics.stream_duration.labels(label, self.outcome).observe(elapsed)
         if "prompt_eval_count" in self.upstream_stats:
             metrics.tokens.labels(label, "input").inc(self.upstream_stats["prompt_eval_count"])

@@ -1,9 +1,11 @@
 """ChatService: the gateway's use cases, independent of HTTP.
 
-prepare() does everything that can refuse a request (model, images, ownership) before any row is
-written; begin() opens Ollama's request and records the turn; relay() hands the stream to a
-StreamRelay. The decisions live in policy.py, images in image_source.py, the prompt in
-prompt.py, the turn in turn.py, the stream in relay.py.
+admit() is the one way in: it holds the user's stream slot and yields an Ask (chat/ask.py) through
+which every entry uploads images and begins its turn. prepare() does everything that can refuse a
+request (model, images, ownership) before any row is written; begin() opens Ollama's request and
+records the turn; relay() hands the stream to a StreamRelay. The request's rules live in request.py,
+the decisions in policy.py, images in image_source.py, the prompt in prompt.py, the turn in
+turn.py, the stream in relay.py.
 """
 
 from __future__ import annotations
@@ -12,29 +14,23 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from common.settings import GatewaySettings
+from services.vision_gateway.admission import PrepBudget, StreamAdmission
 from services.vision_gateway.capabilities import ModelCapabilities, VisionModelService
 from services.vision_gateway.chat import policy, prompt, thinking
+from services.vision_gateway.chat.ask import Ask
 from services.vision_gateway.chat.image_source import ImageSource
-from services.vision_gateway.chat.ollama_request_fields import OllamaFields
-from services.vision_gateway.chat.operator_caps import OperatorCaps
 from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
-from services.vision_gateway.chat.thinking import Think
-from services.vision_gateway.chat.turn import ChatRequest, OpenTurn, PreparedChat, open_turn
-from services.vision_gateway.errors import (
-    ConversationNotFound,
-    GatewayError,
-    StreamNotFound,
-    TooManyImages,
-    UploadDisabled,
-)
-from services.vision_gateway.image_store_client import ImageStoreClient
+from services.vision_gateway.chat.request import ChatRequest, RequestLimits, Think
+from services.vision_gateway.chat.turn import Caller, OpenTurn, PreparedChat, SentMessage, open_turn
+from services.vision_gateway.errors import ConversationNotFound, GatewayError, StreamNotFound
+from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.repository import ConversationRepository, StoredMessage
@@ -69,9 +65,12 @@ class ChatService:
         repository: ConversationRepository,
         registry: StreamRegistry,
         metrics: GatewayMetrics,
+        admission: StreamAdmission,
+        budget: PrepBudget,
     ) -> None:
         self.settings = settings
-        self._caps = OperatorCaps(settings.max_keep_alive_seconds, settings.max_num_ctx)
+        self._admission = admission
+        self.budget = budget  # image bytes in the gateway's memory, whichever entry brought them
         self._ollama = ollama
         self._models = models
         self._store = store
@@ -80,51 +79,74 @@ class ChatService:
         self.registry = registry
         self._metrics = metrics
 
-    async def prepare(self, request: ChatRequest) -> PreparedChat:
+    def limits(self, *, blank_message_with_images: bool = False) -> RequestLimits:
         settings = self.settings
-        self._caps.check(request.keep_alive, request.options)
-        if len(request.image_ids) > settings.max_images_per_message:
-            raise TooManyImages(
-                f"{len(request.image_ids)} images sent; at most {settings.max_images_per_message} per message"
-            )
-        history: Sequence[HistoryEntry] = []
-        if request.history is not None:
-            history = request.history
+        return RequestLimits(
+            max_images=settings.max_images_per_message,
+            max_keep_alive_seconds=settings.max_keep_alive_seconds,
+            max_num_ctx=settings.max_num_ctx,
+            blank_message_with_images=blank_message_with_images,
+        )
+
+    @contextlib.asynccontextmanager
+    async def admit(self, user_id: str, request_id: str) -> AsyncIterator[Ask]:
+        """The one way in: the user's stream slot for the request's whole life (upload to last
+        event); images uploaded through the Ask are deleted again if no turn was begun."""
+        with self._admission.admit(user_id):
+            ask = Ask(self, Caller(user_id, request_id))
+            try:
+                yield ask
+            except BaseException:
+                if ask.turn is None and ask.uploaded:
+                    await asyncio.shield(ask.discard(ask.uploaded_ids))  # a refused request keeps none
+                raise
+
+    async def prepare(
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        *,
+        history: Sequence[SentMessage] | None = None,
+        choice: policy.ModelChoice | None = None,
+        known: Mapping[uuid.UUID, ImageMeta] | None = None,
+    ) -> PreparedChat:
+        """`history`: the client's own (stateless clients); else the stored conversation's.
+        `choice`: the model check an early look already made; `known`: images this request uploaded."""
+        settings = self.settings
+        past_history: Sequence[HistoryEntry] = []
+        if history is not None:
+            past_history = history
         elif request.conversation_id is not None:
-            if not await self._repository.conversation_owned(request.conversation_id, request.user_id):
+            if not await self._repository.conversation_owned(request.conversation_id, caller.user_id):
                 raise ConversationNotFound()
-            history = await self._repository.history(request.conversation_id, settings.history_messages)
+            past_history = await self._repository.history(request.conversation_id, settings.history_messages)
         past_ids = policy.history_image_ids(
-            history,
+            past_history,
             new_images=len(request.image_ids),
             history_images=settings.history_images,
             max_per_request=settings.max_images_per_request,
         )
-        choice = await self._choose_model(
-            request.model, request.think, wants_images=bool(request.image_ids or past_ids)
-        )
-        user, request_id = request.user_id, request.request_id
+        wants_images = bool(request.image_ids or past_ids)
+        if choice is None or choice.send_images != wants_images:
+            choice = await self.choose_model(request.model, request.think, wants_images=wants_images)
+        user, request_id = caller.user_id, caller.request_id
         if choice.send_images:
-            current = await self._images.prepare_all(request.image_ids, user, request_id, skip_missing=False)
+            current = await self._images.prepare_all(
+                request.image_ids, user, request_id, skip_missing=False, known=known
+            )
             # Stored history may name images deleted since; images the client sends now must exist.
-            past = await self._images.prepare_all(past_ids, user, request_id, skip_missing=request.history is None)
+            past = await self._images.prepare_all(past_ids, user, request_id, skip_missing=history is None, known=known)
         else:
             await self._images.check_access(request.image_ids, user, request_id)  # still refuse others' images
             current, past = {}, {}
         current_images = [current[i] for i in request.image_ids] if choice.send_images else []
-        messages = prompt.build_messages(history, past, request.message, current_images)
+        messages = prompt.build_messages(past_history, past, request.message, current_images)
         self._metrics.image_bytes_sent.inc(prompt.image_bytes(messages))
-        return PreparedChat(request, choice.model, choice.vision, messages, choice.notices, list(request.image_ids))
+        return PreparedChat(request, caller, choice.model, choice.vision, messages, choice.notices)
 
-    async def check_before_images(self, model: str | None, think: Think | None, ollama: OllamaFields) -> None:
-        """What a request with images can be refused for before its images move: the operator's caps,
-        and, once the model is named, the model itself (unknown, blind, unable to think). The lookups
-        are cached, so prepare() repeats them for nothing."""
-        self._caps.check(ollama.keep_alive, ollama.options)
-        if model is not None:
-            await self._choose_model(model, think, wants_images=True)
-
-    async def _choose_model(self, model: str, think: Think | None, *, wants_images: bool) -> policy.ModelChoice:
+    async def choose_model(self, model: str, think: Think | None, *, wants_images: bool) -> policy.ModelChoice:
+        """The model that answers (a fallback may stand in), refusing one that is unknown, blind when
+        images must be seen, or unable to think when asked to."""
         requested = await self._models.get(model)
         fallback_policy = self.settings.fallback_policy
         fallback = None
@@ -139,10 +161,10 @@ class ChatService:
 
     async def begin(self, prepared: PreparedChat, *, grace_seconds: float) -> OpenTurn:
         turn = await open_turn(prepared, ollama=self._ollama, repository=self._repository, grace_seconds=grace_seconds)
-        request = prepared.request
+        caller = prepared.caller
         for image_id in prepared.image_ids:
             with contextlib.suppress(GatewayError):  # the link is bookkeeping; the turn is recorded either way
-                await self._store.link(image_id, turn.turn.user_message_id, request.user_id, request.request_id)
+                await self._store.link(image_id, turn.turn.user_message_id, caller.user_id, caller.request_id)
         return turn
 
     async def abandon(self, turn: OpenTurn) -> None:
@@ -155,7 +177,7 @@ class ChatService:
     async def relay(self, turn: OpenTurn, sink: EventSink) -> str:
         """Stream the answer to `sink`; returns the outcome. The (partial) answer is always stored."""
         async with turn:
-            with self.registry.register(turn.stream_id, turn.request.user_id) as live:
+            with self.registry.register(turn.stream_id, turn.caller.user_id) as live:
                 return await StreamRelay(turn, sink, live, self._writer(turn), self._metrics).run()
 
     def _writer(self, turn: OpenTurn) -> AnswerWriter:
@@ -188,18 +210,18 @@ class ChatService:
         return StopResult(stream_id, stopped=False, status=status)
 
     async def upload_image(
-        self, user_id: str, chunks: AsyncIterator[bytes], *, filename: str | None, content_type: str, request_id: str
-    ) -> uuid.UUID:
-        if not self.settings.upload_enabled:
-            raise UploadDisabled("image uploads are disabled on this server")
+        self, caller: Caller, chunks: AsyncIterator[bytes], *, filename: str | None, content_type: str
+    ) -> ImageMeta:
         record = await self._store.upload(
-            user_id, chunks, filename=filename, content_type=content_type, request_id=request_id
+            caller.user_id, chunks, filename=filename, content_type=content_type, request_id=caller.request_id
         )
-        return uuid.UUID(record["id"])
+        meta = ImageMeta.from_record(record)
+        self._images.remember(caller.user_id, meta)
+        return meta
 
-    async def discard_uploads(self, image_ids: list[uuid.UUID], user_id: str, request_id: str) -> None:
+    async def discard_uploads(self, image_ids: Sequence[uuid.UUID], caller: Caller) -> None:
         for image_id in image_ids:
-            await self._store.delete(image_id, user_id, request_id)
+            await self._store.delete(image_id, caller.user_id, caller.request_id)
 
     async def list_models(self) -> list[ModelCapabilities]:
         return await self._models.list_models()

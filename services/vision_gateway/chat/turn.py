@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from services.vision_gateway.chat import events
-from services.vision_gateway.chat.thinking import Think
+from services.vision_gateway.chat.request import ChatRequest
 from services.vision_gateway.errors import UpstreamRejected
 from services.vision_gateway.ollama_client import ChatStream, OllamaClient, OllamaStreamError
 from services.vision_gateway.repository import ConversationRepository, NewTurn
@@ -33,22 +33,12 @@ class SentMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class ChatRequest:
+class Caller:
+    """Who asks, under which request ID, since when (time to first token counts from here)."""
+
     user_id: str
-    message: str
-    model: str
-    conversation_id: uuid.UUID | None
-    image_ids: list[uuid.UUID]
-    options: dict[str, Any] | None
     request_id: str = ""
     received_at: float = field(default_factory=time.perf_counter)
-    # None: the history is the stored conversation's. A tuple: the client's own (no conversation_id).
-    history: tuple[SentMessage, ...] | None = None
-    # Ollama's `format` ("json" or a JSON Schema) and `keep_alive`, checked by chat/ollama_request_fields.py.
-    format: str | dict[str, Any] | None = None
-    keep_alive: int | float | str | None = None
-    # None: not sent to Ollama, whose default applies (thinking-capable models think); see thinking.py.
-    think: Think | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,23 +46,18 @@ class PreparedChat:
     """Everything that could refuse the request has passed; nothing is written yet."""
 
     request: ChatRequest
+    caller: Caller
     model: str
     vision: bool
     ollama_messages: list[dict[str, Any]]
     notices: tuple[events.NoticeEvent, ...]
-    image_ids: list[uuid.UUID]
+
+    @property
+    def image_ids(self) -> list[uuid.UUID]:
+        return list(self.request.image_ids)
 
     def ollama_payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = {"model": self.model, "messages": self.ollama_messages}
-        if self.request.options:
-            payload["options"] = self.request.options
-        if self.request.format is not None:
-            payload["format"] = self.request.format
-        if self.request.keep_alive is not None:
-            payload["keep_alive"] = self.request.keep_alive
-        if self.request.think is not None:
-            payload["think"] = self.request.think
-        return payload
+        return {"model": self.model, "messages": self.ollama_messages, **self.request.ollama_fields()}
 
 
 class OpenTurn:
@@ -87,6 +72,10 @@ class OpenTurn:
     @property
     def request(self) -> ChatRequest:
         return self.prepared.request
+
+    @property
+    def caller(self) -> Caller:
+        return self.prepared.caller
 
     @property
     def message_id(self) -> uuid.UUID:
@@ -144,12 +133,12 @@ async def open_turn(
     A model still loading after the grace period keeps us waiting longer than that, so the caller
     starts streaming (and pinging) anyway.
     """
-    request = prepared.request
-    opening = asyncio.create_task(ollama.open_chat(prepared.ollama_payload(), request_id=request.request_id))
+    request, caller = prepared.request, prepared.caller
+    opening = asyncio.create_task(ollama.open_chat(prepared.ollama_payload(), request_id=caller.request_id))
     stream_id = uuid.uuid4()
     recording = asyncio.create_task(
         repository.start_turn(
-            owner_id=request.user_id,
+            owner_id=caller.user_id,
             conversation_id=request.conversation_id,
             content=request.message,
             model=prepared.model,

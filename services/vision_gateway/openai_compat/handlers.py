@@ -1,16 +1,18 @@
-"""OpenAI-compatible routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/models/{model}`.
+"""OpenAI-compatible routes, as the `/v1` sub-application: `POST /v1/chat/completions`, `GET /v1/models`,
+`GET /v1/models/{model}`.
 
-Thin like every handler: authenticate, read and parse the body, let CompletionService begin the
-turn, relay it into an OpenAI-shaped sink. Errors leave in OpenAI's shape
-(`{"error": {"message", "type", "param", "code"}}`) because OpenAI clients read that one; the
-rest of the service keeps retina's shape, so this is done here and not in the common middleware.
+An OpenAI body is mapped into the one chat request at the edge (mapping.py) and then goes the
+way every ask goes: read under the body clocks, admitted by `ChatService.admit` (per-user limits,
+uploads undone on refusal), begun and relayed by ChatService. What is OpenAI's own: the body may
+carry images as base64 data: URLs, so it may be far larger than other JSON bodies; its bytes are
+reserved from the prep budget (VISION_PREP_BUDGET_MB) before they are read, and a full budget is
+`503 busy` with Retry-After, exactly as for images fetched from the store. Errors leave in OpenAI's
+shape through this sub-application's own middleware (`openai_error_middleware`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import json
+import uuid
 from typing import Any
 
 import structlog
@@ -18,58 +20,61 @@ from aiohttp import web
 
 from common.app import AUTH_KEY
 from common.auth import USER_ID_HEADER, parse_user_id
-from common.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
+from common.errors import ApiError, BadRequest, UnsupportedMediaType
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY, STARTED_RESPONSE_KEY
+from common.http.json_body import read_json_object
 from common.http.request_context import Handler, request_id_of
-from common.metrics import EVENT_STREAM_KEY
+from services.vision_gateway.admission import BODY_COPIES
+from services.vision_gateway.chat import Ask, ChatService, SentMessage
+from services.vision_gateway.entry import OPEN_GRACE_SECONDS, body_clocks, stream_turn
 from services.vision_gateway.errors import UnknownModel
-from services.vision_gateway.handlers import ADMISSION_KEY
-from services.vision_gateway.openai_compat.request import CompletionRequest, parse_completion_request
+from services.vision_gateway.handlers import CHAT_SERVICE_KEY
+from services.vision_gateway.openai_compat.mapping import Completion, ImagePart, map_completion, openai_params
 from services.vision_gateway.openai_compat.response import ChunkStream, CompletionCollector, openai_error
-from services.vision_gateway.openai_compat.service import CompletionService
-from services.vision_gateway.sse import EventStream
 
 log = structlog.get_logger("retina.vision_gateway.openai")
 
-COMPLETION_SERVICE_KEY = web.AppKey("openai_completion_service", CompletionService)
 # Images arrive inline as base64 data: URLs, so this body may be far larger than other JSON bodies;
 # larger images are uploaded to the image-store first and sent as retina:<image-id>.
 MAX_BODY_BYTES = 48 * 1024 * 1024
-READ_CHUNK = 1024 * 1024
-PARSE_IN_THREAD_BYTES = 256 * 1024  # decoding megabytes of base64 would stall the event loop
-OPEN_GRACE_SECONDS = 1.0
+UPLOAD_CHUNK = 256 * 1024
 # What a completion was recorded as (browsers may read them: exposed through CORS).
 RETINA_HEADERS = ("X-Retina-Conversation-Id", "X-Retina-Message-Id", "X-Retina-Stream-Id", "X-Retina-Notices")
 
 
-class PayloadTooLarge(ApiError):
-    status, code = 413, "payload_too_large"
+@web.middleware
+async def openai_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error of a /v1 route in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`),
+    until a stream has started; unknown paths and methods included. What is not an ApiError goes on
+    to the service's own error middleware (logged 500s, aiohttp's redirects)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or _started(request):
+            raise
+        return _render(request, _from_http(request, exc))
+    except ApiError as error:
+        if _started(request):
+            raise
+        return _render(request, error)
 
 
-def openai_errors(handler: Handler) -> Handler:
-    """Render every error of a /v1 route in OpenAI's shape (until a stream has started)."""
+def _render(request: web.Request, error: ApiError) -> web.Response:
+    if (observer := request.config_dict.get(API_ERROR_OBSERVER_KEY)) is not None:
+        observer(request, error)
+    return web.json_response(openai_error(error), status=error.status, headers=error.headers)
 
-    @functools.wraps(handler)
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as error:
-            if _started(request):
-                raise
-            if (observer := request.app.get(API_ERROR_OBSERVER_KEY)) is not None:
-                observer(request, error)
-            return web.json_response(openai_error(error), status=error.status, headers=error.headers)
-        except web.HTTPException:
-            raise  # aiohttp's own (redirects, body limits): the common middleware renders them
-        except Exception:
-            if _started(request):
-                raise
-            request_id = request_id_of(request)
-            log.exception("unhandled_error")
-            internal = ApiError(f"internal error; quote request ID {request_id} when reporting it")
-            return web.json_response(openai_error(internal), status=500)
 
-    return wrapper
+def _from_http(request: web.Request, exc: web.HTTPException) -> ApiError:
+    if exc.status == 404:
+        message = f"no such route: {request.path} (this server offers /v1/chat/completions and /v1/models)"
+        return ApiError(message, status=404, code="not_found")
+    if exc.status == 405:
+        allowed = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return ApiError(
+            f"method {request.method} is not allowed here", status=405, code="method_not_allowed", headers=allowed
+        )
+    return ApiError(exc.reason, status=exc.status, code="bad_request" if exc.status == 400 else "http_error")
 
 
 def _started(request: web.Request) -> bool:
@@ -77,23 +82,71 @@ def _started(request: web.Request) -> bool:
     return started is not None and started.prepared
 
 
-@openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    request.app[AUTH_KEY].check_token(request)
-    service = request.app[COMPLETION_SERVICE_KEY]
-    parsed = await _read_completion_request(request, max_images=service.chat.settings.max_images_per_request)
-    user_id = _user_of(request, parsed)
-    # The same per-user stream and rate limits as /api/stream-message (the body names the user).
-    with request.app[ADMISSION_KEY].admit(user_id):
-        return await _complete(request, service, parsed, user_id)
+    request.config_dict[AUTH_KEY].check_token(request)
+    service = request.config_dict[CHAT_SERVICE_KEY]
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send application/json")
+    # The body's bytes are held several times while it is parsed and its images uploaded: reserve them first.
+    reservation = await service.budget.hold(BODY_COPIES * (request.content_length or MAX_BODY_BYTES))
+    try:
+        async with body_clocks(request, service):
+            body = await read_json_object(request, max_bytes=MAX_BODY_BYTES, too_large=_TOO_LARGE)
+        completion = map_completion(body, max_images=service.settings.max_images_per_request)
+        del body
+        async with service.admit(_user_of(request, completion), request_id_of(request)) as ask:
+            with openai_params(completion.params):
+                request_fields, history = await _upload_images(ask, completion)
+                chat_request = ask.parse(request_fields, blank_message_with_images=True)
+            reservation.release()
+            turn = await ask.begin(chat_request, history=_kept(service, history), grace_seconds=OPEN_GRACE_SECONDS)
+            # The prompt holds the history images now; the copies uploaded for them served only this call.
+            uploaded = set(ask.uploaded_ids).difference(chat_request.image_ids)
+            await ask.discard([i for m in history for i in m.image_ids if i in uploaded])
+            return await _answer(request, service, turn, completion)
+    finally:
+        reservation.release()
 
 
-async def _complete(
-    request: web.Request, service: CompletionService, parsed: CompletionRequest, user_id: str
-) -> web.StreamResponse:
-    turn = await service.begin(
-        parsed, user_id=user_id, request_id=request_id_of(request), grace_seconds=OPEN_GRACE_SECONDS
-    )
+async def _upload_images(ask: Ask, completion: Completion) -> tuple[dict[str, Any], list[SentMessage]]:
+    """Judge the fields (and the model) before any image moves, then upload the data: URL images.
+
+    The parts' bytes are dropped as each is uploaded, so the body's memory goes with them.
+    """
+    placeholders = [part.image_id or uuid.uuid4() for part in completion.last.images]
+    ask.parse({**completion.fields, "image_ids": placeholders}, blank_message_with_images=True)
+    if any(part.data is not None for m in (*completion.history, completion.last) for part in m.images):
+        await ask.check_early({"model": completion.fields["model"], "think": completion.fields.get("think")})
+    current = [await _image_id(ask, part) for part in completion.last.images]
+    history = [SentMessage(m.role, m.text, [await _image_id(ask, p) for p in m.images]) for m in completion.history]
+    completion.last.images.clear()
+    for message in completion.history:
+        message.images.clear()
+    return {**completion.fields, "image_ids": current}, history
+
+
+async def _image_id(ask: Ask, part: ImagePart) -> uuid.UUID:
+    if part.image_id is not None:
+        return part.image_id
+    assert part.data is not None  # a part is an ID or bytes (mapping.image_part)
+    return await ask.upload(_chunks(part.data), filename=None, content_type=part.media_type, max_images=2**31)
+
+
+async def _chunks(data: bytes) -> Any:
+    view = memoryview(data)
+    for start in range(0, len(view), UPLOAD_CHUNK):
+        yield bytes(view[start : start + UPLOAD_CHUNK])
+
+
+def _kept(service: ChatService, history: list[SentMessage]) -> list[SentMessage]:
+    """System messages and the newest VISION_HISTORY_MESSAGES others, in their order."""
+    limit = service.settings.history_messages
+    others = [i for i, m in enumerate(history) if m.role != "system"]
+    dropped = set(others[: max(0, len(others) - limit)])
+    return [m for i, m in enumerate(history) if i not in dropped]
+
+
+async def _answer(request: web.Request, service: ChatService, turn: Any, completion: Completion) -> web.StreamResponse:
     conversation, message, stream_id, notices = RETINA_HEADERS
     headers = {
         conversation: str(turn.turn.conversation_id),
@@ -102,80 +155,45 @@ async def _complete(
     }
     if turn.prepared.notices:
         headers[notices] = ",".join(n["code"] for n in turn.prepared.notices)
-    if not parsed.stream:
+    if not completion.stream:
         collector = CompletionCollector()
-        await service.chat.relay(turn, collector)
+        await service.relay(turn, collector)
         return web.json_response(collector.completion(), headers=headers)
-    request[EVENT_STREAM_KEY] = True
-    stream = EventStream(heartbeat_seconds=service.chat.settings.heartbeat_seconds)
-    stream.response.headers.update(headers)
-    try:
-        await stream.prepare(request)
-    except BaseException:  # the client left before the stream began; the turn must not stay "streaming"
-        await service.chat.abandon(turn)
-        raise
-    try:
-        await service.chat.relay(turn, ChunkStream(stream, include_usage=parsed.include_usage))
-    finally:
-        await stream.close()
-    return stream.response
-
-
-async def _read_completion_request(request: web.Request, *, max_images: int) -> CompletionRequest:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("send application/json")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise _too_large()
-    body = bytearray()
-    while chunk := await request.content.read(READ_CHUNK):
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _too_large()
-
-    def parse() -> CompletionRequest:
-        try:
-            fields = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest("the body is not valid JSON") from exc
-        return parse_completion_request(fields, max_images=max_images)
-
-    if len(body) > PARSE_IN_THREAD_BYTES:
-        return await asyncio.to_thread(parse)
-    return parse()
-
-
-def _too_large() -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; "
-        "upload large images to the image-store and send them as retina:<image-id>"
+    include_usage = completion.include_usage
+    return await stream_turn(
+        request, service, turn, headers=headers, sink=lambda stream: ChunkStream(stream, include_usage=include_usage)
     )
 
 
-def _user_of(request: web.Request, parsed: CompletionRequest) -> str:
+_TOO_LARGE = (
+    f"the request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; "
+    "upload large images to the image-store and send them as retina:<image-id>"
+)
+
+
+def _user_of(request: web.Request, completion: Completion) -> str:
     """The X-User-Id header, else the request's `user` field (the header wins when both are sent)."""
     header = request.headers.get(USER_ID_HEADER)
-    if header is not None or parsed.user is None:
+    if header is not None or completion.user is None:
         if header is None:
             raise BadRequest(
                 f"name the user in the {USER_ID_HEADER} header or the request's user field",
                 details={"param": "user"},
             )
         return parse_user_id(header)
-    return parsed.user
+    return completion.user
 
 
-@openai_errors
 async def list_models(request: web.Request) -> web.Response:
-    request.app[AUTH_KEY].check_token(request)
-    models = await request.app[COMPLETION_SERVICE_KEY].chat.list_models()
+    request.config_dict[AUTH_KEY].check_token(request)
+    models = await request.config_dict[CHAT_SERVICE_KEY].list_models()
     return web.json_response({"object": "list", "data": [_model(m.name) for m in models]})
 
 
-@openai_errors
 async def retrieve_model(request: web.Request) -> web.Response:
-    request.app[AUTH_KEY].check_token(request)
+    request.config_dict[AUTH_KEY].check_token(request)
     name = request.match_info["model"]
-    models = await request.app[COMPLETION_SERVICE_KEY].chat.list_models()
+    models = await request.config_dict[CHAT_SERVICE_KEY].list_models()
     if not any(m.name == name for m in models):
         raise UnknownModel(f"model {name!r} is not available on the Ollama server")
     return web.json_response(_model(name))
@@ -186,28 +204,10 @@ def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "ollama"}
 
 
-class MethodNotAllowed(ApiError):
-    status, code = 405, "method_not_allowed"
-
-
-_ALLOWED = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
-
-
-@openai_errors
-async def no_such_route(request: web.Request) -> web.Response:
-    """Unknown /v1 paths and wrong methods, in OpenAI's shape (an OpenAI client may probe for them)."""
-    allowed = _ALLOWED.get(request.path) or ("GET" if request.path.startswith("/v1/models/") else None)
-    if allowed is not None:
-        raise MethodNotAllowed(f"method {request.method} is not allowed here", headers={"Allow": allowed})
-    raise NotFound(f"no such route: {request.path} (this server offers /v1/chat/completions and /v1/models)")
-
-
-def add_openai_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions, name="openai_chat_completions")
-    app.router.add_get("/v1/models", list_models, name="openai_models")
-    app.router.add_get("/v1/models/{model:.+}", retrieve_model, name="openai_model")
-
-
-def add_openai_fallback_route(app: web.Application) -> None:
-    """Last, after CORS is set up: aiohttp-cors cannot wrap a route that takes every method."""
-    app.router.add_route("*", "/v1/{tail:.*}", no_such_route, name="openai_no_such_route")
+def create_openai_app() -> web.Application:
+    """The /v1 sub-application; the gateway mounts it with `app.add_subapp("/v1", ...)`."""
+    v1 = web.Application(middlewares=[openai_error_middleware])
+    v1.router.add_post("/chat/completions", chat_completions, name="openai_chat_completions")
+    v1.router.add_get("/models", list_models, name="openai_models", allow_head=False)
+    v1.router.add_get("/models/{model:.+}", retrieve_model, name="openai_model", allow_head=False)
+    return v1

@@ -1,28 +1,31 @@
-"""OpenAI's chat-completions request body, checked and turned into what ChatService needs.
+"""OpenAI's chat-completions body mapped into the one chat request (chat/request.py), at the edge.
 
-Pure parsing, no I/O: everything a request could be refused for (shape, types, ranges, remote
-image URLs, unsupported features) is found here, before any image is uploaded or any row is
-written. Images are only classified: a `data:` URL's bytes, or a `retina:<image-id>` reference.
+Pure, no I/O. Only what is OpenAI's own is checked here: the body's shape (messages, roles,
+content parts, image URLs), features refused rather than ignored (n > 1, tools, logprobs), and the
+fields whose OpenAI ranges differ (max_tokens from 1, stop as a string or up to 4). Everything the
+chat request also has (model, message text, sampling options, format, think, caps) is mapped into
+`ChatRequest` fields and validated by its rules, so a bad value gets the same status and code here
+as on /api/stream-message; `openai_params` re-words such a refusal with the OpenAI field's name.
+
+Images are only classified here: a `data:` URL's bytes, or a `retina:<image-id>` reference; the
+handler uploads the former through the Ask, as a multipart form's images are.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
+import contextlib
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.auth import MAX_USER_ID_LENGTH
 from common.ids import parse_uuid
-from services.vision_gateway.chat.ollama_request_fields import MAX_TOKENS, InvalidField, check_format, check_option
-from services.vision_gateway.chat.thinking import Think
-from services.vision_gateway.chat_fields import unstorable
+from services.vision_gateway.chat.request import MAX_TOKENS, InvalidField, Think, check_text
 from services.vision_gateway.errors import BadRequest, TooManyImages
 
-MAX_MODEL_CHARS = 200
-MAX_TEXT_CHARS = 32_000  # per message, the same bound as POST /api/stream-message
 MAX_MESSAGES = 1_000
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 RETINA_SCHEME = "retina:"
@@ -55,28 +58,27 @@ class ParsedMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class CompletionRequest:
-    model: str
+class Completion:
+    """An OpenAI body in the chat's terms. `fields` are ChatRequest fields, validated by the Ask;
+    `params` names the OpenAI field each of them came from, for error messages."""
+
+    fields: dict[str, Any]
+    params: dict[str, str]
     history: list[ParsedMessage]  # everything before the last message
     last: ParsedMessage  # the user's new message
     stream: bool
     include_usage: bool
-    options: dict[str, Any] | None
     user: str | None
-    format: str | dict[str, Any] | None = None  # from response_format
-    think: Think | None = None
 
     @property
     def image_count(self) -> int:
         return len(self.last.images) + sum(len(m.images) for m in self.history)
 
 
-def parse_completion_request(body: Any, *, max_images: int) -> CompletionRequest:
+def map_completion(body: Any, *, max_images: int) -> Completion:
+    """The body's OpenAI-only rules; every other value is passed on for the chat request's rules."""
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object", None)
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS or unstorable(model):
-        raise invalid("model is required and must be a model name", "model")
     _refuse_unsupported(body)
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
@@ -85,24 +87,51 @@ def parse_completion_request(body: Any, *, max_images: int) -> CompletionRequest
         raise invalid(f"at most {MAX_MESSAGES} messages", "messages")
     messages = [_message(raw, f"messages[{i}]") for i, raw in enumerate(raw_messages)]
     *history, last = messages
+    last_param = f"messages[{len(messages) - 1}]"
     if last.role != "user":
-        raise invalid("the last message must be the user's", f"messages[{len(messages) - 1}].role")
+        raise invalid("the last message must be the user's", f"{last_param}.role")
     if not last.text.strip() and not last.images:
-        raise invalid("the last message has neither text nor images", f"messages[{len(messages) - 1}].content")
-    parsed = CompletionRequest(
-        model=model.strip(),
+        raise invalid("the last message has neither text nor images", f"{last_param}.content")
+    fields: dict[str, Any] = {"model": body.get("model"), "message": last.text}
+    params = {"message": f"{last_param}.content", "image_ids": f"{last_param}.content", **_OPTION_PARAMS}
+    options, params["options.num_predict"] = ollama_options(body)
+    if options:
+        fields["options"] = options
+    if (format_ := ollama_format(body.get("response_format"))) is not None:
+        fields["format"] = format_
+    if (think := _reasoning_effort(body.get("reasoning_effort"))) is not None:
+        fields["think"] = think
+    completion = Completion(
+        fields=fields,
+        params=params,
         history=history,
         last=last,
         stream=_boolean(body.get("stream"), "stream"),
         include_usage=_include_usage(body.get("stream_options")),
-        options=ollama_options(body),
         user=_user(body.get("user")),
-        format=ollama_format(body.get("response_format")),
-        think=_reasoning_effort(body.get("reasoning_effort")),
     )
-    if parsed.image_count > max_images:
-        raise TooManyImages(f"{parsed.image_count} images sent; at most {max_images} per request")
-    return parsed
+    if completion.image_count > max_images:
+        raise TooManyImages(f"{completion.image_count} images sent; at most {max_images} per request")
+    return completion
+
+
+# ChatRequest fields whose OpenAI names differ (options.num_predict is max_tokens or max_completion_tokens).
+_OPTION_PARAMS = {
+    **{f"options.{name}": name for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed")},
+    "options.stop": "stop",
+    "format": "response_format.json_schema.schema",
+    "think": "reasoning_effort",
+}
+
+
+@contextlib.contextmanager
+def openai_params(params: dict[str, str]) -> Iterator[None]:
+    """Re-word a chat request field's refusal with the OpenAI field it came from (OpenAI's `param`)."""
+    try:
+        yield
+    except InvalidField as exc:
+        param = params.get(exc.field, exc.field)
+        raise invalid(f"{param} {exc.rule}", param) from exc
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -140,10 +169,8 @@ def _message(raw: Any, param: str) -> ParsedMessage:
         raise invalid("content must be a string or an array of content parts", f"{param}.content")
     if images and role != "user":
         raise invalid("only user messages may carry images", f"{param}.content")
-    if len(text) > MAX_TEXT_CHARS:
-        raise invalid(f"a message is longer than {MAX_TEXT_CHARS} characters", f"{param}.content")
-    if (problem := unstorable(text)) is not None:  # stored like a native turn: the same 400, not a 500
-        raise invalid(f"content {problem}", f"{param}.content")
+    with openai_params({}):
+        check_text(text, f"{param}.content")  # the chat request's rules for a message's text
     return ParsedMessage(role, text, images)
 
 
@@ -156,15 +183,20 @@ def _parts(parts: list[Any], param: str) -> tuple[str, list[ImagePart]]:
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind == "image_url":
-            images.append(image_part(part.get("image_url"), f"{where}.image_url"))
+            # popped: once decoded, the data URL's text is garbage at once, not when the body goes
+            images.append(image_part(part.pop("image_url", None), f"{where}.image_url"))
         else:
             raise invalid("content parts must be {'type': 'text'} or {'type': 'image_url'}", where)
     return "\n".join(texts), images
 
 
 def image_part(raw: Any, param: str) -> ImagePart:
-    """`{"url": ...}` (or a bare string): a base64 data: URL or `retina:<image-id>`; never a remote URL."""
-    url = raw.get("url") if isinstance(raw, dict) else raw
+    """`{"url": ...}` (or a bare string): a base64 data: URL or `retina:<image-id>`; never a remote URL.
+
+    A data URL is megabytes of text: it is taken out of `raw`, and its text is dropped as soon as
+    the base64 is cut out of it, so one image is held about twice at the peak, not four times.
+    """
+    url = raw.pop("url", None) if isinstance(raw, dict) else raw
     if not isinstance(url, str) or not url:
         raise invalid("image_url.url is required", param)
     if url[:8].lower().startswith(("http://", "https://")):
@@ -180,36 +212,40 @@ def image_part(raw: Any, param: str) -> ImagePart:
     match = _DATA_URL.match(url[:200])
     if match is None:
         raise invalid("image_url.url must be a base64 data: URL or retina:<image-id>", param)
-    try:
-        data = base64.b64decode(url[match.end() :], validate=True)
+    payload, media_type = url[match.end() :], (match.group("type") or "application/octet-stream").lower()
+    del url
+    try:  # binascii reads an ASCII str in place; base64.b64decode would first copy it to bytes
+        data = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise invalid("the data: URL is not valid base64", param) from exc
     if not data:
         raise invalid("the data: URL holds no bytes", param)
-    return ImagePart(param, data=data, media_type=(match.group("type") or "application/octet-stream").lower())
+    return ImagePart(param, data=data, media_type=media_type)
 
 
-def ollama_options(body: dict[str, Any]) -> dict[str, Any] | None:
-    """temperature, top_p, penalties, seed, max_tokens and stop, as Ollama's option names, checked by the
-    same rules as /api/stream-message's `options` (chat/ollama_request_fields.py) but named as sent."""
+def ollama_options(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """temperature, top_p, penalties, seed, max_tokens and stop under Ollama's option names (their values
+    are checked by the chat request's `options` rules), and the field num_predict came from."""
     options: dict[str, Any] = {}
     for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed"):
         if (value := body.get(name)) is not None:
-            options[name] = _checked(name, value, name)
+            options[name] = value
+    num_predict_param = "max_tokens"
     for name in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are sent
         value = body.get(name)
         if value is None:
             continue
+        # OpenAI's range: Ollama's -1 (no limit) and -2 (fill the context) are not OpenAI values.
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
             raise invalid(f"{name} must be an integer from 1 to {MAX_TOKENS}", name)
-        options["num_predict"] = value
+        options["num_predict"], num_predict_param = value, name
     stop = body.get("stop")
     if stop is not None:
-        options["stop"] = _checked("stop", _stop(stop), "stop")
-    return options or None
+        options["stop"] = _stop(stop)
+    return options, num_predict_param
 
 
-def ollama_format(response_format: Any) -> str | dict[str, Any] | None:
+def ollama_format(response_format: Any) -> Any:
     """`response_format` as Ollama's `format`: json_object is "json", json_schema its `schema`."""
     param = "response_format"
     kind = response_format.get("type") if isinstance(response_format, dict) else None
@@ -222,17 +258,7 @@ def ollama_format(response_format: Any) -> str | dict[str, Any] | None:
     spec = response_format.get("json_schema")
     if not isinstance(spec, dict) or "schema" not in spec:
         raise invalid("response_format.json_schema.schema is required", f"{param}.json_schema.schema")
-    try:
-        return check_format(spec["schema"], f"{param}.json_schema.schema")
-    except InvalidField as exc:
-        raise invalid(exc.message, exc.field) from exc
-
-
-def _checked(option: str, value: Any, param: str) -> Any:
-    try:
-        return check_option(option, value, param)
-    except InvalidField as exc:
-        raise invalid(exc.message, param) from exc
+    return spec["schema"]
 
 
 def _stop(stop: Any) -> list[str]:
