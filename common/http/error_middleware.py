@@ -17,7 +17,22 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 
-from common.errors import ApiError, DatabaseUnavailable, json_error
+from common.errors import (
+    ApiError,
+    BadRequest,
+    DatabaseUnavailable,
+    Forbidden,
+    LengthRequired,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    json_error,
+)
 from common.http.body_timeout import close_after_response
 from common.http.request_context import Handler, request_id_of
 
@@ -29,19 +44,22 @@ STARTED_RESPONSE_KEY = web.RequestKey("started_response", web.StreamResponse)
 ApiErrorObserver = Callable[[web.Request, ApiError], None]
 API_ERROR_OBSERVER_KEY: web.AppKey[ApiErrorObserver] = web.AppKey("api_error_observer")
 
-# aiohttp raises these itself (routing, body limits); give them our codes.
+# aiohttp raises these itself (routing, body limits); each status answers with its class's code.
 _HTTP_EXCEPTION_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    411: "length_required",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-    503: "unavailable",
+    error.status: error.code
+    for error in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        RequestTimeout,
+        LengthRequired,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        RateLimited,
+        Unavailable,
+    )
 }
 
 

@@ -7,12 +7,12 @@ import json
 import sys
 
 from common.db import open_pool
+from common.errors import StorageUnavailable
 from common.metrics import new_registry
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.backends import open_blob_store
 from services.image_store.decode_pool import DecodePool
-from services.image_store.errors import StorageUnavailable
 from services.image_store.maintenance import MaintenanceService
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.migrate_storage import migrate_storage

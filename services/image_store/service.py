@@ -11,11 +11,11 @@ import contextlib
 import uuid
 from pathlib import Path
 
+from common.errors import StoredImageNotFound
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.decode_pool import DecodePool
 from services.image_store.deletion import BlobRemover
-from services.image_store.errors import ImageNotFound
 from services.image_store.lookup import MAX_PAGE_SIZE, ImageLookup, OpenedFile
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import ImageRow, StorageStats
@@ -100,16 +100,16 @@ class ImageService:
         if message_id is not None:
             await require_owned_message(self.repository, message_id, owner_id)
         if not await self.repository.link_message(image_id, owner_id, message_id):
-            raise ImageNotFound()
+            raise StoredImageNotFound()
         return await self.get(image_id, owner_id)
 
     async def delete(self, image_id: uuid.UUID, owner_id: str) -> None:
         sha256 = await self.repository.blob_of(image_id, owner_id)
         if sha256 is None:
-            raise ImageNotFound()
+            raise StoredImageNotFound()
         deleted = await self.remover.delete_image_and_maybe_blob(image_id, sha256, owner_id)
         if not deleted:
-            raise ImageNotFound()
+            raise StoredImageNotFound()
 
     async def delete_image_and_maybe_blob(self, image_id: uuid.UUID | None, sha256: str, owner_id: str | None) -> bool:
         """See BlobRemover.delete_image_and_maybe_blob (retention clean-up calls it here)."""

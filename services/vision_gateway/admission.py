@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from cachetools import TTLCache
 
-from services.vision_gateway.errors import GatewayBusy, RateLimited
+from common.errors import Busy as GatewayBusy
+from common.errors import RateLimited
 
 # Peak bytes per pixel of prepare_for_model, measured on 40 MP PNGs: RGB and RGBA are held in 4
 # bytes a pixel, a palette image converted to RGB in 1 + 4, plus the reduced copy thumbnail()

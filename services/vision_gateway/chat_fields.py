@@ -12,11 +12,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from common.errors import BadRequest
 from common.ids import parse_uuid
 from services.vision_gateway.chat import ChatRequest
 from services.vision_gateway.chat.ollama_request_fields import OllamaFields, parse_ollama_fields
 from services.vision_gateway.chat.thinking import Think, parse_think
-from services.vision_gateway.errors import BadRequest
 
 if TYPE_CHECKING:  # typing.TypeIs arrives in 3.13; only the checker needs it
     from typing_extensions import TypeIs

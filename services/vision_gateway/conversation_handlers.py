@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.app import AUTH_KEY
+from common.errors import BadRequest, ConversationNotFound
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from services.vision_gateway.conversations import IMAGE_RULES, ConversationService, parse_limit
-from services.vision_gateway.errors import BadRequest, ConversationNotFound
 
 CONVERSATION_SERVICE_KEY = web.AppKey("conversation_service", ConversationService)
 

@@ -13,6 +13,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from common.app import AUTH_KEY
 from common.content_disposition import parse_form_data_disposition
+from common.errors import (
+    BadRequest,
+    ConversationNotFound,
+    RequestTimeout,
+    StreamNotFound,
+    TooManyImages,
+    UnsupportedMediaType,
+)
 from common.http.body_timeout import BodyClocks, BodyReadTimeout, read_limits
 from common.http.multipart import read_small_field
 from common.http.request_context import request_id_of
@@ -28,14 +36,6 @@ from services.vision_gateway.chat_fields import (
     json_text,
     parse_chat_fields,
     parse_image_ids_part,
-)
-from services.vision_gateway.errors import (
-    BadRequest,
-    ConversationNotFound,
-    RequestTimeout,
-    StreamNotFound,
-    TooManyImages,
-    UnsupportedMediaType,
 )
 from services.vision_gateway.history import HistoryImages, message_with_images
 from services.vision_gateway.sse import EventStream

@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from common.errors import StorageUnavailable
 from services.image_store.app import create_app
-from services.image_store.errors import StorageUnavailable
 from services.image_store.handlers import IMAGE_SERVICE_KEY
 from services.image_store.storage_backend import storage_key
 from services.image_store.storage_s3 import S3BlobStore

@@ -14,9 +14,9 @@ import time
 import uuid
 from collections.abc import Iterable
 
+from common.errors import ImageNotFound
 from common.singleflight import SingleFlight
 from services.vision_gateway.admission import PrepBudget, prep_cost
-from services.vision_gateway.errors import ImageNotFound
 from services.vision_gateway.image_prep import ImagePreparer, PreparedImage
 from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics

@@ -22,7 +22,7 @@ from typing import Any
 from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
-from services.vision_gateway.errors import BadRequest
+from common.errors import BadRequest
 
 MAX_FORMAT_CHARS = 16 * 1024  # the schema as compact ASCII JSON; a grammar is built from it per request
 MAX_FORMAT_DEPTH = 32  # nesting of objects/arrays; deeper documents exhaust the schema checker's recursion

@@ -16,6 +16,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import (
+    ApiError,
+    ConversationNotFound,
+    StreamNotFound,
+    TooManyImages,
+    UploadDisabled,
+)
 from common.settings import GatewaySettings
 from services.vision_gateway.capabilities import ModelCapabilities, VisionModelService
 from services.vision_gateway.chat import policy, prompt, thinking
@@ -27,13 +34,6 @@ from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
 from services.vision_gateway.chat.thinking import Think
 from services.vision_gateway.chat.turn import ChatRequest, OpenTurn, PreparedChat, open_turn
-from services.vision_gateway.errors import (
-    ConversationNotFound,
-    GatewayError,
-    StreamNotFound,
-    TooManyImages,
-    UploadDisabled,
-)
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
@@ -141,7 +141,7 @@ class ChatService:
         turn = await open_turn(prepared, ollama=self._ollama, repository=self._repository, grace_seconds=grace_seconds)
         request = prepared.request
         for image_id in prepared.image_ids:
-            with contextlib.suppress(GatewayError):  # the link is bookkeeping; the turn is recorded either way
+            with contextlib.suppress(ApiError):  # the link is bookkeeping; the turn is recorded either way
                 await self._store.link(image_id, turn.turn.user_message_id, request.user_id, request.request_id)
         return turn
 

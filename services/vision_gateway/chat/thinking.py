@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
+from common.errors import BadRequest, ModelCannotThink
 from services.vision_gateway.capabilities import ModelCapabilities
-from services.vision_gateway.errors import BadRequest, ModelCannotThink
 
 ThinkLevel = Literal["low", "medium", "high", "max"]
 Think = bool | ThinkLevel

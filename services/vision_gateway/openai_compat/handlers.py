@@ -18,11 +18,18 @@ from aiohttp import web
 
 from common.app import AUTH_KEY
 from common.auth import USER_ID_HEADER, parse_user_id
-from common.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
+from common.errors import (
+    ApiError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnknownModel,
+    UnsupportedMediaType,
+)
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY, STARTED_RESPONSE_KEY
 from common.http.request_context import Handler, request_id_of
 from common.metrics import EVENT_STREAM_KEY
-from services.vision_gateway.errors import UnknownModel
 from services.vision_gateway.handlers import ADMISSION_KEY
 from services.vision_gateway.openai_compat.request import CompletionRequest, parse_completion_request
 from services.vision_gateway.openai_compat.response import ChunkStream, CompletionCollector, openai_error
@@ -40,10 +47,6 @@ PARSE_IN_THREAD_BYTES = 256 * 1024  # decoding megabytes of base64 would stall t
 OPEN_GRACE_SECONDS = 1.0
 # What a completion was recorded as (browsers may read them: exposed through CORS).
 RETINA_HEADERS = ("X-Retina-Conversation-Id", "X-Retina-Message-Id", "X-Retina-Stream-Id", "X-Retina-Notices")
-
-
-class PayloadTooLarge(ApiError):
-    status, code = 413, "payload_too_large"
 
 
 def openai_errors(handler: Handler) -> Handler:
@@ -184,10 +187,6 @@ async def retrieve_model(request: web.Request) -> web.Response:
 def _model(name: str) -> dict[str, Any]:
     # Ollama's own /v1/models reports the same fields; `created` is not known for a local model.
     return {"id": name, "object": "model", "created": 0, "owned_by": "ollama"}
-
-
-class MethodNotAllowed(ApiError):
-    status, code = 405, "method_not_allowed"
 
 
 _ALLOWED = {"/v1/chat/completions": "POST", "/v1/models": "GET"}

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.auth import MAX_USER_ID_LENGTH
+from common.errors import BadRequest, TooManyImages
 from common.ids import parse_uuid
 from services.vision_gateway.chat.ollama_request_fields import MAX_TOKENS, InvalidField, check_format, check_option
 from services.vision_gateway.chat.thinking import Think
 from services.vision_gateway.chat_fields import unstorable
-from services.vision_gateway.errors import BadRequest, TooManyImages
 
 MAX_MODEL_CHARS = 200
 MAX_TEXT_CHARS = 32_000  # per message, the same bound as POST /api/stream-message
