@@ -24,7 +24,7 @@ from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import ImageRow
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import ImageRowCache
-from services.image_store.storage_backend import BlobStore
+from services.image_store.storage.backend import BlobStore
 
 log = structlog.get_logger("retina.image_store")
 

@@ -14,14 +14,14 @@ from pathlib import Path
 from common.errors import StoredImageNotFound
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
-from services.image_store.decode_pool import DecodePool
 from services.image_store.deletion import BlobRemover
+from services.image_store.imaging.decode_pool import DecodePool
 from services.image_store.lookup import MAX_PAGE_SIZE, ImageLookup, OpenedFile
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import ImageRow, StorageStats
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import ImageRowCache
-from services.image_store.storage_backend import BlobStore
+from services.image_store.storage.backend import BlobStore
 from services.image_store.uploads import ImageUploads, UploadSession, require_owned_message
 
 # Handlers import these from here: the service module is the image-store's one entry point.

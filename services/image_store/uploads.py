@@ -19,16 +19,16 @@ from prometheus_client import Gauge
 
 from common.errors import ApiError, BadRequest, Busy, InvalidImage, RateLimited, UploadDisabled
 from common.settings import ImageStoreSettings
-from services.image_store.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
 from services.image_store.deletion import BlobRemover
 from services.image_store.filenames import sanitize_filename
+from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
+from services.image_store.imaging.pipeline import ValidationLimits
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import BlobInfo, ImageRow
 from services.image_store.rate_limit import OwnerRateLimiter
 from services.image_store.repository import ImageRepository
-from services.image_store.storage import storage_error
-from services.image_store.storage_backend import BlobStore, ReceivedFile, storage_key
-from services.image_store.validation import ValidationLimits
+from services.image_store.storage.backend import BlobStore, ReceivedFile, storage_key
+from services.image_store.storage.filesystem import storage_error
 
 log = structlog.get_logger("retina.image_store")
 

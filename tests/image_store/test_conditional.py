@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.errors import RangeNotSatisfiable
-from services.image_store.conditional import select_range
+from services.image_store.http.conditional import select_range
 from tests.conftest import auth_headers
 from tests.image_store.conftest import png, upload
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from common.errors import ApiError
-from services.image_store.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
-from services.image_store.validation import ValidationLimits, process_image_file
+from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
+from services.image_store.imaging.pipeline import ValidationLimits, process_image_file
 from tests.image_store.conftest import photo, png
 
 LIMITS = ValidationLimits(

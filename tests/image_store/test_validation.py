@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, WebPImagePlugin
 
 from common.errors import ApiError, ImageTooLarge
-from services.image_store.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
-from services.image_store.validation import (
+from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
+from services.image_store.imaging.pipeline import (
     ProcessedImage,
     ValidationLimits,
     process_image_file,

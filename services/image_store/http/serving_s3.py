@@ -14,9 +14,9 @@ from aiohttp import hdrs, web
 
 from common.errors import StorageUnavailable, StoredImageNotFound
 from services.image_store.models import ImageRow
-from services.image_store.s3_client import unavailable_on_failure
 from services.image_store.service import ImageService
-from services.image_store.storage_s3 import S3BlobStore
+from services.image_store.storage.s3 import S3BlobStore
+from services.image_store.storage.s3_client import unavailable_on_failure
 
 log = structlog.get_logger("retina.image_store.serving")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiofiles
 
 from common.errors import EmptyUpload, InsufficientStorage, PayloadTooLarge
-from services.image_store.storage_backend import ReceivedFile, StoredObject, storage_key
+from services.image_store.storage.backend import ReceivedFile, StoredObject, storage_key
 
 __all__ = ["ImageStorage", "ReceivedFile", "file_sha256", "storage_error", "storage_key"]
 

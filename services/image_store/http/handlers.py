@@ -19,11 +19,11 @@ from common.http.body_timeout import BodyReadTimeout, read_limits
 from common.http.multipart import read_small_field
 from common.ids import parse_uuid
 from common.settings import ImageStoreSettings
-from services.image_store.conditional import Precondition, evaluate_preconditions, select_range
+from services.image_store.http.conditional import Precondition, evaluate_preconditions, select_range
+from services.image_store.http.serving import ImageBytesResponse, image_headers
+from services.image_store.http.serving_s3 import object_response
 from services.image_store.models import ImageRow
 from services.image_store.service import MAX_PAGE_SIZE, ImageService, UploadSession
-from services.image_store.serving import ImageBytesResponse, image_headers
-from services.image_store.serving_s3 import object_response
 
 log = structlog.get_logger("retina.image_store")
 

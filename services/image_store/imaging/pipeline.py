@@ -1,9 +1,9 @@
 """Image validation and re-encoding: runs inside a decode worker process, never on the event loop.
 
-Order matters: the type comes from the bytes (libmagic, `image_sniff`), Pillow may open only that
+Order matters: the type comes from the bytes (libmagic, `sniff`), Pillow may open only that
 format, the header's dimensions are checked before any pixel is decoded and a full decode then
-proves the file is intact (`image_decode`), and re-encoding (`image_reencode`, after EXIF
-orientation: `image_metadata`) drops metadata and trailing payloads; `image_output` writes the
+proves the file is intact (`decode`), and re-encoding (`reencode`, after EXIF
+orientation: `metadata`) drops metadata and trailing payloads; `output` writes the
 result durably.
 
 Everything here is synchronous and pure apart from writing `destination`. Any failure caused by
@@ -22,7 +22,7 @@ from typing import IO
 
 from PIL import Image, ImageFile
 
-from services.image_store.image_decode import (
+from services.image_store.imaging.decode import (
     PILLOW_FORMATS,
     ValidationLimits,
     check_header,
@@ -30,10 +30,10 @@ from services.image_store.image_decode import (
     open_image,
     untrusted_content,
 )
-from services.image_store.image_metadata import exif_orientation, srgb, upright_size
-from services.image_store.image_output import blocks, write_durably
-from services.image_store.image_reencode import reencode
-from services.image_store.image_sniff import SNIFF_BYTES, accepted_mime, is_lossless, sniffer
+from services.image_store.imaging.metadata import exif_orientation, srgb, upright_size
+from services.image_store.imaging.output import blocks, write_durably
+from services.image_store.imaging.reencode import reencode
+from services.image_store.imaging.sniff import SNIFF_BYTES, accepted_mime, is_lossless, sniffer
 
 __all__ = ["ProcessedImage", "ValidationLimits", "process_image_file", "warm_up"]
 

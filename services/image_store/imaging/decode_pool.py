@@ -28,10 +28,10 @@ from typing import Final
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 from common.errors import InvalidImage
-from services.image_store.decode_budget import BudgetExhausted, ByteBudget
-from services.image_store.decode_worker import decode_task, init_worker
-from services.image_store.headers import decoded_bytes
-from services.image_store.validation import ProcessedImage, ValidationLimits
+from services.image_store.imaging.decode_budget import BudgetExhausted, ByteBudget
+from services.image_store.imaging.decode_worker import decode_task, init_worker
+from services.image_store.imaging.dimensions import decoded_bytes
+from services.image_store.imaging.pipeline import ProcessedImage, ValidationLimits
 
 DEFAULT_MEMORY_LIMIT_BYTES: Final = 1536 * 1024 * 1024
 # Pillow's own decompression-bomb threshold inside workers (its warning is an error there). Our

@@ -17,7 +17,7 @@ from typing import IO, Final
 from PIL import Image, UnidentifiedImageError
 
 from common.errors import ApiError, ImageTooLarge, InvalidImage, TooManyFrames
-from services.image_store.headers import declared_size
+from services.image_store.imaging.dimensions import declared_size
 
 # Pillow format name for each MIME type we can accept.
 PILLOW_FORMATS: Final[dict[str, str]] = {

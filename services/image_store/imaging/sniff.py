@@ -10,7 +10,7 @@ import io
 from typing import IO, Any, Final
 
 from common.errors import EmptyUpload, UnsupportedMediaType
-from services.image_store.image_decode import PILLOW_FORMATS
+from services.image_store.imaging.decode import PILLOW_FORMATS
 
 # Names some libmagic versions use for the same formats.
 _MIME_ALIASES: Final[dict[str, str]] = {
