@@ -22,8 +22,10 @@ from common.settings import ImageStoreSettings
 from services.image_store.http.conditional import Precondition, evaluate_preconditions, select_range
 from services.image_store.http.serving import ImageBytesResponse, image_headers
 from services.image_store.http.serving_s3 import object_response
+from services.image_store.lookup import MAX_PAGE_SIZE
 from services.image_store.models import ImageRow
-from services.image_store.service import MAX_PAGE_SIZE, ImageService, UploadSession
+from services.image_store.service import ImageService
+from services.image_store.uploads import UploadSession
 
 log = structlog.get_logger("retina.image_store")
 
