@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("image-store", "vision-gateway"):
         return _run_service(args.command, args.host, args.port)
     if args.command == "maintenance":
-        from services.image_store.maintenance_cli import run_maintenance
+        from services.image_store.maintenance.cli import run_maintenance
 
         store_settings = load_or_exit(load_image_store_settings, os.environ)
         configure_logging("warning", store_settings.common.log_format)

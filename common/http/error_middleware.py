@@ -16,8 +16,24 @@ from collections.abc import Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from common.errors import ApiError, DatabaseUnavailable, json_error
+from common.errors import (
+    ApiError,
+    BadRequest,
+    DatabaseUnavailable,
+    Forbidden,
+    LengthRequired,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    json_error,
+)
 from common.http.body_timeout import close_after_response
 from common.http.request_context import Handler, request_id_of
 
@@ -29,19 +45,22 @@ STARTED_RESPONSE_KEY = web.RequestKey("started_response", web.StreamResponse)
 ApiErrorObserver = Callable[[web.Request, ApiError], None]
 API_ERROR_OBSERVER_KEY: web.AppKey[ApiErrorObserver] = web.AppKey("api_error_observer")
 
-# aiohttp raises these itself (routing, body limits); give them our codes.
+# aiohttp raises these itself (routing, body limits); each status answers with its class's code.
 _HTTP_EXCEPTION_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    411: "length_required",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-    503: "unavailable",
+    error.status: error.code
+    for error in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        RequestTimeout,
+        LengthRequired,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        RateLimited,
+        Unavailable,
+    )
 }
 
 
@@ -50,39 +69,52 @@ async def remember_started_response(request: web.Request, response: web.StreamRe
     request[STARTED_RESPONSE_KEY] = response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise  # redirects and 304s are not errors
-        if (started := _already_started(request, exc)) is not None:
-            return started
-        return _render_http_exception(request, exc)
-    except Exception as exc:
-        if (started := _already_started(request, exc)) is not None:
-            return started
-        error = _as_api_error(exc)
-        if error is None:
-            request_id = request_id_of(request)
-            log.exception("unhandled_error")
-            return json_error(
-                500,
-                "internal_error",
-                f"internal error; quote request ID {request_id} when reporting it",
-                request_id=request_id,
-            )
-        observer = request.app.get(API_ERROR_OBSERVER_KEY)
-        if observer is not None:
-            observer(request, error)
-        headers = error.headers
-        if error.closes_connection:
-            headers["Connection"] = "close"
-            close_after_response(request)
-        return json_error(error.status, error.code, error.message, headers=headers, **error.details)
+Renderer = Callable[[ApiError], web.Response]
+
+
+def render_json(error: ApiError) -> web.Response:
+    """retina's shape: `{"error": {"code", "message", ...details}}`."""
+    return json_error(error.status, error.code, error.message, headers=error.headers, **error.details)
+
+
+def error_middleware_rendering(render: Renderer, *, not_found: str = "no such route") -> Middleware:
+    """The one error path, with `render` deciding the body's shape (a sub-application such as the
+    gateway's /v1 renders OpenAI's). Every failure becomes an ApiError first: aiohttp's own HTTP
+    exceptions get their class's code, anything unexpected is a logged 500 `internal_error`; and
+    once a streamed response has started, nothing is rendered at all."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects and 304s are not errors
+            if (started := _already_started(request, exc)) is not None:
+                return started
+            return render(_from_http_exception(request, exc, not_found))
+        except Exception as exc:
+            if (started := _already_started(request, exc)) is not None:
+                return started
+            error = _as_api_error(exc)
+            if error is None:
+                request_id = request_id_of(request)
+                log.exception("unhandled_error")
+                message = f"internal error; quote request ID {request_id} when reporting it"
+                return render(ApiError(message, details={"request_id": request_id}))
+            if (observer := request.config_dict.get(API_ERROR_OBSERVER_KEY)) is not None:
+                observer(request, error)
+            if error.closes_connection:
+                error.extra_headers["Connection"] = "close"
+                close_after_response(request)
+            return render(error)
+
+    return middleware
+
+
+error_middleware = error_middleware_rendering(render_json)
 
 
 def _as_api_error(exc: Exception) -> ApiError | None:
@@ -100,10 +132,10 @@ def _already_started(request: web.Request, exc: BaseException) -> web.StreamResp
     return started
 
 
-def _render_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
+def _from_http_exception(request: web.Request, exc: web.HTTPException, not_found: str) -> ApiError:
     code = _HTTP_EXCEPTION_CODES.get(exc.status, "http_error")
-    message = exc.reason if exc.status != 404 else "no such route"
+    message = exc.reason if exc.status != 404 else not_found
     if exc.status == 405:
         message = f"method {request.method} is not allowed here"
     headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-    return json_error(exc.status, code, message, headers=headers)
+    return ApiError(message, status=exc.status, code=code, headers=headers)

@@ -16,15 +16,14 @@ from common.periodic import run_periodically
 from common.pg_listen import listening
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
-from services.image_store.backends import open_blob_store
-from services.image_store.decode_pool import DecodePool
-from services.image_store.handlers import (
+from services.image_store.http.handlers import (
     IMAGE_SERVICE_KEY,
     MULTIPART_OVERHEAD,
     add_routes,
     count_served,
 )
-from services.image_store.maintenance import (
+from services.image_store.imaging.decode_pool import DecodePool
+from services.image_store.maintenance.jobs import (
     MaintenanceService,
     live_temp_file_max_idle_seconds,
     remove_stale_temp_files,
@@ -33,6 +32,7 @@ from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import IMAGE_CHANGE_CHANNEL, ImageRowCache
 from services.image_store.service import ImageService
+from services.image_store.storage.open import open_blob_store
 
 SERVICE_NAME = "image_store"
 # What a page on an allowed origin may send when it reads image bytes (signed URLs need no

@@ -13,7 +13,7 @@ import structlog
 
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import ImageRowCache
-from services.image_store.storage_backend import BlobStore
+from services.image_store.storage.backend import BlobStore
 
 log = structlog.get_logger("retina.image_store")
 

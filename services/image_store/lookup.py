@@ -17,14 +17,14 @@ from typing import BinaryIO
 
 import structlog
 
+from common.errors import BadRequest, StoredImageNotFound
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
-from services.image_store.errors import BadRequest, ImageNotFound
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import ImageRow
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import ImageRowCache
-from services.image_store.storage_backend import BlobStore
+from services.image_store.storage.backend import BlobStore
 
 log = structlog.get_logger("retina.image_store")
 
@@ -65,23 +65,23 @@ class ImageLookup:
     async def get(self, image_id: uuid.UUID, owner_id: str) -> ImageRow:
         row = await self.repository.get_image(image_id, owner_id)
         if row is None:
-            raise ImageNotFound()
+            raise StoredImageNotFound()
         return row
 
     async def get_for_serving(self, image_id: uuid.UUID, owner_id: str) -> ImageRow:
         """Like `get`, but the row may come from this replica's cache; the owner check never does."""
         row = await self._serving_row(image_id)
         if row is None or row.owner_id != owner_id:
-            raise ImageNotFound()
+            raise StoredImageNotFound()
         return row
 
     async def get_signed(self, image_id: uuid.UUID, expires: str, signature: str) -> ImageRow:
         """Anyone holding a valid, unexpired signature for this ID may read it."""
         if not self.signer.verify(str(image_id), expires, signature):
-            raise ImageNotFound()
+            raise StoredImageNotFound()
         row = await self._serving_row(image_id)
         if row is None:
-            raise ImageNotFound()
+            raise StoredImageNotFound()
         return row
 
     async def _serving_row(self, image_id: uuid.UUID) -> ImageRow | None:
@@ -118,7 +118,7 @@ class ImageLookup:
                 storage_key=row.storage_key,
                 error=type(exc).__name__,
             )
-            raise ImageNotFound() from exc
+            raise StoredImageNotFound() from exc
 
     async def list(
         self, owner_id: str, *, message_id: uuid.UUID | None, limit: int, cursor: str | None

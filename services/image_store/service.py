@@ -1,8 +1,9 @@
 """ImageService: the image-store's behaviour, independent of HTTP.
 
-A façade over its parts, so handlers, the app and maintenance depend on one object:
-`uploads` (receive → validate and re-encode → publish and record), `lookup` (finding, opening
-and listing images) and `remover` (deleting images and, with their last user, blobs).
+One object for handlers, the app and maintenance, built from private parts it does not expose:
+uploads (receive → validate and re-encode → publish and record, `uploads.py`), lookup (finding,
+opening and listing images, `lookup.py`) and the remover (deleting images and, with their last
+user, blobs, `deletion.py`).
 """
 
 from __future__ import annotations
@@ -11,21 +12,18 @@ import contextlib
 import uuid
 from pathlib import Path
 
+from common.errors import StoredImageNotFound
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
-from services.image_store.decode_pool import DecodePool
 from services.image_store.deletion import BlobRemover
-from services.image_store.errors import ImageNotFound
-from services.image_store.lookup import MAX_PAGE_SIZE, ImageLookup, OpenedFile
+from services.image_store.imaging.decode_pool import DecodePool
+from services.image_store.lookup import ImageLookup, OpenedFile
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import ImageRow, StorageStats
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import ImageRowCache
-from services.image_store.storage_backend import BlobStore
+from services.image_store.storage.backend import BlobStore
 from services.image_store.uploads import ImageUploads, UploadSession, require_owned_message
-
-# Handlers import these from here: the service module is the image-store's one entry point.
-__all__ = ["MAX_PAGE_SIZE", "ImageService", "UploadSession"]
 
 
 class ImageService:
@@ -47,45 +45,43 @@ class ImageService:
         self.decoder = decoder
         self.signer = signer
         self.metrics = metrics
-        self.remover = BlobRemover(repository, storage, self.row_cache)
-        self.uploads = ImageUploads(settings, repository, storage, decoder, metrics, self.remover)
-        self.lookup = ImageLookup(settings, repository, storage, signer, metrics, self.row_cache)
-        self.rate_limiter = self.uploads.rate_limiter
-        self.limits = self.uploads.limits
+        self._remover = BlobRemover(repository, storage, self.row_cache)
+        self._uploads = ImageUploads(settings, repository, storage, decoder, metrics, self._remover)
+        self._lookup = ImageLookup(settings, repository, storage, signer, metrics, self.row_cache)
 
     # ---- uploads --------------------------------------------------------------------------
 
     def upload(self, owner_id: str) -> contextlib.AbstractAsyncContextManager[UploadSession]:
         """An upload session; its temp files are removed on exit and its outcome is counted."""
-        return self.uploads.upload(owner_id)
+        return self._uploads.upload(owner_id)
 
     # ---- reading --------------------------------------------------------------------------
 
     def image_location(self, image_id: uuid.UUID) -> str:
-        return self.lookup.image_location(image_id)
+        return self._lookup.image_location(image_id)
 
     def signed_url(self, image_id: uuid.UUID) -> str:
-        return self.lookup.signed_url(image_id)
+        return self._lookup.signed_url(image_id)
 
     async def get(self, image_id: uuid.UUID, owner_id: str) -> ImageRow:
-        return await self.lookup.get(image_id, owner_id)
+        return await self._lookup.get(image_id, owner_id)
 
     async def get_for_serving(self, image_id: uuid.UUID, owner_id: str) -> ImageRow:
-        return await self.lookup.get_for_serving(image_id, owner_id)
+        return await self._lookup.get_for_serving(image_id, owner_id)
 
     async def get_signed(self, image_id: uuid.UUID, expires: str, signature: str) -> ImageRow:
-        return await self.lookup.get_signed(image_id, expires, signature)
+        return await self._lookup.get_signed(image_id, expires, signature)
 
     def file_path(self, row: ImageRow) -> Path | None:
-        return self.lookup.file_path(row)
+        return self._lookup.file_path(row)
 
     async def open_file(self, row: ImageRow, path: Path) -> OpenedFile:
-        return await self.lookup.open_file(row, path)
+        return await self._lookup.open_file(row, path)
 
     async def list(
         self, owner_id: str, *, message_id: uuid.UUID | None, limit: int, cursor: str | None
     ) -> tuple[list[ImageRow], str | None]:
-        return await self.lookup.list(owner_id, message_id=message_id, limit=limit, cursor=cursor)
+        return await self._lookup.list(owner_id, message_id=message_id, limit=limit, cursor=cursor)
 
     async def stats(self) -> StorageStats:
         stats = await self.repository.stats()
@@ -100,17 +96,17 @@ class ImageService:
         if message_id is not None:
             await require_owned_message(self.repository, message_id, owner_id)
         if not await self.repository.link_message(image_id, owner_id, message_id):
-            raise ImageNotFound()
+            raise StoredImageNotFound()
         return await self.get(image_id, owner_id)
 
     async def delete(self, image_id: uuid.UUID, owner_id: str) -> None:
         sha256 = await self.repository.blob_of(image_id, owner_id)
         if sha256 is None:
-            raise ImageNotFound()
-        deleted = await self.remover.delete_image_and_maybe_blob(image_id, sha256, owner_id)
+            raise StoredImageNotFound()
+        deleted = await self._remover.delete_image_and_maybe_blob(image_id, sha256, owner_id)
         if not deleted:
-            raise ImageNotFound()
+            raise StoredImageNotFound()
 
     async def delete_image_and_maybe_blob(self, image_id: uuid.UUID | None, sha256: str, owner_id: str | None) -> bool:
         """See BlobRemover.delete_image_and_maybe_blob (retention clean-up calls it here)."""
-        return await self.remover.delete_image_and_maybe_blob(image_id, sha256, owner_id)
+        return await self._remover.delete_image_and_maybe_blob(image_id, sha256, owner_id)

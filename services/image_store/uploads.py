@@ -17,19 +17,18 @@ from pathlib import Path
 import structlog
 from prometheus_client import Gauge
 
-from common.errors import ApiError
+from common.errors import ApiError, BadRequest, Busy, InvalidImage, RateLimited, UploadDisabled
 from common.settings import ImageStoreSettings
-from services.image_store.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
 from services.image_store.deletion import BlobRemover
-from services.image_store.errors import BadRequest, RateLimited, StoreBusy, UploadDisabled
 from services.image_store.filenames import sanitize_filename
+from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
+from services.image_store.imaging.pipeline import ValidationLimits
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import BlobInfo, ImageRow
 from services.image_store.rate_limit import OwnerRateLimiter
 from services.image_store.repository import ImageRepository
-from services.image_store.storage import storage_error
-from services.image_store.storage_backend import BlobStore, ReceivedFile, storage_key
-from services.image_store.validation import ImageRejected, ValidationLimits
+from services.image_store.storage.backend import BlobStore, ReceivedFile, storage_key
+from services.image_store.storage.filesystem import storage_error
 
 log = structlog.get_logger("retina.image_store")
 
@@ -148,9 +147,9 @@ class ImageUploads:
             with _gauge_inc(self.metrics.decodes_in_flight):
                 processed = await self.decoder.process(source, processed_path, self.limits)
         except DecoderBusy as exc:
-            raise StoreBusy("the server is busy processing images; retry shortly", retry_after=2) from exc
+            raise Busy("the server is busy processing images; retry shortly", retry_after=2) from exc
         except DecodeTimeout as exc:
-            raise ImageRejected(422, "invalid_image", "the image took too long to decode") from exc
+            raise InvalidImage("the image took too long to decode") from exc
         except OSError as exc:
             raise storage_error(exc) from exc
         for step, seconds in processed.timings.items():

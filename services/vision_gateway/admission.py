@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from cachetools import TTLCache
 
-from services.vision_gateway.errors import GatewayBusy, RateLimited
+from common.errors import Busy, RateLimited
 
 # Peak bytes per pixel of prepare_for_model, measured on 40 MP PNGs: RGB and RGBA are held in 4
 # bytes a pixel, a palette image converted to RGB in 1 + 4, plus the reduced copy thumbnail()
@@ -78,7 +78,7 @@ class PrepBudget:
         while self.in_use + cost > self.limit_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise GatewayBusy(
+                raise Busy(
                     "the gateway is busy preparing other images; retry shortly", retry_after=PREP_RETRY_AFTER_SECONDS
                 )
             with contextlib.suppress(TimeoutError):

@@ -18,10 +18,10 @@ from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from common.content_disposition import parse_form_data_disposition
+from common.errors import BadRequest
 from common.http.body_timeout import BodyClocks
 from common.http.multipart import read_small_field
 from services.vision_gateway.chat import Ask
-from services.vision_gateway.errors import BadRequest
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32

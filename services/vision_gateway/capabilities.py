@@ -14,8 +14,8 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from common.errors import UnknownModel
 from common.singleflight import SingleFlight
-from services.vision_gateway.errors import UnknownModel
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.app import AUTH_KEY
+from common.errors import BadRequest, ConversationNotFound
 from common.http.paging import page_params
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from services.vision_gateway.conversations import DEFAULT_PAGE, IMAGE_RULES, MAX_PAGE, ConversationService
-from services.vision_gateway.errors import BadRequest, ConversationNotFound
 
 CONVERSATION_SERVICE_KEY = web.AppKey("conversation_service", ConversationService)
 

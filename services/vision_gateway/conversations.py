@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from common.errors import BadRequest, ConversationNotFound
 from common.http.paging import CURSOR_NOT_ISSUED
 from common.ids import parse_uuid
-from services.vision_gateway.errors import BadRequest, ConversationNotFound
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.repository import ConversationRepository, ConversationSummary
 from services.vision_gateway.streams import StreamRegistry

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 
+from common.errors import RequestTimeout
 from common.http.body_timeout import BodyClocks, BodyReadTimeout, read_limits
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.chat import ChatService, OpenTurn
 from services.vision_gateway.chat.relay import EventSink
-from services.vision_gateway.errors import RequestTimeout
 from services.vision_gateway.sse import EventStream
 
 # How long to wait for Ollama before committing to a stream (and pinging while it loads).

@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.app import AUTH_KEY
+from common.errors import ConversationNotFound, StreamNotFound, UnsupportedMediaType
 from common.http.json_body import read_json_object
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from services.vision_gateway.ask_form import read_ask_form
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.entry import OPEN_GRACE_SECONDS, body_clocks, stream_turn
-from services.vision_gateway.errors import ConversationNotFound, StreamNotFound, UnsupportedMediaType
 from services.vision_gateway.history import HistoryImages, message_with_images
 
 CHAT_SERVICE_KEY = web.AppKey("chat_service", ChatService)

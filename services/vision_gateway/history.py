@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from services.vision_gateway.errors import GatewayError
+from common.errors import ApiError
 from services.vision_gateway.image_store_client import ImageStoreClient
 from services.vision_gateway.repository import StoredMessage
 
@@ -42,7 +42,7 @@ class HistoryImages:
             async with gate:
                 try:
                     return await self._store.signed_url(image_id, user_id, request_id)
-                except GatewayError as exc:
+                except ApiError as exc:
                     log.warning("history_image_url_failed", image_id=str(image_id), error=exc.message)
                     return None
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from common.errors import ImageNotFound, StoreRefusedUpload, UpstreamRejected, UpstreamUnavailable
 from services.vision_gateway.admission import Reservation
-from services.vision_gateway.errors import ImageNotFound, StoreRefusedUpload, UpstreamRejected, UpstreamUnavailable
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.retry import retry_after_seconds
 from services.vision_gateway.upstream import UpstreamClient

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from services.vision_gateway.errors import UnknownModel, UpstreamRejected
+from common.errors import UnknownModel, UpstreamRejected
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.retry import Retryable
 from services.vision_gateway.upstream import UpstreamClient

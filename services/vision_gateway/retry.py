@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import aiohttp
 
-from services.vision_gateway.errors import UpstreamUnavailable
+from common.errors import UpstreamUnavailable
 
 T = TypeVar("T")
 

@@ -46,7 +46,7 @@ def pod_environment(
 
 def image_store_worst_case(environ: dict[str, str]) -> tuple[int, str]:
     from common.settings import load_image_store_settings
-    from services.image_store.decode_budget import worst_case_resident_bytes
+    from services.image_store.imaging.decode_budget import worst_case_resident_bytes
 
     settings = load_image_store_settings(environ)
     worst = worst_case_resident_bytes(
@@ -115,7 +115,7 @@ def test_worst_case_memory_fits_the_pod_limit(
 def test_default_settings_fit_the_base_pod(tmp_path: Path) -> None:
     """The defaults in common/settings/ alone (no ConfigMap) must fit the shipped limit too."""
     from common.settings import load_image_store_settings
-    from services.image_store.decode_budget import worst_case_resident_bytes
+    from services.image_store.imaging.decode_budget import worst_case_resident_bytes
 
     _, container = pod_environment(render("base"), "retina-image-store", tmp_path)
     limit = quantity_bytes(container["resources"]["limits"]["memory"])

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.image_store.conditional import select_range
-from services.image_store.errors import RangeNotSatisfiable
+from common.errors import RangeNotSatisfiable
+from services.image_store.http.conditional import select_range
 from tests.conftest import auth_headers
 from tests.image_store.conftest import png, upload
 

@@ -13,11 +13,11 @@ from PIL import Image
 
 from common.app import REGISTRY_KEY
 from services.image_store.app import create_app
-from services.image_store.decode_budget import BudgetExhausted, ByteBudget
-from services.image_store.decode_pool import DecodePool, DecoderBusy
-from services.image_store.handlers import IMAGE_SERVICE_KEY
-from services.image_store.headers import decoded_bytes
-from services.image_store.validation import ValidationLimits
+from services.image_store.http.handlers import IMAGE_SERVICE_KEY
+from services.image_store.imaging.decode_budget import BudgetExhausted, ByteBudget
+from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy
+from services.image_store.imaging.dimensions import decoded_bytes
+from services.image_store.imaging.pipeline import ValidationLimits
 from tests.conftest import auth_headers
 from tests.image_store import images
 from tests.image_store.conftest import form

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.image_store.decode_pool import DecodePool, DecodeTimeout
-from services.image_store.validation import ValidationLimits
+from services.image_store.imaging.decode_pool import DecodePool, DecodeTimeout
+from services.image_store.imaging.pipeline import ValidationLimits
 from tests.image_store import images
 
 LIMITS = ValidationLimits(

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from services.image_store.decode_worker import _limit_cpu_from_now, _watch_parent
+from services.image_store.imaging.decode_worker import _limit_cpu_from_now, _watch_parent
 
 
 def _spin_after_limit(cpu_seconds: float) -> None:

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from services.image_store.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
-from services.image_store.validation import ImageRejected, ValidationLimits, process_image_file
+from common.errors import ApiError
+from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
+from services.image_store.imaging.pipeline import ValidationLimits, process_image_file
 from tests.image_store.conftest import photo, png
 
 LIMITS = ValidationLimits(
@@ -34,8 +35,8 @@ def run(tmp_path: Path, data: bytes, limits: ValidationLimits = LIMITS):
     return process_image_file(source, destination, limits), destination
 
 
-def rejected(tmp_path: Path, data: bytes, limits: ValidationLimits = LIMITS) -> ImageRejected:
-    with pytest.raises(ImageRejected) as caught:
+def rejected(tmp_path: Path, data: bytes, limits: ValidationLimits = LIMITS) -> ApiError:
+    with pytest.raises(ApiError) as caught:
         run(tmp_path, data, limits)
     assert not (tmp_path / "out").exists(), "nothing is written for a rejected image"
     return caught.value
@@ -144,7 +145,7 @@ def test_mutated_images_are_stored_or_rejected_never_crash(tmp_path: Path, posit
     data = original[:position] + junk + original[position + len(junk) :]
     try:
         result, out = run(tmp_path, data)
-    except ImageRejected as error:
+    except ApiError as error:
         status = error.status
     else:
         status = 201
@@ -157,7 +158,7 @@ async def test_pool_carries_rejections_across_processes_and_limits_load(tmp_path
     await pool.start()
     try:
         (tmp_path / "html").write_bytes(b"<html><script>x</script></html>")
-        with pytest.raises(ImageRejected) as caught:
+        with pytest.raises(ApiError) as caught:
             await pool.process(tmp_path / "html", tmp_path / "o1", LIMITS)
         assert (caught.value.status, caught.value.code) == (415, "unsupported_media_type")
 

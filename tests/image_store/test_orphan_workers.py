@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.image_store.storage import TEMP_DIR
+from services.image_store.storage.filesystem import TEMP_DIR
 from tests.conftest import SERVICE_TOKEN, base_env
 from tests.image_store import images
 from tests.image_store.store_process import process_tree, store_process

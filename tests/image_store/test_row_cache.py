@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from common.settings import ImageStoreSettings
 from services.image_store.app import create_app
-from services.image_store.handlers import IMAGE_SERVICE_KEY
+from services.image_store.http.handlers import IMAGE_SERVICE_KEY
 from services.image_store.row_cache import ImageRowCache
 from tests.conftest import auth_headers
 from tests.image_store.conftest import png, upload

@@ -18,11 +18,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from common.errors import StorageUnavailable
 from services.image_store.app import create_app
-from services.image_store.errors import StorageUnavailable
-from services.image_store.handlers import IMAGE_SERVICE_KEY
-from services.image_store.storage_backend import storage_key
-from services.image_store.storage_s3 import S3BlobStore
+from services.image_store.http.handlers import IMAGE_SERVICE_KEY
+from services.image_store.storage.backend import storage_key
+from services.image_store.storage.s3 import S3BlobStore
 from tests.conftest import auth_headers
 from tests.image_store.conftest import png, row_counts, upload
 from tests.image_store.s3_support import BlobView, Fault, FaultProxy, MotoServer, key_of

@@ -14,7 +14,7 @@ from PIL import Image
 
 from services.image_store.app import create_app
 from services.image_store.filenames import content_disposition, sanitize_filename
-from services.image_store.handlers import MAX_FIELD_BYTES
+from services.image_store.http.handlers import MAX_FIELD_BYTES
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import (
     BACKENDS,

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, WebPImagePlugin
 
-from services.image_store.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
-from services.image_store.validation import (
-    ImageRejected,
+from common.errors import ApiError, ImageTooLarge
+from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
+from services.image_store.imaging.pipeline import (
     ProcessedImage,
     ValidationLimits,
     process_image_file,
@@ -64,10 +64,10 @@ def reject(
     data: bytes,
     limits: ValidationLimits = LIMITS,
     name: str = "upload",
-) -> ImageRejected:
+) -> ApiError:
     source, destination = tmp_path / name, tmp_path / "stored"
     source.write_bytes(data)
-    with pytest.raises(ImageRejected) as caught:
+    with pytest.raises(ApiError) as caught:
         process_image_file(source, destination, limits)
     assert not destination.exists(), "a rejected upload leaves no output file"
     return caught.value
@@ -500,14 +500,14 @@ REJECTIONS = {
 
 
 def _fuzz_once(data: bytes) -> None:
-    """Either a valid stored image or ImageRejected; anything else is a bug."""
+    """Either a valid stored image or one of the contract's refusals; anything else is a bug."""
     with tempfile.TemporaryDirectory() as scratch:
         source, destination = Path(scratch) / "in", Path(scratch) / "out"
         source.write_bytes(data)
-        rejected: ImageRejected | None = None
+        rejected: ApiError | None = None
         try:
             result = process_image_file(source, destination, dataclasses.replace(WITH_GIF, max_frames=4))
-        except ImageRejected as error:
+        except ApiError as error:
             rejected = error
         if rejected is not None:
             assert (rejected.status, rejected.code) in REJECTIONS
@@ -582,10 +582,10 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def test_image_rejected_pickles_intact() -> None:
-    error = ImageRejected(422, "image_too_large", "the image is 1x70000 px")
+def test_a_refusal_pickles_intact() -> None:
+    error = ImageTooLarge("the image is 1x70000 px")
     copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object, the way worker results travel
-    assert type(copy) is ImageRejected
+    assert type(copy) is ImageTooLarge
     assert (copy.status, copy.code, copy.message) == (422, "image_too_large", error.message)
     assert str(copy) == error.message
 
@@ -598,9 +598,9 @@ async def test_pool_processes_a_photo_and_carries_rejections(tmp_path: Path, poo
     assert result.sha256 == hashlib.sha256(stored).hexdigest()
 
     expected = reject(tmp_path, images.png_bomb(1, 70000))
-    with pytest.raises(ImageRejected) as caught:
+    with pytest.raises(ApiError) as caught:
         await pool.process(write(tmp_path, "bomb", images.png_bomb(1, 70000)), tmp_path / "out2", LIMITS)
-    assert type(caught.value) is ImageRejected
+    assert type(caught.value) is type(expected)
     assert (caught.value.status, caught.value.code, caught.value.message) == (
         expected.status,
         expected.code,
@@ -657,7 +657,7 @@ async def test_memory_cap_turns_an_oversized_decode_into_a_rejection(
     the worker survives to report it (a MemoryError, not an OOM kill of the whole server)."""
     pool = await pool_factory(workers=1, timeout_seconds=20, max_pending=4, memory_limit_bytes=400 * 2**20)
     bomb = write(tmp_path, "bomb", images.png_bomb(20000, 20000))
-    with pytest.raises(ImageRejected) as caught:
+    with pytest.raises(ApiError) as caught:
         await pool.process(bomb, tmp_path / "o1", HUGE_LIMITS)
     assert (caught.value.status, caught.value.code) == (422, "image_too_large")
     assert "memory" in caught.value.message

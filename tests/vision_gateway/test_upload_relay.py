@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 from PIL import Image
 
+from common.errors import UpstreamUnavailable
 from common.settings import load_image_store_settings
 from services.image_store.app import create_app as create_store
-from services.vision_gateway.errors import UpstreamUnavailable
 from services.vision_gateway.retry import Retryable, call_upstream, retry_after_seconds
 from tests.conftest import auth_headers
 from tests.image_store.conftest import photo, temp_files

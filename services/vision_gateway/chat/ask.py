@@ -15,9 +15,9 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from common.errors import TooManyImages, UploadDisabled
 from services.vision_gateway.chat.request import ChatRequest, check_fields, parse_chat_request
 from services.vision_gateway.chat.turn import Caller, OpenTurn, SentMessage
-from services.vision_gateway.errors import TooManyImages, UploadDisabled
 from services.vision_gateway.image_store_client import ImageMeta
 
 if TYPE_CHECKING:

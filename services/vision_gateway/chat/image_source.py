@@ -27,9 +27,9 @@ from collections.abc import Iterable, Mapping
 from cachetools import TTLCache
 from PIL import Image, UnidentifiedImageError
 
+from common.errors import ImageNotFound
 from common.singleflight import SingleFlight
 from services.vision_gateway.admission import DECODED_BYTES_PER_PIXEL, FILE_COPIES, PrepBudget, prep_cost
-from services.vision_gateway.errors import ImageNotFound
 from services.vision_gateway.image_prep import ImagePreparer, PreparedImage
 from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics

@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from common.errors import ModelNotVisionCapable
 from services.vision_gateway.capabilities import ModelCapabilities
 from services.vision_gateway.chat import events
 from services.vision_gateway.chat.prompt import HistoryEntry
-from services.vision_gateway.errors import ModelNotVisionCapable
 
 
 @dataclass(frozen=True, slots=True)

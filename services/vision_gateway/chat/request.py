@@ -34,9 +34,8 @@ from pydantic import model_validator as _model_validator
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
-from common.errors import ApiError, BadRequest
+from common.errors import ApiError, BadRequest, TooManyImages
 from common.ids import parse_uuid
-from services.vision_gateway.errors import TooManyImages
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MODEL_CHARS = 200

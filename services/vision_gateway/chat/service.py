@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import ApiError, ConversationNotFound, StreamNotFound
 from common.settings import GatewaySettings
 from services.vision_gateway.admission import PrepBudget, StreamAdmission
 from services.vision_gateway.capabilities import ModelCapabilities, VisionModelService
@@ -29,7 +30,6 @@ from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
 from services.vision_gateway.chat.request import ChatRequest, RequestLimits, Think
 from services.vision_gateway.chat.turn import Caller, OpenTurn, PreparedChat, SentMessage, open_turn
-from services.vision_gateway.errors import ConversationNotFound, GatewayError, StreamNotFound
 from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
@@ -163,7 +163,7 @@ class ChatService:
         turn = await open_turn(prepared, ollama=self._ollama, repository=self._repository, grace_seconds=grace_seconds)
         caller = prepared.caller
         for image_id in prepared.image_ids:
-            with contextlib.suppress(GatewayError):  # the link is bookkeeping; the turn is recorded either way
+            with contextlib.suppress(ApiError):  # the link is bookkeeping; the turn is recorded either way
                 await self._store.link(image_id, turn.turn.user_message_id, caller.user_id, caller.request_id)
         return turn
 

@@ -10,9 +10,9 @@ as Ollama itself would refuse it (`"llava" does not support thinking`), but with
 
 from __future__ import annotations
 
+from common.errors import ModelCannotThink
 from services.vision_gateway.capabilities import ModelCapabilities
 from services.vision_gateway.chat.request import Think, wants_thinking
-from services.vision_gateway.errors import ModelCannotThink
 
 
 def check_can_think(model: ModelCapabilities, think: Think | None) -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from common.errors import UpstreamRejected
 from services.vision_gateway.chat import events
 from services.vision_gateway.chat.request import ChatRequest
-from services.vision_gateway.errors import UpstreamRejected
 from services.vision_gateway.ollama_client import ChatStream, OllamaClient, OllamaStreamError
 from services.vision_gateway.repository import ConversationRepository, NewTurn
 

@@ -15,24 +15,20 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from common.app import AUTH_KEY
 from common.auth import USER_ID_HEADER, parse_user_id
-from common.errors import ApiError, BadRequest, UnsupportedMediaType
-from common.http.error_middleware import API_ERROR_OBSERVER_KEY, STARTED_RESPONSE_KEY
+from common.errors import ApiError, BadRequest, UnknownModel, UnsupportedMediaType
+from common.http.error_middleware import error_middleware_rendering
 from common.http.json_body import read_json_object
-from common.http.request_context import Handler, request_id_of
+from common.http.request_context import request_id_of
 from services.vision_gateway.admission import BODY_COPIES
 from services.vision_gateway.chat import Ask, ChatService, SentMessage
 from services.vision_gateway.entry import OPEN_GRACE_SECONDS, body_clocks, stream_turn
-from services.vision_gateway.errors import UnknownModel
 from services.vision_gateway.handlers import CHAT_SERVICE_KEY
 from services.vision_gateway.openai_compat.mapping import Completion, ImagePart, map_completion, openai_params
 from services.vision_gateway.openai_compat.response import ChunkStream, CompletionCollector, openai_error
-
-log = structlog.get_logger("retina.vision_gateway.openai")
 
 # Images arrive inline as base64 data: URLs, so this body may be far larger than other JSON bodies;
 # larger images are uploaded to the image-store first and sent as retina:<image-id>.
@@ -42,44 +38,16 @@ UPLOAD_CHUNK = 256 * 1024
 RETINA_HEADERS = ("X-Retina-Conversation-Id", "X-Retina-Message-Id", "X-Retina-Stream-Id", "X-Retina-Notices")
 
 
-@web.middleware
-async def openai_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error of a /v1 route in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`),
-    until a stream has started; unknown paths and methods included. What is not an ApiError goes on
-    to the service's own error middleware (logged 500s, aiohttp's redirects)."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or _started(request):
-            raise
-        return _render(request, _from_http(request, exc))
-    except ApiError as error:
-        if _started(request):
-            raise
-        return _render(request, error)
-
-
-def _render(request: web.Request, error: ApiError) -> web.Response:
-    if (observer := request.config_dict.get(API_ERROR_OBSERVER_KEY)) is not None:
-        observer(request, error)
+def _render_openai(error: ApiError) -> web.Response:
     return web.json_response(openai_error(error), status=error.status, headers=error.headers)
 
 
-def _from_http(request: web.Request, exc: web.HTTPException) -> ApiError:
-    if exc.status == 404:
-        message = f"no such route: {request.path} (this server offers /v1/chat/completions and /v1/models)"
-        return ApiError(message, status=404, code="not_found")
-    if exc.status == 405:
-        allowed = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return ApiError(
-            f"method {request.method} is not allowed here", status=405, code="method_not_allowed", headers=allowed
-        )
-    return ApiError(exc.reason, status=exc.status, code="bad_request" if exc.status == 400 else "http_error")
-
-
-def _started(request: web.Request) -> bool:
-    started = request.get(STARTED_RESPONSE_KEY)
-    return started is not None and started.prepared
+# Every error of a /v1 route in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`), unknown
+# paths and methods included; the decisions (codes, 500s, a started stream) are the services' one error path.
+openai_error_middleware = error_middleware_rendering(
+    _render_openai,
+    not_found="no such route (this server offers /v1/chat/completions, /v1/models and /v1/models/{model})",
+)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

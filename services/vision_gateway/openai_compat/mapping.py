@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.auth import MAX_USER_ID_LENGTH
+from common.errors import BadRequest, TooManyImages
 from common.ids import parse_uuid
 from services.vision_gateway.chat.request import MAX_TOKENS, InvalidField, Think, check_text
-from services.vision_gateway.errors import BadRequest, TooManyImages
 
 MAX_MESSAGES = 1_000
 MAX_STOP_SEQUENCES = 4  # as OpenAI

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, TypedDict
 import structlog
 from botocore.exceptions import ClientError
 
-from services.image_store.s3_client import error_code
+from services.image_store.storage.s3_client import error_code
 
 if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
     from types_aiobotocore_s3 import S3Client

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import aiofiles
 
-from services.image_store.errors import EmptyUpload, InsufficientStorage, PayloadTooLarge
-from services.image_store.storage_backend import ReceivedFile, StoredObject, storage_key
+from common.errors import EmptyUpload, InsufficientStorage, PayloadTooLarge
+from services.image_store.storage.backend import ReceivedFile, StoredObject, storage_key
 
 __all__ = ["ImageStorage", "ReceivedFile", "file_sha256", "storage_error", "storage_key"]
 

@@ -1,14 +1,16 @@
 """Image validation and re-encoding: runs inside a decode worker process, never on the event loop.
 
-Order matters: the type comes from the bytes (libmagic, `image_sniff`), Pillow may open only that
+Order matters: the type comes from the bytes (libmagic, `sniff`), Pillow may open only that
 format, the header's dimensions are checked before any pixel is decoded and a full decode then
-proves the file is intact (`image_decode`), and re-encoding (`image_reencode`, after EXIF
-orientation: `image_metadata`) drops metadata and trailing payloads; `image_output` writes the
+proves the file is intact (`decode`), and re-encoding (`reencode`, after EXIF
+orientation: `metadata`) drops metadata and trailing payloads; `output` writes the
 result durably.
 
 Everything here is synchronous and pure apart from writing `destination`. Any failure caused by
-the file's content becomes `ImageRejected`; only I/O on our own files (and programming errors)
-surface as other exceptions. This module is the entry point the decode worker and the service use.
+the file's content becomes an `ApiError` with the contract's code (`empty_upload`,
+`unsupported_media_type`, `invalid_image`, `image_too_large`, `too_many_frames`); only I/O on our
+own files (and programming errors) surface as other exceptions. This module is the entry point the
+decode worker and the service use.
 """
 
 from __future__ import annotations
@@ -20,21 +22,20 @@ from typing import IO
 
 from PIL import Image, ImageFile
 
-from services.image_store.image_decode import (
+from services.image_store.imaging.decode import (
     PILLOW_FORMATS,
-    ImageRejected,
     ValidationLimits,
     check_header,
     decode_fully,
     open_image,
     untrusted_content,
 )
-from services.image_store.image_metadata import exif_orientation, srgb, upright_size
-from services.image_store.image_output import blocks, write_durably
-from services.image_store.image_reencode import reencode
-from services.image_store.image_sniff import SNIFF_BYTES, accepted_mime, is_lossless, sniffer
+from services.image_store.imaging.metadata import exif_orientation, srgb, upright_size
+from services.image_store.imaging.output import blocks, write_durably
+from services.image_store.imaging.reencode import reencode
+from services.image_store.imaging.sniff import SNIFF_BYTES, accepted_mime, is_lossless, sniffer
 
-__all__ = ["ImageRejected", "ProcessedImage", "ValidationLimits", "process_image_file", "warm_up"]
+__all__ = ["ProcessedImage", "ValidationLimits", "process_image_file", "warm_up"]
 
 
 def warm_up() -> None:
@@ -69,7 +70,7 @@ class _Prepared:
 def process_image_file(source: Path, destination: Path, limits: ValidationLimits) -> ProcessedImage:
     """Validate `source` and write the bytes to store to `destination` (only if accepted).
 
-    Raises ImageRejected for anything wrong with the content; OSError only for our own I/O.
+    Raises an ApiError for anything wrong with the content; OSError only for our own I/O.
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; truncated uploads would pass")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from services.image_store.repository import ImageRepository
-from services.image_store.storage_backend import BlobStore, StoredObject, sha256_of_key
+from services.image_store.storage.backend import BlobStore, StoredObject, sha256_of_key
 
 PAGE = 1000
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from aiohttp.helpers import ETAG_ANY, QUOTED_ETAG_RE, ETag
 
-from services.image_store.errors import PreconditionFailed, RangeNotSatisfiable
+from common.errors import PreconditionFailed, RangeNotSatisfiable
 
 # One byte range; digits are ASCII only (re.ASCII), so '²' or '٣' never reach int().
 _BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII | re.IGNORECASE)

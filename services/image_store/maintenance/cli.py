@@ -7,17 +7,17 @@ import json
 import sys
 
 from common.db import open_pool
+from common.errors import StorageUnavailable
 from common.metrics import new_registry
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
-from services.image_store.backends import open_blob_store
-from services.image_store.decode_pool import DecodePool
-from services.image_store.errors import StorageUnavailable
-from services.image_store.maintenance import MaintenanceService
+from services.image_store.imaging.decode_pool import DecodePool
+from services.image_store.maintenance.jobs import MaintenanceService
+from services.image_store.maintenance.migrate_storage import migrate_storage
 from services.image_store.metrics import ImageStoreMetrics
-from services.image_store.migrate_storage import migrate_storage
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
+from services.image_store.storage.open import open_blob_store
 
 
 async def run_maintenance(settings: ImageStoreSettings, task: str, *, repair: bool, verify: bool = True) -> int:

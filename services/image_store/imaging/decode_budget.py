@@ -2,7 +2,7 @@
 
 Counting decodes is not enough: a 38-byte WebP can declare 40 MP, and two of them at once took
 1.3 GiB. So each decode is charged what its header says it will hold (width x height x bytes
-per pixel, headers.decoded_bytes) and waits, briefly, until that fits under the budget.
+per pixel, dimensions.decoded_bytes) and waits, briefly, until that fits under the budget.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Final
 
-from services.image_store.headers import WIDE_PIXEL_BYTES
+from services.image_store.imaging.dimensions import WIDE_PIXEL_BYTES
 
 MIB: Final = 1024 * 1024
 

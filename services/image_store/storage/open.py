@@ -6,10 +6,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from common.settings import ImageStoreSettings
-from services.image_store.s3_client import s3_client
-from services.image_store.storage import ImageStorage, OpTimer, _no_timer
-from services.image_store.storage_backend import BlobStore
-from services.image_store.storage_s3 import S3BlobStore
+from services.image_store.storage.backend import BlobStore
+from services.image_store.storage.filesystem import ImageStorage, OpTimer, _no_timer
+from services.image_store.storage.s3 import S3BlobStore
+from services.image_store.storage.s3_client import s3_client
 
 
 @contextlib.asynccontextmanager

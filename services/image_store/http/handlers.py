@@ -13,18 +13,19 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from common.app import AUTH_KEY
 from common.content_disposition import parse_form_data_disposition
-from common.errors import UnsupportedMediaType
+from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, StoredImageNotFound, UnsupportedMediaType
 from common.http.body_timeout import BodyReadTimeout, read_limits
 from common.http.multipart import read_small_field
 from common.http.paging import page_params
 from common.ids import parse_uuid
 from common.settings import ImageStoreSettings
-from services.image_store.conditional import Precondition, evaluate_preconditions, select_range
-from services.image_store.errors import BadRequest, ImageNotFound, PayloadTooLarge, UploadTimedOut
+from services.image_store.http.conditional import Precondition, evaluate_preconditions, select_range
+from services.image_store.http.serving import ImageBytesResponse, image_headers
+from services.image_store.http.serving_s3 import object_response
+from services.image_store.lookup import MAX_PAGE_SIZE
 from services.image_store.models import ImageRow
-from services.image_store.service import MAX_PAGE_SIZE, ImageService, UploadSession
-from services.image_store.serving import ImageBytesResponse, image_headers
-from services.image_store.serving_s3 import object_response
+from services.image_store.service import ImageService
+from services.image_store.uploads import UploadSession
 
 log = structlog.get_logger("retina.image_store")
 
@@ -42,7 +43,7 @@ def parse_image_id(raw: str) -> uuid.UUID:
     """A malformed ID is indistinguishable from a missing image."""
     image_id = parse_uuid(raw)
     if image_id is None:
-        raise ImageNotFound()
+        raise StoredImageNotFound()
     return image_id
 
 
@@ -104,7 +105,7 @@ async def _receive_body(
             raise UnsupportedMediaType("send multipart/form-data with one part named 'file' (or a raw image body)")
     except BodyReadTimeout as exc:
         log.info("upload_timed_out", reason=exc.reason, received_bytes=request.content.total_bytes)
-        raise UploadTimedOut(exc.message) from exc
+        raise RequestTimeout(exc.message) from exc
 
 
 async def _receive_multipart(request: web.Request, session: UploadSession) -> tuple[dict[str, str], str | None]:

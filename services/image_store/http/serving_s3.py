@@ -12,11 +12,11 @@ from __future__ import annotations
 import structlog
 from aiohttp import hdrs, web
 
-from services.image_store.errors import ImageNotFound, StorageUnavailable
+from common.errors import StorageUnavailable, StoredImageNotFound
 from services.image_store.models import ImageRow
-from services.image_store.s3_client import unavailable_on_failure
 from services.image_store.service import ImageService
-from services.image_store.storage_s3 import S3BlobStore
+from services.image_store.storage.s3 import S3BlobStore
+from services.image_store.storage.s3_client import unavailable_on_failure
 
 log = structlog.get_logger("retina.image_store.serving")
 
@@ -98,7 +98,7 @@ async def _proxy(
         return response
     async with store.open_object(row.storage_key, wanted if isinstance(wanted, tuple) else None) as body:
         if body is None:
-            raise ImageNotFound()  # a row without bytes: integrity checks report it
+            raise StoredImageNotFound()  # a row without bytes: integrity checks report it
         await response.prepare(request)
         try:
             with unavailable_on_failure("stream"):

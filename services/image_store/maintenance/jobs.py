@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 import structlog
 
 from common.settings import ImageStoreSettings
-from services.image_store.decode_pool import DEFAULT_BUDGET_WAIT_SECONDS
-from services.image_store.integrity import join
+from services.image_store.imaging.decode_pool import DEFAULT_BUDGET_WAIT_SECONDS
+from services.image_store.maintenance.integrity import join
 from services.image_store.service import ImageService
-from services.image_store.storage_backend import BlobStore, sha256_of_key
+from services.image_store.storage.backend import BlobStore, sha256_of_key
 
 log = structlog.get_logger("retina.image_store.maintenance")
 

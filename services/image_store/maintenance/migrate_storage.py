@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 import structlog
 
 from common.settings import ImageStoreSettings
-from services.image_store.s3_client import s3_client
-from services.image_store.storage import ImageStorage, file_sha256
-from services.image_store.storage_backend import StoredObject, sha256_of_key
-from services.image_store.storage_s3 import S3BlobStore
+from services.image_store.storage.backend import StoredObject, sha256_of_key
+from services.image_store.storage.filesystem import ImageStorage, file_sha256
+from services.image_store.storage.s3 import S3BlobStore
+from services.image_store.storage.s3_client import s3_client
 
 log = structlog.get_logger("retina.image_store.migrate")
 

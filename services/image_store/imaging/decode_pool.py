@@ -27,10 +27,11 @@ from typing import Final
 
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
-from services.image_store.decode_budget import BudgetExhausted, ByteBudget
-from services.image_store.decode_worker import decode_task, init_worker
-from services.image_store.headers import decoded_bytes
-from services.image_store.validation import ImageRejected, ProcessedImage, ValidationLimits
+from common.errors import InvalidImage
+from services.image_store.imaging.decode_budget import BudgetExhausted, ByteBudget
+from services.image_store.imaging.decode_worker import decode_task, init_worker
+from services.image_store.imaging.dimensions import decoded_bytes
+from services.image_store.imaging.pipeline import ProcessedImage, ValidationLimits
 
 DEFAULT_MEMORY_LIMIT_BYTES: Final = 1536 * 1024 * 1024
 # Pillow's own decompression-bomb threshold inside workers (its warning is an error there). Our
@@ -132,7 +133,7 @@ class DecodePool:
             await asyncio.to_thread(self._pool.join)
 
     async def process(self, source: Path, destination: Path, limits: ValidationLimits) -> ProcessedImage:
-        """Run process_image_file in a worker. Raises ImageRejected (as raised there),
+        """Run process_image_file in a worker. Raises the content's refusal (as raised there),
         DecoderBusy when overloaded, DecodeTimeout after `timeout_seconds`."""
         if not self._started and not self._closed:
             raise RuntimeError("DecodePool.start() was not called")
@@ -164,9 +165,7 @@ class DecodePool:
                 if exc.exitcode == _CPU_LIMIT_EXITCODE:
                     raise DecodeTimeout(f"decoding used more than {self._cpu_seconds} s of CPU") from exc
                 if attempt == 2:
-                    raise ImageRejected(
-                        422, "invalid_image", "the image could not be decoded (the decoder process failed)"
-                    ) from exc
+                    raise InvalidImage("the image could not be decoded (the decoder process failed)") from exc
         raise AssertionError("unreachable")
 
     @property

@@ -12,8 +12,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from common.errors import StorageUnavailable
 from common.settings import S3Settings
-from services.image_store.errors import StorageUnavailable
 
 if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
     from types_aiobotocore_s3 import S3Client

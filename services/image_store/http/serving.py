@@ -2,7 +2,7 @@
 
 aiohttp's FileResponse re-evaluates If-Match, If-None-Match and If-Range against its own
 modification-time tag, so a correct `If-Match: "<sha256>"` came back as an empty 412. Here
-the handler decides preconditions and the range (services/image_store/conditional.py) and
+the handler decides preconditions and the range (services/image_store/http/conditional.py) and
 this response only copies the chosen bytes of an already-open file to the socket with
 sendfile (asyncio falls back to reads in a thread where sendfile is unavailable).
 """
@@ -17,8 +17,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 
-from services.image_store.conditional import ByteRange
 from services.image_store.filenames import content_disposition
+from services.image_store.http.conditional import ByteRange
 from services.image_store.models import ImageRow
 
 

@@ -2,7 +2,8 @@
 
 The header's dimensions are checked before any pixel is decoded (where the size sits at a fixed
 place, even before Pillow opens the file); a full decode then proves the file is intact. Any
-failure caused by the content becomes `ImageRejected`, never a 500.
+failure caused by the content becomes a refusal with the contract's code (`InvalidImage`,
+`ImageTooLarge`, `TooManyFrames`), never a 500.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, ClassVar, Final
+from typing import IO, Final
 
 from PIL import Image, UnidentifiedImageError
 
-from common.errors import ApiError
-from services.image_store.headers import declared_size
+from common.errors import ApiError, ImageTooLarge, InvalidImage, TooManyFrames
+from services.image_store.imaging.dimensions import declared_size
 
 # Pillow format name for each MIME type we can accept.
 PILLOW_FORMATS: Final[dict[str, str]] = {
@@ -37,42 +38,24 @@ class ValidationLimits:
     jpeg_quality: int
 
 
-class ImageRejected(ApiError):
-    """An upload that is not an acceptable image; carries the contract's status and code."""
-
-    _OUTCOMES: ClassVar[dict[str, str]] = {
-        "unsupported_media_type": "unsupported_type",
-        "image_too_large": "too_large",
-    }
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message, status=status, code=code)
-
-    @property
-    def outcome(self) -> str:
-        return self._OUTCOMES.get(self.code, "invalid")
-
-
 @contextlib.contextmanager
 def untrusted_content(label: str) -> Iterator[None]:
-    """Map whatever a decoder raises on hostile bytes to ImageRejected (never a 500)."""
+    """Map whatever a decoder raises on hostile bytes to a 422 refusal (never a 500)."""
     with warnings.catch_warnings():
         # Pillow reports odd-but-readable files ("Corrupt EXIF data", "malformed MPO") as UserWarning.
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             yield
-        except ImageRejected:
-            raise
+        except ApiError:
+            raise  # our own refusal, already with its code
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(422, "image_too_large", f"the image has too many pixels: {exc}") from exc
+            raise ImageTooLarge(f"the image has too many pixels: {exc}") from exc
         except MemoryError as exc:
-            raise ImageRejected(
-                422, "image_too_large", "decoding the image needs more memory than this server allows"
-            ) from exc
+            raise ImageTooLarge("decoding the image needs more memory than this server allows") from exc
         except Exception as exc:  # a crafted file can make a decoder raise anything
             message = f"the file is not a valid {label} image: {_reason(exc)}"
-            raise ImageRejected(422, "invalid_image", message) from exc
+            raise InvalidImage(message) from exc
 
 
 def _reason(exc: Exception) -> str:
@@ -100,26 +83,18 @@ def check_header(image: Image.Image, mime: str, limits: ValidationLimits) -> int
     # frames of the picture: only the primary image is decoded and stored.
     frames = 1 if mime == "image/jpeg" else int(getattr(image, "n_frames", 1))
     if frames > limits.max_frames:
-        raise ImageRejected(
-            422, "too_many_frames", f"the image has {frames} frames; at most {limits.max_frames} allowed"
-        )
+        raise TooManyFrames(f"the image has {frames} frames; at most {limits.max_frames} allowed")
     return frames
 
 
 def _check_dimensions(size: tuple[int, int], limits: ValidationLimits) -> None:
     width, height = size
     if width <= 0 or height <= 0:
-        raise ImageRejected(422, "invalid_image", f"the image is {width}x{height} px, which has no pixels")
+        raise InvalidImage(f"the image is {width}x{height} px, which has no pixels")
     if max(width, height) > limits.max_side_px:
-        raise ImageRejected(
-            422,
-            "image_too_large",
-            f"the image is {width}x{height} px; each side may be at most {limits.max_side_px} px",
-        )
+        raise ImageTooLarge(f"the image is {width}x{height} px; each side may be at most {limits.max_side_px} px")
     if width * height > limits.max_pixels:
-        raise ImageRejected(
-            422,
-            "image_too_large",
+        raise ImageTooLarge(
             f"the image is {width}x{height} px ({width * height} pixels); "
             f"at most {limits.max_pixels} pixels are allowed",
         )

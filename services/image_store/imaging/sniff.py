@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 from typing import IO, Any, Final
 
-from services.image_store.image_decode import PILLOW_FORMATS, ImageRejected
+from common.errors import EmptyUpload, UnsupportedMediaType
+from services.image_store.imaging.decode import PILLOW_FORMATS
 
 # Names some libmagic versions use for the same formats.
 _MIME_ALIASES: Final[dict[str, str]] = {
@@ -43,15 +44,11 @@ def sniff_mime(head: bytes) -> str:
 def accepted_mime(head: bytes, allowed_types: frozenset[str]) -> str:
     """The sniffed type if this server accepts it; otherwise the contract's 415 (or 400 when empty)."""
     if not head:
-        raise ImageRejected(400, "empty_upload", "the upload is empty")
+        raise EmptyUpload("the upload is empty")
     mime = sniff_mime(head)
     if mime not in allowed_types or mime not in PILLOW_FORMATS:
         allowed = ", ".join(sorted(allowed_types & PILLOW_FORMATS.keys()))
-        raise ImageRejected(
-            415,
-            "unsupported_media_type",
-            f"the file is {mime}, which is not accepted; allowed types: {allowed}",
-        )
+        raise UnsupportedMediaType(f"the file is {mime}, which is not accepted; allowed types: {allowed}")
     return mime
 
 

@@ -12,8 +12,8 @@ from typing import Any, Final
 
 from PIL import Image
 
-from services.image_store.image_decode import PILLOW_FORMATS, ValidationLimits
-from services.image_store.image_metadata import strip, to_srgb, upright
+from services.image_store.imaging.decode import PILLOW_FORMATS, ValidationLimits
+from services.image_store.imaging.metadata import strip, to_srgb, upright
 
 # zlib level 3 writes a 12 MP photo-like PNG ~2.5x faster than the default 6 for ~7 % more bytes.
 PNG_COMPRESS_LEVEL: Final = 3

@@ -25,7 +25,7 @@ from typing import Final
 
 from PIL import Image, ImageFile
 
-from services.image_store.validation import ProcessedImage, ValidationLimits, process_image_file, warm_up
+from services.image_store.imaging.pipeline import ProcessedImage, ValidationLimits, process_image_file, warm_up
 
 PR_SET_PDEATHSIG: Final = 1
 PARENT_POLL_SECONDS: Final = 0.5

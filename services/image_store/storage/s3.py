@@ -23,10 +23,10 @@ import structlog
 from botocore.exceptions import ClientError
 
 from common.settings import S3Settings
-from services.image_store.s3_client import ABSENT, ALREADY_THERE, error_code, unavailable_on_failure
-from services.image_store.s3_upload import HASH_CHUNK, MULTIPART_THRESHOLD, PART_SIZE, S3Uploader
-from services.image_store.storage import ImageStorage, OpTimer, _no_timer
-from services.image_store.storage_backend import ReceivedFile, StoredObject, sha256_of_key
+from services.image_store.storage.backend import ReceivedFile, StoredObject, sha256_of_key
+from services.image_store.storage.filesystem import ImageStorage, OpTimer, _no_timer
+from services.image_store.storage.s3_client import ABSENT, ALREADY_THERE, error_code, unavailable_on_failure
+from services.image_store.storage.s3_upload import HASH_CHUNK, MULTIPART_THRESHOLD, PART_SIZE, S3Uploader
 
 if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
     from types_aiobotocore_s3 import S3Client
