@@ -9,11 +9,11 @@ import pytest
 import yaml
 from aiohttp import web
 from openapi_spec_validator import validate
-from services.image_store.handlers import DEFAULT_PAGE_SIZE
 
 from common.settings import load_gateway_settings, load_image_store_settings
 from services.image_store.app import create_app as create_store
-from services.image_store.service import MAX_PAGE_SIZE
+from services.image_store.http.handlers import DEFAULT_PAGE_SIZE
+from services.image_store.lookup import MAX_PAGE_SIZE
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.conversations import DEFAULT_PAGE, MAX_PAGE
 from tests.conftest import ROOT

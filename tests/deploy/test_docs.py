@@ -45,3 +45,21 @@ def test_docs_name_only_real_environment_variables() -> None:
         ollama_own = {"OLLAMA_KEEP_ALIVE", "OLLAMA_NUM_PARALLEL"}
         unknown = mentioned - variables - ollama_own
         assert not unknown, f"docs/{name} names variables .env.example does not have: {sorted(unknown)}"
+
+
+def test_the_architecture_names_only_files_and_functions_that_exist() -> None:
+    """docs/architecture.md walks an ask and an image GET through the code: every module it names
+    (`chat/ask.py`, `http/serving_s3.py`, ...) is a real file, and every `module.function` it names
+    is defined there, so the walk cannot silently go stale when code moves."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    folders = ("services", "common", "tests")
+    sources = [p.relative_to(ROOT).as_posix() for folder in folders for p in (ROOT / folder).rglob("*.py")]
+    named = set(re.findall(r"([\w/]+\.py)", text))
+    assert len(named) > 20
+    missing = [name for name in sorted(named) if not any(s == name or s.endswith("/" + name) for s in sources)]
+    assert not missing, missing
+    for module, function in re.findall(r"`([\w/]+)\.(\w+)`", text):
+        candidates = [s for s in sources if s.endswith(f"/{module}.py") or s == f"{module}.py"]
+        if candidates and not function.startswith(("py", "md")):
+            body = "\n".join((ROOT / s).read_text() for s in candidates)
+            assert re.search(rf"(def|class) {function}\b|^{function} = ", body, re.MULTILINE), f"{module}.{function}"
