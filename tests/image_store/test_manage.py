@@ -41,6 +41,8 @@ async def test_patch_refuses_bad_input(store_client: TestClient, db: asyncpg.Con
     cases = [
         (b"not json", 400, "bad_request"),
         (b"[1, 2]", 400, "bad_request"),
+        (b'{"message_id": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400, "bad_request"),  # deeper than json goes
+        (b"\xff\xfe{}", 400, "bad_request"),
         (b'{"message_id": 5}', 400, "bad_request"),
         (b'{"message_id": "nope"}', 400, "bad_request"),
         (b'{"message_id": null, "owner_id": "mallory"}', 400, "bad_request"),

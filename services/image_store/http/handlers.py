@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ from common.app import AUTH_KEY
 from common.content_disposition import parse_form_data_disposition
 from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, StoredImageNotFound, UnsupportedMediaType
 from common.http.body_timeout import BodyReadTimeout, read_limits
+from common.http.json_body import read_json_object
 from common.http.multipart import read_small_field
 from common.http.paging import page_params
 from common.ids import parse_uuid
@@ -191,11 +191,8 @@ async def link_image(request: web.Request) -> web.Response:
     caller = request.app[AUTH_KEY].caller(request)
     service = service_of(request)
     image_id = parse_image_id(request.match_info["image_id"])
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest('the body must be JSON like {"message_id": "<uuid>"}') from exc
-    if not isinstance(body, dict) or set(body) != {"message_id"}:
+    body = await read_json_object(request, max_bytes=request.client_max_size)
+    if set(body) != {"message_id"}:
         raise BadRequest("the body must be a JSON object with exactly one field, message_id")
     raw = body["message_id"]
     if raw is not None and not isinstance(raw, str):
