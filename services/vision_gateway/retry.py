@@ -60,10 +60,21 @@ def retry_after_seconds(header: str | None) -> int | None:
 
 
 @contextlib.contextmanager
-def connection_failures_are_retryable(count_failure: Callable[[], None]) -> Iterator[None]:
+def connection_failures_are_retryable(
+    count_failure: Callable[[], None], *, timeout: aiohttp.ClientTimeout | None = None
+) -> Iterator[None]:
     """A refused, reset or timed-out connection is worth another attempt."""
     try:
         yield
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
         count_failure()
-        raise Retryable(str(exc) or type(exc).__name__) from exc
+        raise Retryable(_describe(exc, timeout)) from exc
+
+
+def _describe(exc: BaseException, timeout: aiohttp.ClientTimeout | None) -> str:
+    if str(exc):
+        return str(exc)
+    # aiohttp's overall timeout is a bare TimeoutError: say which clock it was.
+    if isinstance(exc, TimeoutError) and timeout is not None and timeout.total is not None:
+        return f"no answer within {timeout.total:g} s"
+    return type(exc).__name__
