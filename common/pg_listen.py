@@ -1,8 +1,8 @@
 """A LISTEN connection that outlives database restarts.
 
 Pooled connections drop their LISTENs on release, so a listener needs a connection of its own.
-It reconnects with backoff and tells its owner when it starts and stops listening: whoever
-relies on notifications (a cache) must not trust what it holds while none can arrive.
+It reconnects with backoff (common.retry) and tells its owner when it starts and stops listening:
+whoever relies on notifications (a cache) must not trust what it holds while none can arrive.
 """
 
 from __future__ import annotations
@@ -14,10 +14,18 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import structlog
 
+from common.retry import forever
+
 log = structlog.get_logger("retina.pg_listen")
 
 # asyncpg types listener arguments loosely (connection or pool proxy; payload as object).
 Handler = Callable[[object, int, str, object], None]
+
+# What a connection attempt that may work later raises (PostgreSQL down, restarting, unreachable).
+UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Waits between attempts: 0.5 s doubling to 10 s (common.retry's `forever`).
+FIRST_DELAY_SECONDS = 0.5
+MAX_DELAY_SECONDS = 10.0
 
 
 @contextlib.asynccontextmanager
@@ -33,30 +41,37 @@ async def listening(
             if on_state is not None:
                 on_state(state)
 
+    async def connect() -> tuple[asyncpg.Connection, asyncio.Event]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(channel, handler)
+        except BaseException:
+            await _close(conn)
+            raise
+        return conn, lost
+
+    def unavailable(failure: BaseException, delay: float) -> None:
+        log.warning("listener_unavailable", channel=channel, error=str(failure), retry_in=delay)
+
     async def run() -> None:
-        delay = 0.5
+        # One turn per connection: a connection that worked starts the backoff afresh.
         while True:
-            conn: asyncpg.Connection | None = None
+            reconnect = forever(
+                retry_on=UNAVAILABLE, first_delay=FIRST_DELAY_SECONDS, max_delay=MAX_DELAY_SECONDS, on_retry=unavailable
+            )
+            conn, lost = await reconnect(connect)
             try:
-                conn = await asyncpg.connect(dsn)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(channel, handler)
                 set_state(True)
-                delay = 0.5
                 await lost.wait()
                 log.warning("listener_disconnected", channel=channel)
-            except asyncio.CancelledError:
-                raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("listener_unavailable", channel=channel, error=str(exc), retry_in=delay)
             finally:
                 set_state(False)
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=2)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+                await _close(conn)
+            # A dropped connection waits like a failed attempt: a server that accepts and then
+            # drops connections at once is not hammered.
+            await asyncio.sleep(FIRST_DELAY_SECONDS)
 
     task = asyncio.create_task(run(), name=f"listen-{channel}")
     with contextlib.suppress(TimeoutError):
@@ -67,3 +82,9 @@ async def listening(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    if not conn.is_closed():
+        with contextlib.suppress(Exception):
+            await conn.close(timeout=2)

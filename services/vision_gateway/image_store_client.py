@@ -6,6 +6,7 @@ applies: someone else's image is a 404 here exactly as it is there.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -182,23 +183,22 @@ class ImageStoreClient(UpstreamClient):
         """
         form = aiohttp.FormData(quote_fields=False)
         form.add_field("file", chunks, filename=filename or "upload", content_type=content_type)
-        try:
-            async with self._session.post(
-                self._base, data=form, headers=self._headers(user_id, request_id), timeout=self._upload_timeout
+
+        async def attempt() -> dict[str, Any]:
+            async with self._exchange(
+                "POST",
+                self._base,
+                data=form,
+                headers=self._headers(user_id, request_id),
+                timeout=self._upload_timeout,
+                relay_server_errors=True,  # the store's 503 busy / 507 full is its verdict on this file
             ) as response:
-                self._count(response.status)
                 if response.status == 201:
                     record: dict[str, Any] = await response.json(content_type=None)
                     return record
                 raise await _refusal(response)
-        except TimeoutError as exc:
-            self._count("error")
-            raise UpstreamUnavailable(
-                f"the image-store did not answer the upload within {self._upload_timeout.total:g} s"
-            ) from exc
-        except aiohttp.ClientConnectionError as exc:
-            self._count("error")
-            raise UpstreamUnavailable(f"the image-store is unavailable: {exc}") from exc
+
+        return await self._call(attempt, retry=False)
 
     async def link(self, image_id: uuid.UUID, message_id: uuid.UUID, user_id: str, request_id: str = "") -> None:
         async def attempt() -> None:
@@ -222,14 +222,15 @@ class ImageStoreClient(UpstreamClient):
             return None
 
     async def delete(self, image_id: uuid.UUID, user_id: str, request_id: str = "") -> None:
-        """Best effort: used to undo uploads of a request that was then refused."""
-        try:
-            async with self._session.delete(
-                f"{self._base}/{image_id}", headers=self._headers(user_id, request_id), timeout=self._timeout
-            ) as response:
-                self._count(response.status)
-        except (aiohttp.ClientConnectionError, TimeoutError):
-            self._count("error")
+        """Best effort, not retried: used to undo uploads of a request that was then refused."""
+
+        async def attempt() -> None:
+            url = f"{self._base}/{image_id}"
+            async with self._exchange("DELETE", url, headers=self._headers(user_id, request_id), timeout=self._timeout):
+                pass
+
+        with contextlib.suppress(UpstreamUnavailable):
+            await self._call(attempt, retry=False)
 
 
 def _raise_unless_ok(response: aiohttp.ClientResponse, image_id: uuid.UUID) -> None:

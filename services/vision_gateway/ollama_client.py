@@ -18,7 +18,7 @@ import aiohttp
 from common.errors import UnknownModel, UpstreamRejected
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.retry import Retryable
-from services.vision_gateway.upstream import UpstreamClient
+from services.vision_gateway.upstream import UpstreamClient, error_text
 
 
 class OllamaStreamError(Exception):
@@ -137,7 +137,7 @@ class OllamaClient(UpstreamClient):
                 if response.status == 404:
                     return None
                 if response.status != 200:
-                    raise UpstreamRejected(f"Ollama refused /api/show: {await _error_text(response)}")
+                    raise UpstreamRejected(f"Ollama refused /api/show: {await error_text(response)}")
                 details: dict[str, Any] = await response.json()
                 return details
 
@@ -160,18 +160,15 @@ class OllamaClient(UpstreamClient):
 
         async def attempt() -> ChatStream:
             started = time.perf_counter()
-            with self._connection_failures_are_retryable():
-                response = await self._session.post(
-                    f"{self._base}/api/chat", data=body, headers=headers, timeout=self._timeout
-                )
-            self._count(response.status)
+            # Not _exchange: the response stays open after the attempt, as the ChatStream.
+            response = await self._open(
+                "POST", f"{self._base}/api/chat", data=body, headers=headers, timeout=self._timeout
+            )
             try:
                 if response.status == 404:
                     raise UnknownModel(f"Ollama does not have the model {payload.get('model')!r}")
-                if response.status >= 500:
-                    raise Retryable(f"HTTP {response.status}: {await _error_text(response)}")
                 if response.status != 200:
-                    raise UpstreamRejected(f"Ollama refused the request: {await _error_text(response)}")
+                    raise UpstreamRejected(f"Ollama refused the request: {await error_text(response)}")
                 try:
                     line = await response.content.readline()
                     while line is not None and line.strip() == b"" and not response.content.at_eof():
@@ -187,11 +184,3 @@ class OllamaClient(UpstreamClient):
                 raise
 
         return await self._call(attempt)
-
-
-async def _error_text(response: aiohttp.ClientResponse) -> str:
-    text = (await response.text())[:500]
-    try:
-        return str(json.loads(text).get("error", text)).strip()
-    except (ValueError, AttributeError):
-        return text.strip()

@@ -1,18 +1,24 @@
-"""Retry with exponential backoff and full jitter, for work that has not produced output yet."""
+"""Which upstream failures the gateway tries again, and the 503 when no attempt succeeded.
+
+The attempts and their waits are common.retry's `attempts` policy: full jitter between 0 and
+0.2 s·2^k (at most 2 s), for work that has not produced output yet.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import aiohttp
 
 from common.errors import UpstreamUnavailable
+from common.retry import attempts
 
 T = TypeVar("T")
+
+FIRST_DELAY_SECONDS = 0.2
+MAX_DELAY_SECONDS = 2.0
 
 
 class Retryable(Exception):
@@ -26,32 +32,19 @@ class Retryable(Exception):
         self.retry_after = retry_after
 
 
-async def with_retries(
-    attempt: Callable[[], Awaitable[T]],
-    *,
-    retries: int,
-    base_delay: float = 0.2,
-    max_delay: float = 2.0,
-    on_retry: Callable[[], None] | None = None,
-) -> T:
-    for number in range(retries + 1):
-        try:
-            return await attempt()
-        except Retryable:
-            if number == retries:
-                raise
-            if on_retry is not None:
-                on_retry()
-            await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**number)))  # noqa: S311
-    raise AssertionError("unreachable")
-
-
 async def call_upstream(
     attempt: Callable[[], Awaitable[T]], *, retries: int, on_retry: Callable[[], None], unavailable: str
 ) -> T:
-    """with_retries, then the contract's 503 when every attempt failed."""
+    """`attempt`, tried again `retries` times while it raises Retryable; then the contract's 503."""
+    policy = attempts(
+        retries + 1,
+        retry_on=Retryable,
+        first_delay=FIRST_DELAY_SECONDS,
+        max_delay=MAX_DELAY_SECONDS,
+        on_retry=lambda _failure, _delay: on_retry(),
+    )
     try:
-        return await with_retries(attempt, retries=retries, on_retry=on_retry)
+        return await policy(attempt)
     except Retryable as exc:
         raise UpstreamUnavailable(f"{unavailable}: {exc}", retry_after=exc.retry_after) from exc
 
@@ -67,10 +60,21 @@ def retry_after_seconds(header: str | None) -> int | None:
 
 
 @contextlib.contextmanager
-def connection_failures_are_retryable(count_failure: Callable[[], None]) -> Iterator[None]:
+def connection_failures_are_retryable(
+    count_failure: Callable[[], None], *, timeout: aiohttp.ClientTimeout | None = None
+) -> Iterator[None]:
     """A refused, reset or timed-out connection is worth another attempt."""
     try:
         yield
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
         count_failure()
-        raise Retryable(str(exc) or type(exc).__name__) from exc
+        raise Retryable(_describe(exc, timeout)) from exc
+
+
+def _describe(exc: BaseException, timeout: aiohttp.ClientTimeout | None) -> str:
+    if str(exc):
+        return str(exc)
+    # aiohttp's overall timeout is a bare TimeoutError: say which clock it was.
+    if isinstance(exc, TimeoutError) and timeout is not None and timeout.total is not None:
+        return f"no answer within {timeout.total:g} s"
+    return type(exc).__name__

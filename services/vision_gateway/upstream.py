@@ -1,13 +1,16 @@
 """What the gateway's two upstream clients (Ollama, the image-store) share.
 
-Both count every answer by status in `gateway_upstream_requests_total`, retry connection failures
-and 5xx with jittered backoff, and end failed retries as the contract's 503. Keeping that in one
-base class means a change to how upstream failures are classified happens once, not per client.
+Every request to an upstream goes through `_open` (or `_exchange`, its context-manager form): its
+answer is counted by status in `vision_gateway_upstream_requests_total`, and a broken connection
+or a 5xx becomes Retryable. `_call` runs an attempt under the retry policy (or once, for a body
+that can be sent only once) and ends failed attempts as the contract's 503. Keeping that in one
+base class means a change to how upstream failures are classified happens once, not per call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -38,28 +41,76 @@ class UpstreamClient:
     def _count(self, code: int | str) -> None:
         self._metrics.upstream_requests.labels(self.label, str(code)).inc()
 
-    def _connection_failures_are_retryable(self) -> contextlib.AbstractContextManager[None]:
-        return connection_failures_are_retryable(lambda: self._count("error"))
+    def _connection_failures_are_retryable(
+        self, timeout: aiohttp.ClientTimeout | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        return connection_failures_are_retryable(lambda: self._count("error"), timeout=timeout)
 
-    async def _call(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run `attempt` until it stops raising Retryable or the budget is spent (then 503)."""
+    async def _call(self, attempt: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """Run `attempt` until it stops raising Retryable or the budget is spent (then 503).
+
+        `retry=False`: one attempt only (a streamed body can be sent once; best-effort work).
+        """
         return await call_upstream(
             attempt,
-            retries=self._retries,
+            retries=self._retries if retry else 0,
             on_retry=lambda: self._metrics.retries.labels(self.label).inc(),
             unavailable=self.unavailable,
         )
 
-    @contextlib.asynccontextmanager
-    async def _exchange(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One attempt's request: its status counted, a broken connection or a 5xx made Retryable.
+    async def _open(
+        self,
+        method: str,
+        url: str,
+        *,
+        relay_server_errors: bool = False,
+        **kwargs: Any,
+    ) -> aiohttp.ClientResponse:
+        """Send one attempt's request: its status counted, a broken connection or a 5xx made Retryable.
 
-        The caller sees only answers below 500 and decides what each of those means.
+        `relay_server_errors`: a 5xx is the upstream's verdict for the caller to pass on, not a
+        reason to try again. The caller reads the response and closes it.
         """
-        with self._connection_failures_are_retryable():
-            async with self._session.request(method, url, **kwargs) as response:
-                self._count(response.status)
-                if response.status >= 500:
-                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                    raise Retryable(f"HTTP {response.status} from {response.url.path}", retry_after=retry_after)
+        with self._connection_failures_are_retryable(kwargs.get("timeout")):
+            response = await self._session.request(method, url, **kwargs)
+        self._count(response.status)
+        if response.status >= 500 and not relay_server_errors:
+            async with response:
+                detail = await error_text(response)
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                message = f"HTTP {response.status} from {response.url.path}"
+                raise Retryable(f"{message}: {detail}" if detail else message, retry_after=retry_after)
+        return response
+
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        relay_server_errors: bool = False,
+        **kwargs: Any,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """`_open` for an answer read inside the block, where a connection that breaks is Retryable too.
+
+        The caller sees only answers below 500 (unless relayed) and decides what each means.
+        """
+        response = await self._open(method, url, relay_server_errors=relay_server_errors, **kwargs)
+        async with response:
+            with self._connection_failures_are_retryable(kwargs.get("timeout")):
                 yield response
+
+
+async def error_text(response: aiohttp.ClientResponse) -> str:
+    """An upstream's error in a line: the `error` of its JSON (Ollama's text, the store's message), else its text."""
+    try:
+        text = (await response.text())[:500]
+    except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+        return ""
+    try:
+        error = json.loads(text).get("error", text)
+    except (ValueError, AttributeError):
+        return text.strip()
+    if isinstance(error, dict):
+        error = error.get("message", text)
+    return str(error).strip()

@@ -28,6 +28,7 @@ from typing import Final
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 from common.errors import InvalidImage
+from common.retry import attempts
 from services.image_store.imaging.decode_budget import BudgetExhausted, ByteBudget
 from services.image_store.imaging.decode_worker import decode_task, init_worker
 from services.image_store.imaging.dimensions import decoded_bytes
@@ -44,6 +45,11 @@ DEFAULT_BUDGET_WAIT_SECONDS: Final = 2.0
 START_TIMEOUT_SECONDS: Final = 60.0
 # A worker killed by its CPU allowance (RLIMIT_CPU's soft limit sends SIGXCPU) timed out.
 _CPU_LIMIT_EXITCODE: Final = -signal.SIGXCPU
+
+
+def _died_innocently(exc: BaseException) -> bool:
+    """A worker died, not of its CPU limit: worth one more try on a fresh worker."""
+    return isinstance(exc, ProcessExpired) and exc.exitcode != _CPU_LIMIT_EXITCODE
 
 
 class DecoderBusy(Exception):
@@ -158,15 +164,12 @@ class DecodePool:
     async def _run(self, source: Path, destination: Path, limits: ValidationLimits) -> ProcessedImage:
         """One retry after a worker died: the kernel's OOM killer may have picked an innocent one;
         a file that kills its worker twice is refused."""
-        for attempt in (1, 2):
-            try:
-                return await self._attempt(source, destination, limits)
-            except ProcessExpired as exc:
-                if exc.exitcode == _CPU_LIMIT_EXITCODE:
-                    raise DecodeTimeout(f"decoding used more than {self._cpu_seconds} s of CPU") from exc
-                if attempt == 2:
-                    raise InvalidImage("the image could not be decoded (the decoder process failed)") from exc
-        raise AssertionError("unreachable")
+        try:
+            return await attempts(2, retry_on=_died_innocently)(self._attempt, source, destination, limits)
+        except ProcessExpired as exc:
+            if exc.exitcode == _CPU_LIMIT_EXITCODE:
+                raise DecodeTimeout(f"decoding used more than {self._cpu_seconds} s of CPU") from exc
+            raise InvalidImage("the image could not be decoded (the decoder process failed)") from exc
 
     @property
     def _cpu_seconds(self) -> int:

@@ -4,9 +4,9 @@ While streaming it saves the text so far every PROGRESS_SAVE_SECONDS when it gre
 the row at least every `touch_seconds` when it did not: `messages.progress_at` is how the
 sweeper (sweeper.py) tells a live stream from one whose gateway died.
 
-The final write happens once. If PostgreSQL is unreachable it is retried with backoff for
-`retry_seconds`; the result (saved or not) goes to the client in the final event, so an answer
-is never lost silently.
+The final write happens once. If PostgreSQL is unreachable it is retried (waits of 0.2 s doubling
+to 2 s, common.retry's `until`) while the next attempt would start within `retry_seconds`; the
+result (saved or not) goes to the client in the final event, so an answer is never lost silently.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from common.errors import DatabaseUnavailable
+from common.retry import until
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.repository import ConversationRepository
 
@@ -97,29 +98,29 @@ class AnswerWriter:
             return self._saved
         self._saved = False
         await self._stop_progress()
-        deadline = time.monotonic() + self._retry_seconds
-        delay = RETRY_FIRST_DELAY
-        while True:
-            try:
-                await self._repository.finish_turn(
-                    self._message_id,
-                    content=answer.content,
-                    thinking=answer.thinking,
-                    status=status,
-                    error=error,
-                    stats=stats,
-                )
-                self._saved = True
-                break
-            except DatabaseUnavailable as exc:
-                if time.monotonic() + delay > deadline:
-                    log.error("store_answer_failed", message_id=str(self._message_id), error=repr(exc.__cause__))
-                    break
-                log.warning("store_answer_retrying", message_id=str(self._message_id), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY)
-            except Exception:
-                log.exception("store_answer_failed", message_id=str(self._message_id))
-                break
+        policy = until(
+            self._retry_seconds,
+            retry_on=DatabaseUnavailable,
+            first_delay=RETRY_FIRST_DELAY,
+            max_delay=RETRY_MAX_DELAY,
+            on_retry=lambda _failure, delay: log.warning(
+                "store_answer_retrying", message_id=str(self._message_id), retry_in=delay
+            ),
+        )
+        try:
+            await policy(
+                self._repository.finish_turn,
+                self._message_id,
+                content=answer.content,
+                thinking=answer.thinking,
+                status=status,
+                error=error,
+                stats=stats,
+            )
+            self._saved = True
+        except DatabaseUnavailable as exc:
+            log.error("store_answer_failed", message_id=str(self._message_id), error=repr(exc.__cause__))
+        except Exception:
+            log.exception("store_answer_failed", message_id=str(self._message_id))
         self._metrics.answer_saves.labels("saved" if self._saved else "lost").inc()
         return self._saved
