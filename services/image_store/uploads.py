@@ -17,7 +17,8 @@ from pathlib import Path
 import structlog
 from prometheus_client import Gauge
 
-from common.errors import ApiError, BadRequest, Busy, InvalidImage, RateLimited, UploadDisabled
+from common.errors import ApiError, BadRequest, Busy, InvalidImage, UploadDisabled
+from common.rate_limit import RateLimiter
 from common.settings import ImageStoreSettings
 from services.image_store.deletion import BlobRemover
 from services.image_store.filenames import sanitize_filename
@@ -25,7 +26,6 @@ from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, De
 from services.image_store.imaging.pipeline import ValidationLimits
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import BlobInfo, ImageRow
-from services.image_store.rate_limit import OwnerRateLimiter
 from services.image_store.repository import ImageRepository
 from services.image_store.storage.backend import BlobStore, ReceivedFile, storage_key
 from services.image_store.storage.filesystem import storage_error
@@ -94,7 +94,9 @@ class ImageUploads:
         self.decoder = decoder
         self.metrics = metrics
         self.remover = remover
-        self.rate_limiter = OwnerRateLimiter(settings.upload_rate_per_minute)
+        self.rate_limiter = RateLimiter(
+            settings.upload_rate_per_minute, refusal="too many uploads; try again in {retry_after} s"
+        )
         self.limits = ValidationLimits(
             allowed_types=settings.allowed_types,
             max_side_px=settings.max_side_px,
@@ -107,10 +109,7 @@ class ImageUploads:
     def check_upload_allowed(self, owner_id: str) -> None:
         if not self.settings.upload_enabled:
             raise UploadDisabled("image uploads are disabled on this server")
-        wait = self.rate_limiter.acquire(owner_id)
-        if wait > 0:
-            retry = self.rate_limiter.retry_after_header(wait)
-            raise RateLimited(f"too many uploads; try again in {retry} s", retry_after=retry)
+        self.rate_limiter.take(owner_id)
 
     @contextlib.asynccontextmanager
     async def upload(self, owner_id: str) -> AsyncIterator[UploadSession]:

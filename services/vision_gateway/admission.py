@@ -4,8 +4,9 @@ Three limits, all per replica and in memory (a user spread over N replicas gets 
 each limit; a global limit would need a store shared by the replicas):
 
 - `StreamAdmission`: concurrent `stream-message` requests per user (VISION_MAX_STREAMS_PER_USER)
-  and requests per user per minute (VISION_STREAM_RATE_PER_MINUTE, a token bucket). Both answer
-  429 `rate_limited` with Retry-After, before anything is uploaded, fetched or written.
+  and requests per user per minute (VISION_STREAM_RATE_PER_MINUTE, common.rate_limit's token
+  bucket). Both answer 429 `rate_limited` with Retry-After, before anything is uploaded, fetched
+  or written.
 - `PrepBudget`: bytes of images between download and encode, and of `/v1` bodies that carry
   images inline (VISION_PREP_BUDGET_MB). A request waits briefly for room, then gets 503 `busy`
   with Retry-After; this is what bounds the gateway's memory when many different large images
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from cachetools import TTLCache
-
 from common.errors import Busy, RateLimited
+from common.rate_limit import RateLimiter
 
 # Peak bytes per pixel of prepare_for_model, measured on 40 MP PNGs: RGB and RGBA are held in 4
 # bytes a pixel, a palette image converted to RGB in 1 + 4, plus the reduced copy thumbnail()
@@ -36,8 +35,6 @@ BODY_COPIES = 3
 # How long a request waits for budget before 503 busy, and the Retry-After it then gets.
 PREP_WAIT_SECONDS = 5.0
 PREP_RETRY_AFTER_SECONDS = 2
-# Users remembered by the rate limiter; an idle user's bucket is full again after a minute.
-RATE_USERS = 100_000
 
 
 def prep_cost(size_bytes: int, width: int, height: int) -> int:
@@ -104,11 +101,12 @@ class StreamAdmission:
 
     def __init__(self, *, max_streams: int, rate_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._max_streams = max_streams
-        self._rate = rate_per_minute
-        self._clock = clock
         self._open: dict[str, int] = {}
-        # user -> (tokens, when counted); a bounded map, so a flood of user IDs cannot grow it.
-        self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(RATE_USERS, ttl=60.0, timer=clock)
+        self._rate = RateLimiter(
+            rate_per_minute,
+            refusal="at most {per_minute} stream requests per minute per user; retry in {retry_after} s",
+            clock=clock,
+        )
 
     def open_streams(self, user_id: str) -> int:
         return self._open.get(user_id, 0)
@@ -120,7 +118,7 @@ class StreamAdmission:
             raise RateLimited(
                 f"at most {self._max_streams} streams at once per user; wait for one to finish", retry_after=1
             )
-        self._take_token(user_id)
+        self._rate.take(user_id)
         self._open[user_id] = self.open_streams(user_id) + 1
         try:
             yield
@@ -130,17 +128,3 @@ class StreamAdmission:
                 self._open[user_id] = left
             else:
                 del self._open[user_id]
-
-    def _take_token(self, user_id: str) -> None:
-        if not self._rate:
-            return
-        now = self._clock()
-        tokens, counted = self._buckets.get(user_id, (float(self._rate), now))
-        tokens = min(float(self._rate), tokens + (now - counted) * self._rate / 60.0)
-        if tokens < 1.0:
-            self._buckets[user_id] = (tokens, now)
-            wait = math.ceil((1.0 - tokens) * 60.0 / self._rate)
-            raise RateLimited(
-                f"at most {self._rate} stream requests per minute per user; retry in {wait} s", retry_after=wait
-            )
-        self._buckets[user_id] = (tokens - 1.0, now)

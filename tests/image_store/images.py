@@ -96,6 +96,24 @@ def png_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunks
 
 
+def png_with_text_bomb(size: tuple[int, int] = (64, 48), chunks: int = 63) -> bytes:
+    """A valid PNG with `chunks` compressed text chunks before its pixels, each inflating to
+    almost 1 MiB (Pillow's limit for one chunk): about 1 KB each on disk."""
+    text = zlib.compress(b" " * (1024 * 1024 - 64), 9)
+    texts = b"".join(_png_chunk(b"zTXt", b"note%d\x00\x00" % index + text) for index in range(chunks))
+    plain = solid("PNG", size)
+    return plain[:33] + texts + plain[33:]  # after the signature and IHDR
+
+
+def gif_growing_canvas(width: int, height: int) -> bytes:
+    """A 4x4 GIF whose first frame claims width x height: Pillow grows the canvas to it."""
+    data = bytearray(encode(Image.new("P", (4, 4)), "GIF"))
+    index = data.index(b",", 13)  # the image descriptor, after the screen and its palette
+    assert data[index + 1 : index + 9] == struct.pack("<HHHH", 0, 0, 4, 4)
+    data[index + 5 : index + 9] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
 def webp_claiming_canvas(width: int, height: int) -> bytes:
     """An extended (VP8X) WebP whose header claims a huge canvas around a tiny real image."""
     small = encode(Image.new("RGB", (8, 8), (1, 2, 3)), "WEBP", lossless=True)

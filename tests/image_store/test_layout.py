@@ -29,7 +29,6 @@ FLOORS: dict[str, int] = {
     "imaging": 1,
     "models": 1,
     "metrics": 1,
-    "rate_limit": 1,
     "filenames": 1,
 }
 # Within the service layer, uploads and lookup sit on deletion, and service on all three.

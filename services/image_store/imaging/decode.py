@@ -1,7 +1,7 @@
 """Decoding untrusted bytes within limits: the limits, the rejection error, and the checks.
 
-The header's dimensions are checked before any pixel is decoded (where the size sits at a fixed
-place, even before Pillow opens the file); a full decode then proves the file is intact. Any
+The header's dimensions are checked before any pixel is decoded (even before `Image.open`, from
+the header as `dimensions.read_header` reads it); a full decode then proves the file is intact. Any
 failure caused by the content becomes a refusal with the contract's code (`InvalidImage`,
 `ImageTooLarge`, `TooManyFrames`), never a 500.
 """
@@ -17,7 +17,7 @@ from typing import IO, Final
 from PIL import Image, UnidentifiedImageError
 
 from common.errors import ApiError, ImageTooLarge, InvalidImage, TooManyFrames
-from services.image_store.imaging.dimensions import declared_size
+from services.image_store.imaging.dimensions import read_header
 
 # Pillow format name for each MIME type we can accept.
 PILLOW_FORMATS: Final[dict[str, str]] = {
@@ -67,12 +67,12 @@ def _reason(exc: Exception) -> str:
     return "its data is corrupt"
 
 
-def open_image(stream: IO[bytes], head: bytes, mime: str, limits: ValidationLimits) -> Image.Image:
-    # Our limits go first where the size sits at a fixed place: Pillow's WebP plugin allocates
-    # the whole canvas while opening, and its own bomb check would name no dimensions.
-    declared = declared_size(head, mime)
-    if declared is not None and min(declared) > 0:  # 0 is left to Pillow (GIFs may say 0x0)
-        _check_dimensions(declared, limits)
+def open_image(stream: IO[bytes], mime: str, limits: ValidationLimits) -> Image.Image:
+    # Our limits go first: Pillow's WebP plugin allocates the whole canvas while opening, and
+    # Image.open's own bomb check would name no dimensions. An unreadable header is left to it.
+    header = read_header(stream, PILLOW_FORMATS[mime])
+    if header is not None and min(header.size) > 0:  # 0 is left to Pillow (GIFs may say 0x0)
+        _check_dimensions(header.size, limits)
     return Image.open(stream, formats=[PILLOW_FORMATS[mime]])
 
 

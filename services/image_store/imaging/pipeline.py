@@ -80,7 +80,7 @@ def process_image_file(source: Path, destination: Path, limits: ValidationLimits
         head = stream.read(SNIFF_BYTES)
         mime = accepted_mime(head, limits.allowed_types)
         timings["sniff"] = time.perf_counter() - started
-        prepared = _decode_and_encode(stream, head, mime, limits, timings)
+        prepared = _decode_and_encode(stream, mime, limits, timings)
         if prepared.data is not None:
             sha256, size, hashing = write_durably(destination, [prepared.data])
         else:
@@ -95,14 +95,12 @@ def process_image_file(source: Path, destination: Path, limits: ValidationLimits
     )
 
 
-def _decode_and_encode(
-    stream: IO[bytes], head: bytes, mime: str, limits: ValidationLimits, timings: dict[str, float]
-) -> _Prepared:
+def _decode_and_encode(stream: IO[bytes], mime: str, limits: ValidationLimits, timings: dict[str, float]) -> _Prepared:
     """Decode every pixel within the limits, then re-encode (or, with re-encoding off, only measure)."""
     step = time.perf_counter()
     with untrusted_content(PILLOW_FORMATS[mime]):
         lossless = is_lossless(mime, stream)
-        with open_image(stream, head, mime, limits) as image:
+        with open_image(stream, mime, limits) as image:
             frames = check_header(image, mime, limits)
             decode_fully(image, frames, limits)
             timings["decode"] = time.perf_counter() - step
