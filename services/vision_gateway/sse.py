@@ -17,7 +17,9 @@ from typing import Any
 from aiohttp import web
 
 SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
+    # The charset named, as OpenAI's API does: a client that honours the header (requests'
+    # iter_lines(decode_unicode=True)) would otherwise read UTF-8 answers as Latin-1.
+    "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache, no-transform",
     # nginx (and ingress-nginx) would otherwise buffer the stream.
     "X-Accel-Buffering": "no",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import uuid
 
 import aiohttp
@@ -20,7 +21,7 @@ LLAVA_REPLY = OllamaEmulator().find("llava").reply
 async def test_text_only_request_streams_and_is_stored(stack: Stack, db: asyncpg.Connection) -> None:
     response = await ask(stack.gateway, {"message": "Hello there", "model": "llama3.2"})
     assert response.status == 200
-    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
     assert response.headers["Cache-Control"].startswith("no-cache")
     result = await read_sse(response)
     kinds = [e["type"] for e in result.events]
@@ -256,3 +257,21 @@ async def test_partial_answer_is_saved_while_streaming(
     assert result.text.startswith(seen_while_streaming)
     final = await db.fetchrow("SELECT status, content FROM messages WHERE role = 'assistant'")
     assert (final["status"], final["content"]) == ("complete", result.text)
+
+
+async def test_a_non_ascii_answer_reads_right_in_requests(stack: Stack) -> None:
+    """requests decodes a body by the charset the header names (Latin-1 for a text/* without one):
+    the event stream says utf-8, so iter_lines(decode_unicode=True) gets the answer as sent."""
+    import requests
+
+    stack.emulator.find("llama3.2").reply = "Grüße aus Köln — 東京 too 🐈"
+    url = str(stack.gateway.make_url("/api/stream-message"))
+
+    def read() -> list[str]:
+        with requests.post(url, json={"message": "hi", "model": "llama3.2"}, headers=auth_headers(), stream=True,
+                           timeout=30) as response:  # fmt: skip
+            return [line for line in response.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+
+    lines = await asyncio.to_thread(read)
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines]
+    assert "".join(e["content"] for e in chunks if e["type"] == "chunk") == "Grüße aus Köln — 東京 too 🐈"
