@@ -16,7 +16,7 @@ from common.settings import (
     load_gateway_settings,
     load_image_store_settings,
 )
-from tests.postgres import DatabaseFactory, embedded_server
+from tests.postgres import DatabaseFactory, embedded_server, server_gone, without_password
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
@@ -30,23 +30,56 @@ def json_logging() -> None:
     configure_logging("info", "json")
 
 
+# ---- the suite's PostgreSQL server, and one clear line when it goes away mid-run -----------------
+
+_SERVER = pytest.StashKey[tuple[str, str]]()  # (admin URL, where it came from)
+_GONE = pytest.StashKey[str]()
+
+
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[str]:
     """A server URL with rights to create databases."""
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
+        pytestconfig.stash[_SERVER] = (configured, "TEST_DATABASE_URL")
         yield configured
         return
     with embedded_server(tmp_path_factory.mktemp("pg") / "data") as url:
+        pytestconfig.stash[_SERVER] = (url, "the embedded server")
         yield url
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On a failure, check that the suite's server still answers (a connect, only after failures)."""
+    report = yield
+    server = item.config.stash.get(_SERVER, None)
+    if report.failed and server is not None and _GONE not in item.config.stash:
+        url, origin = server
+        reason = server_gone(url)
+        if reason is not None:
+            item.config.stash[_GONE] = f"the test PostgreSQL at {without_password(url)} ({origin}) is gone: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    """Stop the run after the first test that found the server gone: one line instead of an error
+    from every test that follows."""
+    result = yield
+    gone = item.config.stash.get(_GONE, None)
+    if gone is not None:
+        pytest.exit(gone)
+    return result
+
+
 @pytest.fixture(scope="session")
-def database_factory(postgres_admin_url: str) -> Iterator[DatabaseFactory]:
+def database_factory(postgres_admin_url: str, pytestconfig: pytest.Config) -> Iterator[DatabaseFactory]:
     factory = DatabaseFactory(postgres_admin_url, MIGRATIONS)
     factory.prepare_template()
     yield factory
-    factory.drop_all()
+    if _GONE not in pytestconfig.stash:  # nothing left to drop on a server that is gone
+        factory.drop_all()
 
 
 @pytest.fixture

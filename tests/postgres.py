@@ -23,6 +23,22 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def server_gone(admin_url: str) -> str | None:
+    """Why the server at `admin_url` cannot be reached (one line), or None when it answers."""
+    try:
+        psycopg.connect(admin_url, autocommit=True, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
 @contextmanager
 def embedded_server(data_dir: Path) -> Iterator[str]:
     with warnings.catch_warnings():
