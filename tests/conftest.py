@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
+from pebble import ProcessPool
 
 from common.logging import configure_logging
 from common.settings import (
@@ -16,12 +18,16 @@ from common.settings import (
     load_gateway_settings,
     load_image_store_settings,
 )
+from services.image_store.app import create_app as create_store_app
+from services.image_store.decode_pool import worker_processes
 from tests.postgres import DatabaseFactory, embedded_server, server_gone, without_password
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
 SERVICE_TOKEN = "test-service-token-0123456789"
 SIGNING_KEY = "test-signing-key-0123456789abcdef0123456789"
+# The image-store's default IMAGE_DECODE_WORKERS; apps configured for another number start their own.
+SHARED_DECODE_WORKERS = 2
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -105,6 +111,29 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+def decode_processes() -> Iterator[ProcessPool]:
+    """One set of image-store decode workers per test process, for every app a test builds with
+    `create_app(settings, decode_processes=...)`: spawning two per app cost ~0.7 s of each of ~400
+    tests. Each app still admits decodes by its own settings; only the processes are shared.
+    Tests that watch, kill or limit workers start a DecodePool of their own."""
+    processes = worker_processes(SHARED_DECODE_WORKERS)
+    yield processes
+    processes.stop()
+    processes.join(30)
+
+
+@pytest.fixture
+def store_app(decode_processes: ProcessPool) -> Callable[[ImageStoreSettings], web.Application]:
+    """The image-store's create_app on the test process's shared decode workers (see `decode_processes`)."""
+
+    def build(settings: ImageStoreSettings) -> web.Application:
+        shared = settings.decode_workers == SHARED_DECODE_WORKERS
+        return create_store_app(settings, decode_processes=decode_processes if shared else None)
+
+    return build
 
 
 def base_env(database_url: str, storage: Path) -> dict[str, str]:

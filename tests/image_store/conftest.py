@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import FormData
+from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from common.settings import ImageStoreSettings, load_image_store_settings
-from services.image_store.app import create_app
 from tests.conftest import auth_headers
 from tests.image_store.s3_support import CREDENTIALS, REGION, BlobView, MotoServer
 
@@ -69,9 +68,28 @@ def settings_for(store_env: dict[str, str]) -> Callable[..., ImageStoreSettings]
 
 
 @pytest.fixture
-async def store_client(settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any) -> TestClient:
+def client_for(
+    settings_for: Callable[..., ImageStoreSettings],
+    store_app: Callable[[ImageStoreSettings], web.Application],
+    aiohttp_client: Any,
+) -> Callable[..., Awaitable[TestClient]]:
+    """`await client_for(IMAGE_X="...")`: a client of an app with those settings overridden."""
+
+    async def build(**overrides: str) -> TestClient:
+        client: TestClient = await aiohttp_client(store_app(settings_for(**overrides)))
+        return client
+
+    return build
+
+
+@pytest.fixture
+async def store_client(
+    settings_for: Callable[..., ImageStoreSettings],
+    store_app: Callable[[ImageStoreSettings], web.Application],
+    aiohttp_client: Any,
+) -> TestClient:
     """Requested after the settings so the app (and its pool) closes before its database is dropped."""
-    return await aiohttp_client(create_app(settings_for()))
+    return await aiohttp_client(store_app(settings_for()))
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from services.image_store.app import create_app
 from services.image_store.filenames import content_disposition, sanitize_filename
 from services.image_store.handlers import MAX_FIELD_BYTES
 from tests.conftest import SERVICE_TOKEN, auth_headers
@@ -364,18 +363,18 @@ async def test_unauthorised_upload(
     await assert_nothing_stored(db, blobs)
 
 
-async def test_upload_disabled_but_serving_continues(aiohttp_client, settings_for, db: asyncpg.Connection) -> None:
-    enabled = await aiohttp_client(create_app(settings_for()))
+async def test_upload_disabled_but_serving_continues(client_for, db: asyncpg.Connection) -> None:
+    enabled = await client_for()
     record = await (await upload(enabled, png())).json()
-    disabled = await aiohttp_client(create_app(settings_for(IMAGE_UPLOAD_ENABLED="false")))
+    disabled = await client_for(IMAGE_UPLOAD_ENABLED="false")
     await expect_error(await upload(disabled, png(9, 9)), 503, "upload_disabled")
     served = await disabled.get(f"/api/images/{record['id']}", headers=auth_headers())
     assert served.status == 200
     assert await row_counts(db) == (1, 1)
 
 
-async def test_rate_limit_per_owner(aiohttp_client, settings_for) -> None:
-    client = await aiohttp_client(create_app(settings_for(IMAGE_UPLOAD_RATE_PER_MINUTE="2")))
+async def test_rate_limit_per_owner(client_for) -> None:
+    client = await client_for(IMAGE_UPLOAD_RATE_PER_MINUTE="2")
     for size in (4, 5):
         assert (await upload(client, png(size, size))).status == 201
     body = await expect_error(await upload(client, png(6, 6)), 429, "rate_limited")
