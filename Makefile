@@ -46,6 +46,9 @@ $(NODE_TOOLS)/.installed: requirements/node/package.json requirements/node/packa
 
 # Extra arguments for pytest, e.g. make test PYTEST_ARGS="tests/image_store -x".
 PYTEST_ARGS ?=
+# pytest-xdist worker processes (0: all tests in one process). Three on two cores: the tests wait on
+# sockets, PostgreSQL and child processes often enough that a third keeps both cores busy.
+TEST_WORKERS ?= 3
 
 # Both run mypy before the tests: a strict type check of common/ and services/ ([tool.mypy] in pyproject.toml).
 # pytest's base temp directory is private to the run (mktemp -d, removed afterwards): pytest prunes all
@@ -57,7 +60,7 @@ test: $(VENV)/.dev-installed $(TOOLS)/.installed $(NODE_TOOLS)/.installed
 	$(BIN)/mypy
 	tmp="$$(mktemp -d "$${TMPDIR:-/tmp}/retina-test.XXXXXX")" && trap 'rm -rf "$$tmp"' EXIT INT TERM && \
 	  PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(NODE_TOOLS)/node_modules/.bin:$$PATH" \
-	  $(BIN)/python -m pytest --basetemp="$$tmp/pytest" $(PYTEST_ARGS)
+	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --basetemp="$$tmp/pytest" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
