@@ -57,26 +57,19 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: p
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """On a failure, check that the suite's server still answers (a connect, only after failures)."""
+    """After a failure, check that the suite's server still answers (one connect, only then); when
+    it does not, stop the run after this test with one line naming it, instead of an error from
+    every test that follows (shouldstop is what -x uses; pytest-xdist passes it on to the others)."""
     report = yield
     server = item.config.stash.get(_SERVER, None)
     if report.failed and server is not None and _GONE not in item.config.stash:
         url, origin = server
         reason = server_gone(url)
         if reason is not None:
-            item.config.stash[_GONE] = f"the test PostgreSQL at {without_password(url)} ({origin}) is gone: {reason}"
+            gone = f"the test PostgreSQL at {without_password(url)} ({origin}) is gone: {reason}"
+            item.config.stash[_GONE] = gone
+            item.session.shouldstop = gone
     return report
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
-    """Stop the run after the first test that found the server gone: one line instead of an error
-    from every test that follows."""
-    result = yield
-    gone = item.config.stash.get(_GONE, None)
-    if gone is not None:
-        pytest.exit(gone)
-    return result
 
 
 @pytest.fixture(scope="session")
