@@ -21,6 +21,8 @@ from services.image_store.row_cache import ImageRowCache
 from tests.conftest import auth_headers
 from tests.image_store.conftest import png, upload
 
+pytestmark = pytest.mark.postgres_paths  # LISTEN/NOTIFY; .ci/run runs these on both kinds of test server
+
 
 def cache_of(client: TestClient) -> ImageRowCache:
     return client.server.app[IMAGE_SERVICE_KEY].row_cache

@@ -46,6 +46,7 @@ async def expect_error(response, status: int, code: str, message_part: str = "")
     return body
 
 
+@pytest.mark.postgres_paths
 async def test_png_upload_is_stored_content_addressed(
     store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:

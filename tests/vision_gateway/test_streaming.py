@@ -17,6 +17,7 @@ from tests.vision_gateway.conftest import Stack, ask, big_photo, read_sse
 LLAVA_REPLY = OllamaEmulator().find("llava").reply
 
 
+@pytest.mark.postgres_paths
 async def test_text_only_request_streams_and_is_stored(stack: Stack, db: asyncpg.Connection) -> None:
     response = await ask(stack.gateway, {"message": "Hello there", "model": "llama3.2"})
     assert response.status == 200
@@ -70,6 +71,7 @@ async def test_photo_by_id_is_downscaled_and_sent_as_plain_base64(stack: Stack, 
     assert linked == user_row["id"], "the image is linked to its message in the image-store"
 
 
+@pytest.mark.postgres_paths
 async def test_multipart_upload_is_forwarded_to_the_store(stack: Stack, db: asyncpg.Connection) -> None:
     form = aiohttp.FormData()
     form.add_field("message", "Describe this")
