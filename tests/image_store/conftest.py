@@ -129,7 +129,9 @@ async def make_message(db: asyncpg.Connection, owner: str) -> str:
 # A test module that should hold on both backends says `STORAGE_BACKENDS = BACKENDS`: each of its
 # tests that (through store_env) reaches storage then runs once per backend; other modules, and
 # pure functions, run once on the filesystem backend. A single test can also parametrize
-# "storage_backend" itself (indirect=True).
+# "storage_backend" itself (indirect=True). A test there marked `storage_untouched` is refused
+# before any blob is published or read (both backends receive uploads into local scratch files and
+# publish only after validation), so the filesystem backend stands for both.
 
 BACKENDS = ["filesystem", "s3"]
 
@@ -137,6 +139,8 @@ BACKENDS = ["filesystem", "s3"]
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     backends = getattr(metafunc.module, "STORAGE_BACKENDS", None)
     if backends and "storage_backend" in metafunc.fixturenames:
+        if metafunc.definition.get_closest_marker("storage_untouched"):
+            return
         metafunc.parametrize("storage_backend", backends, indirect=True)
 
 
