@@ -44,12 +44,23 @@ $(NODE_TOOLS)/.installed: requirements/node/package.json requirements/node/packa
 	  npm ci --prefix $(NODE_TOOLS) --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: newman is not installed, so its test will skip (and fail in CI)"; fi
 
+# Extra arguments for pytest, e.g. make test PYTEST_ARGS="tests/image_store -x".
+PYTEST_ARGS ?=
+# pytest-xdist worker processes (0: all tests in one process). Three on two cores: the tests wait on
+# sockets, PostgreSQL and child processes often enough that a third keeps both cores busy.
+TEST_WORKERS ?= 3
+
 # Both run mypy before the tests: a strict type check of common/ and services/ ([tool.mypy] in pyproject.toml).
+# pytest's base temp directory is private to the run (mktemp -d, removed afterwards): pytest prunes all
+# but the newest three of its shared ones, so other pytest runs on the machine could delete the embedded
+# PostgreSQL's data directory under a run that used them.
 test: $(VENV)/.dev-installed $(TOOLS)/.installed $(NODE_TOOLS)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(NODE_TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest
+	tmp="$$(mktemp -d "$${TMPDIR:-/tmp}/retina-test.XXXXXX")" && trap 'rm -rf "$$tmp"' EXIT INT TERM && \
+	  PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(NODE_TOOLS)/node_modules/.bin:$$PATH" \
+	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --basetemp="$$tmp/pytest" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

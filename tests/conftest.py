@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
+from pebble import ProcessPool
 
 from common.logging import configure_logging
 from common.settings import (
@@ -16,12 +18,16 @@ from common.settings import (
     load_gateway_settings,
     load_image_store_settings,
 )
-from tests.postgres import DatabaseFactory, embedded_server
+from services.image_store.app import create_app as create_store_app
+from services.image_store.imaging.decode_pool import worker_processes
+from tests.postgres import DatabaseFactory, embedded_server, server_gone, without_password
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
 SERVICE_TOKEN = "test-service-token-0123456789"
 SIGNING_KEY = "test-signing-key-0123456789abcdef0123456789"
+# The image-store's default IMAGE_DECODE_WORKERS; apps configured for another number start their own.
+SHARED_DECODE_WORKERS = 2
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,23 +36,49 @@ def json_logging() -> None:
     configure_logging("info", "json")
 
 
+# ---- the suite's PostgreSQL server, and one clear line when it goes away mid-run -----------------
+
+_SERVER = pytest.StashKey[tuple[str, str]]()  # (admin URL, where it came from)
+_GONE = pytest.StashKey[str]()
+
+
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[str]:
     """A server URL with rights to create databases."""
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
+        pytestconfig.stash[_SERVER] = (configured, "TEST_DATABASE_URL")
         yield configured
         return
     with embedded_server(tmp_path_factory.mktemp("pg") / "data") as url:
+        pytestconfig.stash[_SERVER] = (url, "the embedded server")
         yield url
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """After a failure, check that the suite's server still answers (one connect, only then); when
+    it does not, stop the run after this test with one line naming it, instead of an error from
+    every test that follows (shouldstop is what -x uses; pytest-xdist passes it on to the others)."""
+    report = yield
+    server = item.config.stash.get(_SERVER, None)
+    if report.failed and server is not None and _GONE not in item.config.stash:
+        url, origin = server
+        reason = server_gone(url)
+        if reason is not None:
+            gone = f"the test PostgreSQL at {without_password(url)} ({origin}) is gone: {reason}"
+            item.config.stash[_GONE] = gone
+            item.session.shouldstop = gone
+    return report
+
+
 @pytest.fixture(scope="session")
-def database_factory(postgres_admin_url: str) -> Iterator[DatabaseFactory]:
+def database_factory(postgres_admin_url: str, pytestconfig: pytest.Config) -> Iterator[DatabaseFactory]:
     factory = DatabaseFactory(postgres_admin_url, MIGRATIONS)
     factory.prepare_template()
     yield factory
-    factory.drop_all()
+    if _GONE not in pytestconfig.stash:  # nothing left to drop on a server that is gone
+        factory.drop_all()
 
 
 @pytest.fixture
@@ -72,6 +104,29 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+def decode_processes() -> Iterator[ProcessPool]:
+    """One set of image-store decode workers per test process, for every app a test builds with
+    `create_app(settings, decode_processes=...)`: spawning two per app cost ~0.7 s of each of ~400
+    tests. Each app still admits decodes by its own settings; only the processes are shared.
+    Tests that watch, kill or limit workers start a DecodePool of their own."""
+    processes = worker_processes(SHARED_DECODE_WORKERS)
+    yield processes
+    processes.stop()
+    processes.join(30)
+
+
+@pytest.fixture
+def store_app(decode_processes: ProcessPool) -> Callable[[ImageStoreSettings], web.Application]:
+    """The image-store's create_app on the test process's shared decode workers (see `decode_processes`)."""
+
+    def build(settings: ImageStoreSettings) -> web.Application:
+        shared = settings.decode_workers == SHARED_DECODE_WORKERS
+        return create_store_app(settings, decode_processes=decode_processes if shared else None)
+
+    return build
 
 
 def base_env(database_url: str, storage: Path) -> dict[str, str]:

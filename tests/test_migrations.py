@@ -14,6 +14,8 @@ from yoyo import get_backend, read_migrations
 from common.migrations import apply_migrations, migration_ids, rollback_last, yoyo_url
 from tests.conftest import MIGRATIONS, ROOT
 
+pytestmark = pytest.mark.postgres_paths  # .ci/run runs these on both kinds of test server
+
 
 def schema_snapshot(url: str) -> list[tuple[str, str, str, str, str]]:
     """Tables, columns, types, defaults and nullability: enough to see a lossy rollback."""

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
+from pebble import ProcessPool
 
 from common.app import POOL_KEY, REGISTRY_KEY, create_service_app
 from common.content_disposition import ignore_aiohttp_disposition_warnings
@@ -48,9 +49,12 @@ CORS_EXPOSED_HEADERS = (
 )
 IMAGE_STORE_SETTINGS_KEY = web.AppKey("image_store_settings", ImageStoreSettings)
 MAINTENANCE_KEY = web.AppKey("maintenance", MaintenanceService)
+DECODE_PROCESSES_KEY = web.AppKey("decode_processes", ProcessPool)
 
 
-def create_app(settings: ImageStoreSettings) -> web.Application:
+def create_app(settings: ImageStoreSettings, *, decode_processes: ProcessPool | None = None) -> web.Application:
+    """`decode_processes` (decode_pool.worker_processes) are decode workers the caller owns and shares
+    (the tests start one set per process); without them the app starts and stops its own."""
     app = create_service_app(
         service=SERVICE_NAME,
         settings=settings.common,
@@ -58,6 +62,8 @@ def create_app(settings: ImageStoreSettings) -> web.Application:
     )
     ignore_aiohttp_disposition_warnings()
     app[IMAGE_STORE_SETTINGS_KEY] = settings
+    if decode_processes is not None:
+        app[DECODE_PROCESSES_KEY] = decode_processes
     app.cleanup_ctx.append(_image_service)
     app.on_response_prepare.append(count_served)
     add_routes(app, settings.serve_endpoint)
@@ -91,6 +97,7 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
             timeout_seconds=settings.decode_timeout_seconds,
             max_pending=settings.max_pending_decodes,
             budget_bytes=settings.decode_budget_bytes,
+            processes=app.get(DECODE_PROCESSES_KEY),
         )
         await decoder.start()
         metrics.decode_budget_used.set_function(lambda: decoder.budget_used_bytes)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
+import pytest
 
 from common.db import connection, open_pool
+
+pytestmark = pytest.mark.postgres_paths  # .ci/run runs these on both kinds of test server
 
 
 async def last_query(admin: asyncpg.Connection, pid: int) -> str:

@@ -75,6 +75,7 @@ async def test_request_id_is_generated_when_missing_or_unsafe(client: TestClient
     assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["X-Request-ID"])
 
 
+@pytest.mark.postgres_paths
 async def test_livez_and_readyz_against_a_migrated_database(client: TestClient) -> None:
     live = await client.get("/livez")
     assert live.status == 200
@@ -87,6 +88,7 @@ async def test_livez_and_readyz_against_a_migrated_database(client: TestClient) 
     assert body["checks"]["schema"].startswith("ok")
 
 
+@pytest.mark.postgres_paths
 async def test_readyz_fails_when_the_schema_is_behind(
     aiohttp_client, store_settings: ImageStoreSettings, empty_database_url: str
 ) -> None:

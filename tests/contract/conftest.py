@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from common.settings import load_gateway_settings, load_image_store_settings
-from services.image_store.app import create_app as create_store
 from services.vision_gateway.app import create_app as create_gateway
 from tests.conftest import SERVICE_TOKEN
 from tests.ollama_emulator import OllamaEmulator
@@ -31,10 +30,10 @@ class LiveStack:
 
 
 @pytest.fixture
-async def live_stack(service_env: dict[str, str], aiohttp_server: Any) -> LiveStack:
+async def live_stack(service_env: dict[str, str], store_app: Any, aiohttp_server: Any) -> LiveStack:
     emulator = OllamaEmulator()
     ollama = await aiohttp_server(emulator.make_app())
-    store = await aiohttp_server(create_store(load_image_store_settings(service_env)))
+    store = await aiohttp_server(store_app(load_image_store_settings(service_env)))
     store_url = str(store.make_url("")).rstrip("/")
     env = {
         **service_env,

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import FormData
+from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from common.settings import ImageStoreSettings, load_image_store_settings
-from services.image_store.app import create_app
 from tests.conftest import auth_headers
 from tests.image_store.s3_support import CREDENTIALS, REGION, BlobView, MotoServer
 
@@ -69,9 +68,28 @@ def settings_for(store_env: dict[str, str]) -> Callable[..., ImageStoreSettings]
 
 
 @pytest.fixture
-async def store_client(settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any) -> TestClient:
+def client_for(
+    settings_for: Callable[..., ImageStoreSettings],
+    store_app: Callable[[ImageStoreSettings], web.Application],
+    aiohttp_client: Any,
+) -> Callable[..., Awaitable[TestClient]]:
+    """`await client_for(IMAGE_X="...")`: a client of an app with those settings overridden."""
+
+    async def build(**overrides: str) -> TestClient:
+        client: TestClient = await aiohttp_client(store_app(settings_for(**overrides)))
+        return client
+
+    return build
+
+
+@pytest.fixture
+async def store_client(
+    settings_for: Callable[..., ImageStoreSettings],
+    store_app: Callable[[ImageStoreSettings], web.Application],
+    aiohttp_client: Any,
+) -> TestClient:
     """Requested after the settings so the app (and its pool) closes before its database is dropped."""
-    return await aiohttp_client(create_app(settings_for()))
+    return await aiohttp_client(store_app(settings_for()))
 
 
 @pytest.fixture
@@ -111,7 +129,9 @@ async def make_message(db: asyncpg.Connection, owner: str) -> str:
 # A test module that should hold on both backends says `STORAGE_BACKENDS = BACKENDS`: each of its
 # tests that (through store_env) reaches storage then runs once per backend; other modules, and
 # pure functions, run once on the filesystem backend. A single test can also parametrize
-# "storage_backend" itself (indirect=True).
+# "storage_backend" itself (indirect=True). A test there marked `storage_untouched` is refused
+# before any blob is published or read (both backends receive uploads into local scratch files and
+# publish only after validation), so the filesystem backend stands for both.
 
 BACKENDS = ["filesystem", "s3"]
 
@@ -119,6 +139,8 @@ BACKENDS = ["filesystem", "s3"]
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     backends = getattr(metafunc.module, "STORAGE_BACKENDS", None)
     if backends and "storage_backend" in metafunc.fixturenames:
+        if metafunc.definition.get_closest_marker("storage_untouched"):
+            return
         metafunc.parametrize("storage_backend", backends, indirect=True)
 
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from common.settings import SettingsError, load_image_store_settings
-from services.image_store.app import MAINTENANCE_KEY, create_app
+from services.image_store.app import MAINTENANCE_KEY
 from services.image_store.http.handlers import IMAGE_SERVICE_KEY
 from services.image_store.storage.backend import storage_key
 from services.image_store.storage.s3 import S3BlobStore
@@ -56,10 +56,8 @@ async def test_upload_dedup_serve_delete(store_client: TestClient, db: asyncpg.C
 
 
 @pytest.mark.parametrize("storage_backend", ["s3"], indirect=True)
-async def test_redirect_mode_answers_302_to_a_presigned_url(
-    aiohttp_client: Any, settings_for: Any, blobs: BlobView
-) -> None:
-    client = await aiohttp_client(create_app(settings_for(IMAGE_SERVE_MODE="redirect")))
+async def test_redirect_mode_answers_302_to_a_presigned_url(client_for: Any, blobs: BlobView) -> None:
+    client = await client_for(IMAGE_SERVE_MODE="redirect")
     record = await (await upload(client, png(40, 30), filename="café.png")).json()
     response = await client.get(f"/api/images/{record['id']}", headers=auth_headers(), allow_redirects=False)
     assert response.status == 302

@@ -6,25 +6,17 @@ pin the exact headers so a regression names the header that changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from common.settings import ImageStoreSettings
-from services.image_store.app import create_app
 from tests.conftest import auth_headers
 from tests.image_store.conftest import photo, upload
 
 FRONT_END = "http://127.0.0.1:5173"
 STRANGER = "http://evil.example"
-
-
-async def client_with(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any, **overrides: str
-) -> TestClient:
-    return await aiohttp_client(create_app(settings_for(**overrides)))
 
 
 async def signed_path(client: TestClient) -> str:
@@ -38,9 +30,9 @@ def vary_values(headers: Any) -> set[str]:
 
 
 async def test_allowed_origin_reads_bytes_with_exposed_headers_and_no_credentials(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
-    client = await client_with(settings_for, aiohttp_client, IMAGE_CORS_ALLOWED_ORIGINS=f"{FRONT_END}, https://b.test/")
+    client = await client_for(IMAGE_CORS_ALLOWED_ORIGINS=f"{FRONT_END}, https://b.test/")
     url = await signed_path(client)
     response = await client.get(url, headers={"Origin": FRONT_END})
     assert response.status == 200
@@ -63,9 +55,9 @@ async def test_allowed_origin_reads_bytes_with_exposed_headers_and_no_credential
 
 
 async def test_preflight_allows_range_and_conditional_headers_for_listed_origins_only(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
-    client = await client_with(settings_for, aiohttp_client, IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
+    client = await client_for(IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
     url = await signed_path(client)
     preflight = {
         "Origin": FRONT_END,
@@ -93,9 +85,9 @@ async def test_preflight_allows_range_and_conditional_headers_for_listed_origins
 
 
 async def test_unlisted_origin_gets_no_cors_headers_but_vary(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
-    client = await client_with(settings_for, aiohttp_client, IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
+    client = await client_for(IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
     url = await signed_path(client)
     response = await client.get(url, headers={"Origin": STRANGER})
     assert response.status == 200, "the bytes are served; the browser withholds them from the page"
@@ -110,9 +102,9 @@ async def test_unlisted_origin_gets_no_cors_headers_but_vary(
 
 
 async def test_no_origins_means_no_cors_at_all(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
-    client = await client_with(settings_for, aiohttp_client)
+    client = await client_for()
     url = await signed_path(client)
     response = await client.get(url, headers={"Origin": FRONT_END})
     assert response.status == 200
@@ -123,10 +115,10 @@ async def test_no_origins_means_no_cors_at_all(
 
 
 async def test_other_routes_stay_without_cors(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
     """Only the byte-serving route is for browsers; metadata and uploads need the service token."""
-    client = await client_with(settings_for, aiohttp_client, IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
+    client = await client_for(IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
     response = await client.get("/api/images", headers={**auth_headers(), "Origin": FRONT_END})
     assert response.status == 200
     assert "Access-Control-Allow-Origin" not in response.headers
@@ -137,11 +129,9 @@ async def test_other_routes_stay_without_cors(
 
 
 async def test_resource_policy_setting_wins(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
-    client = await client_with(
-        settings_for,
-        aiohttp_client,
+    client = await client_for(
         IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END,
         IMAGE_CROSS_ORIGIN_RESOURCE_POLICY="same-origin",
     )
@@ -152,10 +142,10 @@ async def test_resource_policy_setting_wins(
 
 
 async def test_public_base_url_makes_every_url_absolute(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
     base = "https://images.example.com/store"
-    client = await client_with(settings_for, aiohttp_client, IMAGE_PUBLIC_BASE_URL=base + "/")
+    client = await client_for(IMAGE_PUBLIC_BASE_URL=base + "/")
     response = await upload(client, photo("chelsea.png"))
     assert response.status == 201
     record = await response.json()
@@ -175,9 +165,9 @@ async def test_public_base_url_makes_every_url_absolute(
 
 
 async def test_without_public_base_url_urls_stay_relative(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
-    client = await client_with(settings_for, aiohttp_client)
+    client = await client_for()
     response = await upload(client, photo("chelsea.png"))
     record = await response.json()
     assert record["url"].startswith(f"/api/images/{record['id']}?exp=")
@@ -185,9 +175,9 @@ async def test_without_public_base_url_urls_stay_relative(
 
 
 async def test_preflights_are_not_counted_as_served_images(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
-    client = await client_with(settings_for, aiohttp_client, IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
+    client = await client_for(IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
     url = await signed_path(client)
     preflight = {"Origin": FRONT_END, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"}
     for _ in range(3):
@@ -198,9 +188,9 @@ async def test_preflights_are_not_counted_as_served_images(
 
 
 async def test_a_refused_preflight_says_why(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any
+    client_for: Callable[..., Awaitable[TestClient]],
 ) -> None:
-    client = await client_with(settings_for, aiohttp_client, IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
+    client = await client_for(IMAGE_CORS_ALLOWED_ORIGINS=FRONT_END)
     url = await signed_path(client)
     refused = await client.options(url, headers={"Origin": STRANGER, "Access-Control-Request-Method": "GET"})
     assert refused.status == 403

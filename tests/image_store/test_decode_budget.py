@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from common.app import REGISTRY_KEY
-from services.image_store.app import create_app
 from services.image_store.http.handlers import IMAGE_SERVICE_KEY
 from services.image_store.imaging.decode_budget import BudgetExhausted, ByteBudget
 from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy
@@ -136,11 +135,11 @@ async def test_pool_refuses_a_second_bomb_while_the_first_decodes(tmp_path: Path
 
 
 async def test_upload_over_the_budget_is_503_busy_with_retry_after_and_metered(
-    settings_for: Any, aiohttp_client: Any
+    settings_for: Any, store_app: Any, aiohttp_client: Any
 ) -> None:
     """Through HTTP: while the budget is held (as a running bomb would), an upload waits 2 s and
     is refused with the contract's busy error; once released, the same upload is stored."""
-    app = create_app(settings_for(IMAGE_DECODE_BUDGET_MB="16", IMAGE_UPLOAD_RATE_PER_MINUTE="0"))
+    app = store_app(settings_for(IMAGE_DECODE_BUDGET_MB="16", IMAGE_UPLOAD_RATE_PER_MINUTE="0"))
     client = await aiohttp_client(app)
     registry = app[REGISTRY_KEY]
     budget = app[IMAGE_SERVICE_KEY].decoder.budget

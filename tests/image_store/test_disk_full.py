@@ -9,7 +9,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.image_store.app import create_app
 from tests.image_store.conftest import photo, row_counts, stored_files, temp_files, upload
 
 
@@ -31,10 +30,8 @@ def tiny_volume(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-async def test_disk_full_while_receiving(
-    aiohttp_client, settings_for, db: asyncpg.Connection, tiny_volume: Path
-) -> None:
-    client = await aiohttp_client(create_app(settings_for(IMAGE_STORAGE_PATH=str(tiny_volume))))
+async def test_disk_full_while_receiving(client_for, db: asyncpg.Connection, tiny_volume: Path) -> None:
+    client = await client_for(IMAGE_STORAGE_PATH=str(tiny_volume))
     data = photo("astronaut.png")
     assert len(data) > 256 * 1024, "the photo must not fit on the volume"
     response = await upload(client, data, filename="astronaut.png")

@@ -20,7 +20,6 @@ from aiohttp.test_utils import TestServer
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services.image_store.app import create_app
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.hostile_http import (
     Answer,
@@ -42,9 +41,9 @@ NOT_FOUND = {"not_found"}
 
 
 @pytest.fixture
-async def live(settings_for: Callable[..., Any], aiohttp_server: Any) -> dict[str, Any]:
+async def live(settings_for: Callable[..., Any], store_app: Any, aiohttp_server: Any) -> dict[str, Any]:
     """A real server with one stored photograph (the answer of its upload)."""
-    server: TestServer = await aiohttp_server(create_app(settings_for()))
+    server: TestServer = await aiohttp_server(store_app(settings_for()))
     answer = await asyncio.to_thread(_upload, server.port)
     assert answer.status == 201, answer.body
     return {"port": server.port, "image": json.loads(answer.body)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import auth_headers
@@ -34,6 +35,7 @@ async def test_patch_links_an_image_to_a_message(store_client: TestClient, db: a
     assert (await unlinked.json())["message_id"] is None
 
 
+@pytest.mark.storage_untouched
 async def test_patch_refuses_bad_input(store_client: TestClient, db: asyncpg.Connection) -> None:
     record = await (await upload(store_client, png())).json()
     url = f"/api/images/{record['id']}"
@@ -106,6 +108,7 @@ async def test_listing_pages_through_everything_once(store_client: TestClient, d
     assert sorted(image["id"] for image in filtered["images"]) == sorted(ids[0::2])
 
 
+@pytest.mark.storage_untouched
 async def test_listing_refuses_bad_parameters(store_client: TestClient) -> None:
     for query in (
         "limit=0",

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.image_store.app import create_app
 from tests.conftest import ROOT, auth_headers
 from tests.image_store.conftest import photo, png, upload
 from tests.image_store.s3_support import CREDENTIALS, REGION, BlobView, MotoServer, key_of
@@ -38,8 +37,7 @@ async def test_migrate_copies_verifies_resumes_and_the_bucket_serves(
     store_client: TestClient,
     store_env: dict[str, str],
     moto_server: MotoServer,
-    aiohttp_client: Any,
-    settings_for: Any,
+    client_for: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     records = [
@@ -82,7 +80,7 @@ async def test_migrate_copies_verifies_resumes_and_the_bucket_serves(
     # The same database with IMAGE_STORAGE_BACKEND=s3 now serves every image from the bucket.
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    switched = await aiohttp_client(create_app(settings_for(**{**env, "IMAGE_STORAGE_BACKEND": "s3"})))
+    switched = await client_for(**{**env, "IMAGE_STORAGE_BACKEND": "s3"})
     for record in records:
         served = await switched.get(f"/api/images/{record['id']}", headers=auth_headers())
         assert served.status == 200

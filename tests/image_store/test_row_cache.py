@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from common.settings import ImageStoreSettings
-from services.image_store.app import create_app
 from services.image_store.http.handlers import IMAGE_SERVICE_KEY
 from services.image_store.row_cache import ImageRowCache
 from tests.conftest import auth_headers
 from tests.image_store.conftest import png, upload
+
+pytestmark = pytest.mark.postgres_paths  # LISTEN/NOTIFY; .ci/run runs these on both kinds of test server
 
 
 def cache_of(client: TestClient) -> ImageRowCache:
@@ -45,9 +44,9 @@ async def until_status(client: TestClient, image_id: str, status: int, within: f
 
 
 @pytest.fixture
-async def replicas(settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any) -> tuple[TestClient, ...]:
-    first = await aiohttp_client(create_app(settings_for()))
-    second = await aiohttp_client(create_app(settings_for()))
+async def replicas(client_for: Callable[..., Awaitable[TestClient]]) -> tuple[TestClient, ...]:
+    first = await client_for()
+    second = await client_for()
     assert cache_of(first).active, "listener did not connect"
     assert cache_of(second).active, "listener did not connect"
     return first, second
@@ -88,8 +87,8 @@ async def test_expiry_is_honoured_for_cached_rows(replicas: tuple[TestClient, ..
     assert cache_of(b).get(uuid.UUID(image["id"])) is None
 
 
-async def test_cache_is_bounded(settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any) -> None:
-    client = await aiohttp_client(create_app(settings_for(IMAGE_ROW_CACHE_ENTRIES="3")))
+async def test_cache_is_bounded(client_for: Callable[..., Awaitable[TestClient]]) -> None:
+    client = await client_for(IMAGE_ROW_CACHE_ENTRIES="3")
     images = [await (await upload(client, png(color=(i, 50, 90)))).json() for i in range(6)]
     for image in images:
         assert await get_status(client, image["id"]) == 200
@@ -99,8 +98,8 @@ async def test_cache_is_bounded(settings_for: Callable[..., ImageStoreSettings],
     assert len(cache_of(client)) == 3
 
 
-async def test_no_cache_without_entries(settings_for: Callable[..., ImageStoreSettings], aiohttp_client: Any) -> None:
-    client = await aiohttp_client(create_app(settings_for(IMAGE_ROW_CACHE_ENTRIES="0")))
+async def test_no_cache_without_entries(client_for: Callable[..., Awaitable[TestClient]]) -> None:
+    client = await client_for(IMAGE_ROW_CACHE_ENTRIES="0")
     image = await (await upload(client, png())).json()
     assert await get_status(client, image["id"]) == 200
     assert not cache_of(client).active

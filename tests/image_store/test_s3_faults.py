@@ -19,7 +19,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from common.errors import StorageUnavailable
-from services.image_store.app import create_app
 from services.image_store.http.handlers import IMAGE_SERVICE_KEY
 from services.image_store.storage.backend import storage_key
 from services.image_store.storage.s3 import S3BlobStore
@@ -43,8 +42,8 @@ async def proxy(moto_server: MotoServer) -> AsyncIterator[FaultProxy]:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, settings_for: Any, proxy: FaultProxy) -> TestClient:
-    return await aiohttp_client(create_app(settings_for(S3_ENDPOINT_URL=proxy.endpoint)))
+async def client(client_for: Any, proxy: FaultProxy) -> TestClient:
+    return await client_for(S3_ENDPOINT_URL=proxy.endpoint)
 
 
 async def expect_unavailable(response: Any) -> None:
@@ -142,15 +141,13 @@ async def test_failed_multipart_upload_is_aborted(
     assert blobs.keys() == []
 
 
-async def test_s3_down(
-    aiohttp_client: Any, settings_for: Any, db: asyncpg.Connection, tmp_path: Path, store_env: dict[str, str]
-) -> None:
+async def test_s3_down(client_for: Any, db: asyncpg.Connection, tmp_path: Path, store_env: dict[str, str]) -> None:
     """A server of our own that we stop: uploads and reads are 503, readiness fails, nothing is half-written."""
     own = MotoServer(tmp_path / "own-moto.log")
     own.start()
     try:
         bucket = own.new_bucket()
-        client = await aiohttp_client(create_app(settings_for(S3_ENDPOINT_URL=own.endpoint, S3_BUCKET=bucket)))
+        client = await client_for(S3_ENDPOINT_URL=own.endpoint, S3_BUCKET=bucket)
         record = await (await upload(client, png(37, 37))).json()
         assert (await client.get("/readyz")).status == 200
         own.stop()

@@ -99,6 +99,7 @@ async def test_signed_url_works_without_token(store_client: TestClient, stored: 
     assert hashlib.sha256(await response.read()).hexdigest() == stored["sha256"]
 
 
+@pytest.mark.storage_untouched
 async def test_tampered_expired_and_misbound_signatures_are_404(
     store_client: TestClient, stored: dict[str, Any]
 ) -> None:
@@ -134,6 +135,7 @@ async def test_foreign_deleted_expired_and_malformed_ids_look_missing(
     await expect_not_found(await store_client.get(stored["url"]))
 
 
+@pytest.mark.storage_untouched
 async def test_serving_needs_a_token_or_a_signature(store_client: TestClient, stored: dict[str, Any]) -> None:
     anonymous = await store_client.get(f"/api/images/{stored['id']}")
     assert anonymous.status == 401

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestServer
 
 from common.settings import ImageStoreSettings
-from services.image_store.app import create_app
 from tests.image_store.conftest import png, raw_multipart, row_counts, stored_files, temp_files
 from tests.slow_client import RawReply, assert_timed_out, request_head, slow_post
 
@@ -44,14 +44,23 @@ async def assert_nothing_kept(db: asyncpg.Connection, root: Path) -> None:
     assert temp_files(root) == [], "no temp files"
 
 
-async def start_store(settings: ImageStoreSettings, aiohttp_server: Any) -> TestServer:
-    return await aiohttp_server(create_app(settings))
+@pytest.fixture
+def start_store(
+    settings_for: Callable[..., ImageStoreSettings], store_app: Any, aiohttp_server: Any
+) -> Callable[..., Awaitable[TestServer]]:
+    """`await start_store(IMAGE_X="...")`: a real server with those settings overridden."""
+
+    async def start(**overrides: str) -> TestServer:
+        server: TestServer = await aiohttp_server(store_app(settings_for(**overrides)))
+        return server
+
+    return start
 
 
 async def test_a_silent_client_is_cut_by_the_idle_clock(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_server: Any, db: asyncpg.Connection, storage_root: Path
+    start_store: Callable[..., Awaitable[TestServer]], db: asyncpg.Connection, storage_root: Path
 ) -> None:
-    server = await start_store(settings_for(IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS="1"), aiohttp_server)
+    server = await start_store(IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS="1")
     body, content_type = raw_multipart(b"photo.png", png(64, 48))
     reply = await slow_upload(
         server.port, body, content_type, send_first=len(body) // 2, interval=None, wait_for_close=8
@@ -62,10 +71,10 @@ async def test_a_silent_client_is_cut_by_the_idle_clock(
 
 
 async def test_one_byte_per_second_gets_408(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_server: Any, db: asyncpg.Connection, storage_root: Path
+    start_store: Callable[..., Awaitable[TestServer]], db: asyncpg.Connection, storage_root: Path
 ) -> None:
     """The issue's client: 1 byte/s against idle 1 s and deadline 3 s."""
-    server = await start_store(settings_for(**FAST), aiohttp_server)
+    server = await start_store(**FAST)
     body, content_type = raw_multipart(b"photo.png", png(64, 48))
     reply = await slow_upload(server.port, body, content_type, send_first=100, interval=1.0, wait_for_close=8)
     assert_timed_out(reply, "")
@@ -74,9 +83,9 @@ async def test_one_byte_per_second_gets_408(
 
 
 async def test_a_trickle_that_never_idles_is_cut_by_the_deadline(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_server: Any, db: asyncpg.Connection, storage_root: Path
+    start_store: Callable[..., Awaitable[TestServer]], db: asyncpg.Connection, storage_root: Path
 ) -> None:
-    server = await start_store(settings_for(**FAST), aiohttp_server)
+    server = await start_store(**FAST)
     data = png(64, 48)
     # A raw body (not multipart) this time: the clocks cover both ways of uploading.
     reply = await slow_upload(server.port, data, "image/png", send_first=10, interval=0.2, wait_for_close=8)
@@ -86,11 +95,11 @@ async def test_a_trickle_that_never_idles_is_cut_by_the_deadline(
 
 
 async def test_a_hundred_and_one_slow_clients_all_get_their_408_and_are_closed(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_server: Any, db: asyncpg.Connection, storage_root: Path
+    start_store: Callable[..., Awaitable[TestServer]], db: asyncpg.Connection, storage_root: Path
 ) -> None:
     """The issue's 101 clients, 4 bytes/s each: every one reads its 408 (none loses it to a reset
     because bytes were still in flight when the server hung up) and sees the connection end."""
-    server = await start_store(settings_for(**FAST, IMAGE_UPLOAD_RATE_PER_MINUTE="0"), aiohttp_server)
+    server = await start_store(**FAST, IMAGE_UPLOAD_RATE_PER_MINUTE="0")
     body, content_type = raw_multipart(b"photo.png", png(64, 48))
     started = time.monotonic()
     replies = await asyncio.gather(
@@ -109,12 +118,10 @@ async def test_a_hundred_and_one_slow_clients_all_get_their_408_and_are_closed(
 
 
 async def test_a_prompt_upload_is_unaffected_by_the_clocks(
-    settings_for: Callable[..., ImageStoreSettings], aiohttp_server: Any, db: asyncpg.Connection, storage_root: Path
+    start_store: Callable[..., Awaitable[TestServer]], db: asyncpg.Connection, storage_root: Path
 ) -> None:
     """The clocks must not cut a body that keeps coming: 2 s of steady bytes under a 1 s idle clock."""
-    server = await start_store(
-        settings_for(IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS="1", IMAGE_UPLOAD_DEADLINE_SECONDS="30"), aiohttp_server
-    )
+    server = await start_store(IMAGE_UPLOAD_IDLE_TIMEOUT_SECONDS="1", IMAGE_UPLOAD_DEADLINE_SECONDS="30")
     data = png(64, 48)
     body, content_type = raw_multipart(b"photo.png", data)
     interval = 2.0 / len(body)

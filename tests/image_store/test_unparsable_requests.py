@@ -15,8 +15,6 @@ from typing import Any
 
 import pytest
 
-from services.image_store.app import create_app
-
 UNPARSABLE = [
     pytest.param(
         b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Probe-Null: \x00\r\n\r\n", b"Invalid header value char", id="nul"
@@ -38,9 +36,14 @@ def _exchange(port: int, raw: bytes) -> bytes:
 
 @pytest.mark.parametrize(("raw", "reason"), UNPARSABLE)
 async def test_an_unparsable_request_is_a_400_and_a_warning_without_traceback(
-    raw: bytes, reason: bytes, settings_for: Callable[..., Any], aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+    raw: bytes,
+    reason: bytes,
+    settings_for: Callable[..., Any],
+    store_app: Any,
+    aiohttp_server: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = await aiohttp_server(create_app(settings_for()))
+    server = await aiohttp_server(store_app(settings_for()))
     with caplog.at_level(logging.INFO, logger="aiohttp.server"):
         answer = await asyncio.to_thread(_exchange, server.port, raw)
         await asyncio.sleep(0.05)

@@ -12,7 +12,6 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from services.image_store.app import create_app
 from services.image_store.filenames import content_disposition, sanitize_filename
 from services.image_store.http.handlers import MAX_FIELD_BYTES
 from tests.conftest import SERVICE_TOKEN, auth_headers
@@ -47,6 +46,7 @@ async def expect_error(response, status: int, code: str, message_part: str = "")
     return body
 
 
+@pytest.mark.postgres_paths
 async def test_png_upload_is_stored_content_addressed(
     store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
@@ -152,6 +152,7 @@ async def test_hostile_file_names_are_neutralised(store_client: TestClient, raw_
     assert "/" not in disposition.split("filename*=")[0]
 
 
+@pytest.mark.storage_untouched
 @pytest.mark.parametrize("raw_name", [b"bad\r\nSet-Cookie: x=1.png", b"tab\tand\x01nul\x7f.png"])
 async def test_control_characters_in_part_headers_are_refused(
     store_client: TestClient, db: asyncpg.Connection, blobs: BlobView, raw_name: bytes
@@ -191,6 +192,7 @@ def test_content_disposition_cannot_inject_headers() -> None:
 # ---- refusals ------------------------------------------------------------------------------
 
 
+@pytest.mark.storage_untouched
 async def test_honest_oversized_content_length_is_refused_up_front(
     store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
@@ -218,6 +220,7 @@ async def test_chunked_oversized_upload_is_cut_off_at_the_limit(
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_lying_content_length_is_not_trusted(
     store_client: TestClient, db: asyncpg.Connection, blobs: BlobView
 ) -> None:
@@ -247,11 +250,13 @@ async def test_lying_content_length_is_not_trusted(
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_empty_file_part(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     await expect_error(await upload(store_client, b""), 400, "empty_upload")
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_missing_file_part(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     body = FormData(default_to_multipart=True)
     body.add_field("message_id", "")
@@ -261,6 +266,7 @@ async def test_missing_file_part(store_client: TestClient, db: asyncpg.Connectio
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_duplicate_file_part(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     body = FormData()
     body.add_field("file", png(), filename="a.png", content_type="image/png")
@@ -270,6 +276,7 @@ async def test_duplicate_file_part(store_client: TestClient, db: asyncpg.Connect
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_too_many_parts(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     body = FormData()
     for index in range(12):
@@ -280,12 +287,14 @@ async def test_too_many_parts(store_client: TestClient, db: asyncpg.Connection, 
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_oversized_side_field(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     response = await upload(store_client, png(), message_id="x" * 5000)
     await expect_error(response, 400, "bad_request", "longer than 1024 bytes")
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_not_multipart(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     response = await store_client.post(
         "/api/images", data=b"hello", headers={**auth_headers(), "Content-Type": "text/plain"}
@@ -294,6 +303,7 @@ async def test_not_multipart(store_client: TestClient, db: asyncpg.Connection, b
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_malformed_multipart(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     response = await store_client.post(
         "/api/images",
@@ -304,6 +314,7 @@ async def test_malformed_multipart(store_client: TestClient, db: asyncpg.Connect
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 @pytest.mark.parametrize(
     ("data", "filename", "content_type"),
     [
@@ -325,6 +336,7 @@ async def test_type_confusion_is_415(
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_format_outside_allow_list(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     gif = photo("no_time_for_that_tiny.gif")
     response = await upload(store_client, gif, filename="a.gif", content_type="image/gif")
@@ -332,6 +344,7 @@ async def test_format_outside_allow_list(store_client: TestClient, db: asyncpg.C
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 async def test_pixel_bomb(store_client: TestClient, db: asyncpg.Connection, blobs: BlobView) -> None:
     buffer = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buffer, "PNG")  # ~18 KB file, 144 MP
@@ -347,6 +360,7 @@ async def test_truncated_image(store_client: TestClient, db: asyncpg.Connection,
     await assert_nothing_stored(db, blobs)
 
 
+@pytest.mark.storage_untouched
 @pytest.mark.parametrize(
     ("headers", "status", "code"),
     [
@@ -364,18 +378,18 @@ async def test_unauthorised_upload(
     await assert_nothing_stored(db, blobs)
 
 
-async def test_upload_disabled_but_serving_continues(aiohttp_client, settings_for, db: asyncpg.Connection) -> None:
-    enabled = await aiohttp_client(create_app(settings_for()))
+async def test_upload_disabled_but_serving_continues(client_for, db: asyncpg.Connection) -> None:
+    enabled = await client_for()
     record = await (await upload(enabled, png())).json()
-    disabled = await aiohttp_client(create_app(settings_for(IMAGE_UPLOAD_ENABLED="false")))
+    disabled = await client_for(IMAGE_UPLOAD_ENABLED="false")
     await expect_error(await upload(disabled, png(9, 9)), 503, "upload_disabled")
     served = await disabled.get(f"/api/images/{record['id']}", headers=auth_headers())
     assert served.status == 200
     assert await row_counts(db) == (1, 1)
 
 
-async def test_rate_limit_per_owner(aiohttp_client, settings_for) -> None:
-    client = await aiohttp_client(create_app(settings_for(IMAGE_UPLOAD_RATE_PER_MINUTE="2")))
+async def test_rate_limit_per_owner(client_for) -> None:
+    client = await client_for(IMAGE_UPLOAD_RATE_PER_MINUTE="2")
     for size in (4, 5):
         assert (await upload(client, png(size, size))).status == 201
     body = await expect_error(await upload(client, png(6, 6)), 429, "rate_limited")
@@ -424,6 +438,7 @@ async def test_metrics_count_refusals(store_client: TestClient) -> None:
     assert 'image_store_processing_duration_seconds_count{step="decode"} 1.0' in text
 
 
+@pytest.mark.storage_untouched
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from common.settings import load_gateway_settings, load_image_store_settings
-from services.image_store.app import create_app as create_store
 from services.vision_gateway.app import create_app as create_gateway
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import photo
@@ -66,9 +65,11 @@ def emulator() -> OllamaEmulator:
 
 
 @pytest.fixture
-async def stack(service_env: dict[str, str], emulator: OllamaEmulator, aiohttp_server: Any, aiohttp_client: Any):
+async def stack(
+    service_env: dict[str, str], emulator: OllamaEmulator, store_app: Any, aiohttp_server: Any, aiohttp_client: Any
+):
     ollama_server = await aiohttp_server(emulator.make_app())
-    store = await aiohttp_server(create_store(load_image_store_settings(service_env)))
+    store = await aiohttp_server(store_app(load_image_store_settings(service_env)))
     env = {
         **service_env,
         "OLLAMA_URL": str(ollama_server.make_url("")).rstrip("/"),

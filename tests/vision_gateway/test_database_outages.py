@@ -94,8 +94,10 @@ async def test_answer_is_saved_when_the_database_returns_in_time(
     stack.emulator.first_token_delay = 0.0
     response = await ask(gateway, {"message": "hi", "model": "llava"})
     start = await first_event(response)
-    stack.emulator.chunk_delay = 0.3  # the rest of the answer arrives while the database is down
+    stack.emulator.chunk_delay = 0.3  # slow while the database stops (more than 10 s of answer left)...
     await stop_postgres(private_postgres)
+    assert not await _completed(stack), "the answer ended before the database was down: proves nothing"
+    stack.emulator.chunk_delay = 0.0  # ...then the rest of the answer arrives while it is down
     await until(lambda: _completed(stack), within=30)
     await asyncio.sleep(0.5)  # the gateway is now retrying the final write
     await start_postgres(private_postgres)
@@ -124,6 +126,8 @@ async def test_client_is_told_when_the_answer_could_not_be_saved(
     response = await ask(gateway, {"message": "hi", "model": "llava"})
     await first_event(response)
     await stop_postgres(private_postgres)
+    assert not await _completed(stack), "the answer ended before the database was down: proves nothing"
+    stack.emulator.chunk_delay = 0.0  # the rest of the answer arrives while it is down
     result = await read_sse(response)
     done = result.events[-1]
     assert done["type"] == "done"

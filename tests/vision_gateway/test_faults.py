@@ -229,6 +229,7 @@ async def test_client_disconnect_cancels_upstream_and_stores_stopped(stack: Stac
     assert 'vision_gateway_streams_total{model="llava",outcome="client_disconnected"} 1.0' in metrics
 
 
+@pytest.mark.postgres_paths
 async def test_stop_from_another_gateway_replica(stack: Stack, db: asyncpg.Connection) -> None:
     other_replica = await stack.make_gateway()
     stack.emulator.chunk_delay = 0.15

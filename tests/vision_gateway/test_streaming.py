@@ -18,6 +18,7 @@ from tests.vision_gateway.conftest import Stack, ask, big_photo, read_sse
 LLAVA_REPLY = OllamaEmulator().find("llava").reply
 
 
+@pytest.mark.postgres_paths
 async def test_text_only_request_streams_and_is_stored(stack: Stack, db: asyncpg.Connection) -> None:
     response = await ask(stack.gateway, {"message": "Hello there", "model": "llama3.2"})
     assert response.status == 200
@@ -71,6 +72,7 @@ async def test_photo_by_id_is_downscaled_and_sent_as_plain_base64(stack: Stack, 
     assert linked == user_row["id"], "the image is linked to its message in the image-store"
 
 
+@pytest.mark.postgres_paths
 async def test_multipart_upload_is_forwarded_to_the_store(stack: Stack, db: asyncpg.Connection) -> None:
     form = aiohttp.FormData()
     form.add_field("message", "Describe this")
@@ -201,15 +203,14 @@ async def test_non_vision_model_fallbacks_announce_themselves(stack: Stack, poli
 
 
 async def test_custom_image_endpoint_is_used_by_both_services(
-    aiohttp_server, aiohttp_client, service_env: dict[str, str], emulator: OllamaEmulator
+    aiohttp_server, aiohttp_client, store_app, service_env: dict[str, str], emulator: OllamaEmulator
 ) -> None:
     from common.settings import load_gateway_settings, load_image_store_settings
-    from services.image_store.app import create_app as create_store
     from services.vision_gateway.app import create_app as create_gateway
 
     env = {**service_env, "IMAGE_SERVE_ENDPOINT": "/v2/pictures"}
     ollama_server = await aiohttp_server(emulator.make_app())
-    store = await aiohttp_server(create_store(load_image_store_settings(env)))
+    store = await aiohttp_server(store_app(load_image_store_settings(env)))
     gateway = await aiohttp_client(
         create_gateway(
             load_gateway_settings(

@@ -60,6 +60,23 @@ class DecodeTimeout(Exception):
     """A decode took longer than the limit; its worker was killed and replaced."""
 
 
+def worker_processes(
+    workers: int,
+    *,
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
+    pillow_max_pixels: int = DEFAULT_PILLOW_MAX_PIXELS,
+) -> ProcessPool:
+    """The decode worker processes (started on first use); `memory_limit_bytes` is each worker's
+    RLIMIT_AS (0 disables it)."""
+    return ProcessPool(
+        max_workers=workers,
+        # Not fork: the parent runs an event loop and threads, which fork would copy mid-flight.
+        context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(os.getpid(), memory_limit_bytes, pillow_max_pixels),
+    )
+
+
 class DecodePool:
     def __init__(
         self,
@@ -71,9 +88,12 @@ class DecodePool:
         budget_wait_seconds: float = DEFAULT_BUDGET_WAIT_SECONDS,
         memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
         pillow_max_pixels: int = DEFAULT_PILLOW_MAX_PIXELS,
+        processes: ProcessPool | None = None,
     ) -> None:
         """`max_pending` counts decodes running plus waiting; `budget_bytes` caps the decoded
-        bytes they may hold; `memory_limit_bytes` is each worker's RLIMIT_AS (0 disables it)."""
+        bytes they may hold; `memory_limit_bytes` is each worker's RLIMIT_AS (0 disables it).
+        `processes` (from worker_processes) are workers someone else owns, e.g. one set shared by
+        a test process: they replace the pool's own, and close() leaves them running."""
         if workers < 1 or max_pending < 1 or timeout_seconds <= 0:
             raise ValueError("workers and max_pending must be >= 1 and timeout_seconds > 0")
         self._workers = workers
@@ -83,12 +103,11 @@ class DecodePool:
         self._budget_wait = budget_wait_seconds
         self._slots = asyncio.Semaphore(workers)
         self._in_flight = 0
-        self._pool = ProcessPool(
-            max_workers=workers,
-            # Not fork: the parent runs an event loop and threads, which fork would copy mid-flight.
-            context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
-            initargs=(os.getpid(), memory_limit_bytes, pillow_max_pixels),
+        self._owns_processes = processes is None
+        self._pool = (
+            processes
+            if processes is not None
+            else worker_processes(workers, memory_limit_bytes=memory_limit_bytes, pillow_max_pixels=pillow_max_pixels)
         )
         self._started = False
         self._closed = False
@@ -129,8 +148,11 @@ class DecodePool:
         self._started = True
 
     async def close(self) -> None:
-        """Let running decodes finish (for at most one timeout), then stop the workers."""
+        """Let running decodes finish (for at most one timeout), then stop the workers; shared
+        workers are left running (the server has finished its requests before it closes this)."""
         self._closed = True
+        if not self._owns_processes:
+            return
         self._pool.close()
         try:
             await asyncio.to_thread(self._pool.join, self._timeout)
