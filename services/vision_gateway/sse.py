@@ -26,11 +26,19 @@ SSE_HEADERS = {
 }
 
 
+class _HeadersWithFirstEvent(web.StreamResponse):
+    """Status line and headers leave with the first event (the `start` event, written right after
+    prepare) in one send, not in a packet of their own: aiohttp's web.Response does the same with its
+    body through this class attribute."""
+
+    _send_headers_immediately = False
+
+
 class EventStream:
     """One SSE response: `send()` events as `data: <json>` lines; pings while idle."""
 
     def __init__(self, *, heartbeat_seconds: float, headers: Mapping[str, str] | None = None) -> None:
-        self.response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
+        self.response = _HeadersWithFirstEvent(headers={**SSE_HEADERS, **(headers or {})})
         self._heartbeat_seconds = heartbeat_seconds
         self._last_write = time.monotonic()
         self._keepalive: asyncio.Task[None] | None = None
