@@ -7,13 +7,13 @@ before the first chunk has been read; closing the response is what stops Ollama 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from common.errors import UnknownModel, UpstreamRejected
 from services.vision_gateway.metrics import GatewayMetrics
@@ -40,8 +40,8 @@ class ChatChunk:
 
 def parse_line(line: bytes) -> ChatChunk:
     try:
-        data = json.loads(line)
-    except ValueError as exc:
+        data = orjson.loads(line)
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError, invalid UTF-8 included
         raise OllamaStreamError(f"Ollama sent a line that is not JSON: {line[:80]!r}") from exc
     if not isinstance(data, dict):
         raise OllamaStreamError("Ollama sent a JSON value that is not an object")
@@ -153,7 +153,7 @@ class OllamaClient(UpstreamClient):
 
     async def open_chat(self, payload: dict[str, Any], *, request_id: str = "") -> ChatStream:
         """Send the chat request and read its first line (retrying until then)."""
-        body = json.dumps({**payload, "stream": True}).encode()
+        body = orjson.dumps({**payload, "stream": True})
         headers = {"Content-Type": "application/json"}
         if request_id:
             headers["X-Request-ID"] = request_id

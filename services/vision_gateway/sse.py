@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 SSE_HEADERS = {
@@ -50,8 +50,7 @@ class EventStream:
         self._keepalive = asyncio.create_task(self._ping_while_idle(), name="sse-keepalive")
 
     async def send(self, event: Mapping[str, Any]) -> None:
-        payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        await self._write(f"data: {payload}\n\n".encode())
+        await self._write(b"data: " + orjson.dumps(event) + b"\n\n")
 
     async def send_data(self, data: str) -> None:
         """A raw `data:` line, for wire formats with non-JSON sentinels (OpenAI's `[DONE]`)."""
