@@ -17,8 +17,10 @@ from common.settings import (
     load_gateway_settings,
     load_image_store_settings,
 )
+from common.settings.kinds import directories_untouched
 from services.ask.command import add_parser as add_ask_parser
 from services.ask.command import run_ask
+from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PERCENT
 from services.runner import ServiceSpec, load_or_exit, serve
 
 
@@ -42,14 +44,47 @@ def _parser() -> argparse.ArgumentParser:
     maintenance = commands.add_parser("maintenance", help="image retention and integrity")
     tasks = maintenance.add_subparsers(dest="task", required=True)
     tasks.add_parser("cleanup", help="delete expired images and unreferenced blobs")
-    integrity = tasks.add_parser("integrity", help="compare files on disk with the database")
-    integrity.add_argument("--repair", action="store_true", help="fix what can be fixed")
+    integrity = tasks.add_parser(
+        "integrity",
+        help="compare files on disk with the database",
+        description=(
+            "Compare the stored blobs (files under IMAGE_STORAGE_PATH, or objects under S3_PREFIX) with the "
+            "database and print a JSON report; exit status 1 when it finds problems. With --repair, remove "
+            "the rows (and images) of blobs whose bytes are missing or corrupt, and orphan files. A repair "
+            "refuses, changes nothing and exits with status 3 when the storage looks wrong rather than "
+            "damaged: IMAGE_STORAGE_PATH does not exist, the storage holds no blobs at all while the "
+            "database records some, or more than --max-missing-percent of the recorded blobs are missing "
+            "(a mistyped path or an unmounted volume would otherwise delete every image). Nothing here "
+            "creates IMAGE_STORAGE_PATH."
+        ),
+    )
+    integrity.add_argument(
+        "--repair", action="store_true", help="remove rows of missing or corrupt blobs, and orphan files"
+    )
+    integrity.add_argument("--force", action="store_true", help="repair even when the storage looks wrong (see above)")
+    integrity.add_argument(
+        "--max-missing-percent",
+        type=_percent,
+        default=DEFAULT_MAX_MISSING_PERCENT,
+        metavar="N",
+        help="refuse a repair when more than N%% of the recorded blobs are missing (default: %(default)g)",
+    )
     migrate_storage = tasks.add_parser(
         "migrate-storage", help="copy blobs from IMAGE_STORAGE_PATH to the S3_BUCKET (resumable, verified)"
     )
     migrate_storage.add_argument("--no-verify", action="store_true", help="skip reading each copy back")
     add_ask_parser(commands)
     return parser
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
+    return value
 
 
 def _database_settings() -> tuple[str, Path]:
@@ -128,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "maintenance":
         from services.image_store.maintenance.cli import run_maintenance
 
-        store_settings = load_or_exit(load_image_store_settings, os.environ)
+        with directories_untouched():  # a missing IMAGE_STORAGE_PATH must stay missing (see run_maintenance)
+            store_settings = load_or_exit(load_image_store_settings, os.environ)
         configure_logging("warning", store_settings.common.log_format)
         return asyncio.run(
             run_maintenance(
@@ -136,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.task,
                 repair=getattr(args, "repair", False),
                 verify=not getattr(args, "no_verify", False),
+                force=getattr(args, "force", False),
+                max_missing_percent=getattr(args, "max_missing_percent", DEFAULT_MAX_MISSING_PERCENT),
             )
         )
     return 2

@@ -6,6 +6,9 @@ value holding a password is never part of a message.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -79,9 +82,27 @@ def _postgres(value: SecretStr) -> SecretStr:
     return value
 
 
+_creating_directories: ContextVar[bool] = ContextVar("creating_directories", default=True)
+
+
+@contextlib.contextmanager
+def directories_untouched() -> Iterator[None]:
+    """Settings loaded in this block create no directory and write no probe: a command that only
+    inspects storage (`retina maintenance`) must find a mistyped or unmounted IMAGE_STORAGE_PATH
+    missing, not create an empty one and take it for the real thing. The command checks the path."""
+    token = _creating_directories.set(False)
+    try:
+        yield
+    finally:
+        _creating_directories.reset(token)
+
+
 def _writable(path: Path) -> Path:
-    """A directory the service will write into: created if missing, and probed for writing."""
+    """A directory the service will write into: created if missing, and probed for writing
+    (neither inside `directories_untouched`)."""
     path = path.expanduser()
+    if not _creating_directories.get():
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-probe"

@@ -84,6 +84,24 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
+def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, offset of the length field, data length) of every chunk of a PNG, in file order."""
+    found, offset = [], 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        found.append((data[offset + 4 : offset + 8], offset, length))
+        offset += 12 + length
+    return found
+
+
+def with_bad_crc(data: bytes, kind: bytes, index: int = 0) -> bytes:
+    """`data` with one byte of the CRC of its `index`-th `kind` chunk flipped (nothing else changed)."""
+    _kind, offset, length = [chunk for chunk in png_chunks(data) if chunk[0] == kind][index]
+    damaged = bytearray(data)
+    damaged[offset + 8 + length] ^= 0x5A
+    return bytes(damaged)
+
+
 def png_bomb(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of zeros: a few kilobytes on disk, width*height pixels in memory.
 

@@ -79,7 +79,12 @@ async def test_integrity_finds_and_repairs(store_client: TestClient, db: asyncpg
     assert (report.blobs_checked, report.files_checked) == (3, 4)
     assert await row_counts(db) == (3, 3), "a check without --repair changes nothing"
 
-    repaired = await maintenance.integrity(repair=True)
+    refused = await maintenance.integrity(repair=True)
+    assert refused.repair_refused, "1 of 3 blobs missing is more than the default 10 %"
+    assert await row_counts(db) == (3, 3)
+    repaired = await maintenance.integrity(repair=True, max_missing_percent=50)
+    assert repaired.repaired
+    assert not repaired.repair_refused
     assert repaired.images_removed == 2
     assert await row_counts(db) == (1, 1)
     assert blobs.keys() == sorted([key_of(problems["healthy"]["sha256"]), problems["fresh"]])
@@ -116,7 +121,7 @@ async def test_cli_integrity_and_cleanup(store_client: TestClient, blobs: BlobVi
     assert report["task"] == "integrity"
     assert report["problems"] == 3
     assert report["repaired"] is False
-    repair = await asyncio.to_thread(run_cli, store_env, "integrity", "--repair")
+    repair = await asyncio.to_thread(run_cli, store_env, "integrity", "--repair", "--max-missing-percent", "50")
     assert repair.returncode == 0, repair.stderr
     assert json.loads(repair.stdout)["images_removed"] == 2
     cleanup = await asyncio.to_thread(run_cli, store_env, "cleanup")

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +92,22 @@ def test_migrate_needs_a_bucket(store_env: dict[str, str]) -> None:
     status, _, output = migrate(store_env)
     assert status != 0
     assert "set S3_BUCKET" in output
+
+
+async def test_migrate_from_a_path_that_does_not_exist_says_so(
+    store_env: dict[str, str], moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """A mistyped IMAGE_STORAGE_PATH is neither created nor taken for an empty volume."""
+    typo = tmp_path / "imgaes"
+    env = {
+        **store_env,
+        **CREDENTIALS,
+        "IMAGE_STORAGE_PATH": str(typo),
+        "S3_ENDPOINT_URL": moto_server.endpoint,
+        "S3_BUCKET": moto_server.new_bucket(),
+        "S3_REGION": REGION,
+    }
+    status, _report, output = await asyncio.to_thread(migrate, env)
+    assert status == 1, output
+    assert f"the directory {typo} (IMAGE_STORAGE_PATH) does not exist" in output
+    assert not typo.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -23,8 +24,11 @@ from tests.image_store.conftest import (
     png,
     raw_multipart,
     row_counts,
+    stored_files,
+    temp_files,
     upload,
 )
+from tests.image_store.images import png_chunks, with_bad_crc
 from tests.image_store.s3_support import BlobView, key_of
 
 STORAGE_BACKENDS = BACKENDS  # every test here that reaches storage runs on both (conftest)
@@ -358,6 +362,51 @@ async def test_truncated_image(store_client: TestClient, db: asyncpg.Connection,
     response = await upload(store_client, data[: len(data) // 2], filename="cut.jpg", content_type="image/jpeg")
     await expect_error(response, 422, "invalid_image")
     await assert_nothing_stored(db, blobs)
+
+
+def test_damage_lands_where_the_cases_below_say() -> None:
+    """The real photos' chunk layout the cases rely on: moon.png has text after its pixel data
+    (which Pillow reads without checking CRCs), chelsea.png an ancillary chunk before it."""
+    assert [kind for kind, _, _ in png_chunks(photo("moon.png"))][-3:] == [b"tEXt", b"tEXt", b"IEND"]
+    assert [kind for kind, _, _ in png_chunks(photo("chelsea.png"))][:4] == [b"IHDR", b"iCCP", b"pHYs", b"iTXt"]
+    assert sum(kind == b"IDAT" for kind, _, _ in png_chunks(photo("chelsea.png"))) == 15
+
+
+@pytest.mark.storage_untouched
+@pytest.mark.parametrize(
+    ("data", "chunk"),
+    [
+        (with_bad_crc(png(64, 48), b"IDAT"), "IDAT"),
+        (with_bad_crc(photo("chelsea.png"), b"IDAT", index=7), "IDAT"),
+        (with_bad_crc(photo("moon.png"), b"tEXt", index=-1), "tEXt"),
+        (with_bad_crc(photo("chelsea.png"), b"pHYs"), "pHYs"),
+        (with_bad_crc(png(64, 48), b"IHDR"), "IHDR"),
+        (with_bad_crc(photo("chelsea.png"), b"IHDR"), "IHDR"),
+        (with_bad_crc(photo("chelsea.png"), b"IEND"), "IEND"),
+    ],
+    ids=[
+        "pillow-idat",
+        "photo-idat",
+        "photo-text-after-pixels",
+        "photo-ancillary-before-pixels",
+        "pillow-ihdr",
+        "photo-ihdr",
+        "photo-iend",
+    ],
+)
+async def test_png_with_a_wrong_chunk_crc_is_refused(
+    store_client: TestClient, db: asyncpg.Connection, storage_root: Path, data: bytes, chunk: str
+) -> None:
+    """A PNG whose pixel data (or any other chunk) fails its CRC is as corrupt as any other
+    damaged image: 422 naming the chunk, and no row, no file, no temp file left."""
+    response = await upload(store_client, data, filename="damaged.png")
+    body = await expect_error(response, 422, "invalid_image")
+    message = body["error"]["message"]
+    assert message.startswith("the file is not a valid PNG image"), message
+    assert f"CRC checksum of its {chunk} chunk does not match" in message
+    assert await row_counts(db) == (0, 0)
+    assert stored_files(storage_root) == []
+    assert temp_files(storage_root) == []
 
 
 @pytest.mark.storage_untouched

@@ -9,8 +9,11 @@ import hashlib
 import io
 import pickle
 import random
+import struct
 import tempfile
 import time
+import tracemalloc
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, WebPImagePlugin
 
 from common.errors import ApiError, ImageTooLarge
+from services.image_store.imaging import png_chunks
 from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
 from services.image_store.imaging.pipeline import (
     ProcessedImage,
@@ -449,6 +453,56 @@ def test_truncated_or_corrupt_files_are_invalid(tmp_path: Path, data: bytes, rea
     assert "is not a valid" in error.message
     assert reason in error.message
     assert str(tmp_path) not in error.message
+
+
+@pytest.mark.parametrize("reencode", [True, False], ids=["reencoded", "kept-as-uploaded"])
+def test_png_pixel_data_with_a_wrong_crc_is_invalid(tmp_path: Path, reencode: bool) -> None:
+    """Pillow inflates IDAT without checking its CRC: the damaged chunk must be found anyway,
+    whether the upload would be re-encoded or stored as it came."""
+    limits = dataclasses.replace(LIMITS, reencode=reencode)
+    data = images.with_bad_crc(photo("astronaut.png"), b"IDAT", index=-1)
+    error = reject(tmp_path, data, limits)
+    assert (error.status, error.code) == (422, "invalid_image")
+    assert error.message == (
+        "the file is not a valid PNG image: its data is corrupt (the CRC checksum of its IDAT chunk does not match)"
+    )
+
+
+def test_intact_pngs_with_many_chunks_still_pass(tmp_path: Path) -> None:
+    """Every chunk of real photos (97 IDATs, text before and after the pixels) and of an APNG
+    (fdAT frames) checks out; the upload is re-encoded as before."""
+    for name in ("astronaut.png", "moon.png", "chelsea.png"):
+        result, stored = process(tmp_path, photo(name), name=name)
+        assert result.mime_type == "image/png"
+        assert opened(stored).size == opened(photo(name)).size
+    animated = dataclasses.replace(LIMITS, max_frames=10)
+    result, _stored = process(tmp_path, images.animation("PNG"), animated, name="apng")
+    assert result.mime_type == "image/png"
+
+
+def test_png_chunk_check_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """One 24 MB IDAT chunk is checked a block at a time, not read whole."""
+    body = random.Random(7).randbytes(24 * 1024 * 1024)
+    source = tmp_path / "big.png"
+    source.write_bytes(
+        png_chunks.PNG_SIGNATURE
+        + struct.pack(">I", len(body))
+        + b"IDAT"
+        + body
+        + struct.pack(">I", zlib.crc32(b"IDAT" + body))
+        + struct.pack(">I", 0)
+        + b"IEND"
+        + struct.pack(">I", zlib.crc32(b"IEND"))
+    )
+    del body
+    tracemalloc.start()
+    try:
+        with source.open("rb") as stream:
+            png_chunks.check_png_chunks(stream)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"peak {peak} bytes"
 
 
 # ---- animations ------------------------------------------------------------------------------

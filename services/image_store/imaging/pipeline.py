@@ -1,10 +1,10 @@
 """Image validation and re-encoding: runs inside a decode worker process, never on the event loop.
 
 Order matters: the type comes from the bytes (libmagic, `sniff`), Pillow may open only that
-format, the header's dimensions are checked before any pixel is decoded and a full decode then
-proves the file is intact (`decode`), and re-encoding (`reencode`, after EXIF
-orientation: `metadata`) drops metadata and trailing payloads; `output` writes the
-result durably.
+format, a PNG's chunk checksums are verified (`png_chunks`), the header's dimensions are checked
+before any pixel is decoded and a full decode then proves the file is intact (`decode`), and
+re-encoding (`reencode`, after EXIF orientation: `metadata`) drops metadata and trailing
+payloads; `output` writes the result durably.
 
 Everything here is synchronous and pure apart from writing `destination`. Any failure caused by
 the file's content becomes an `ApiError` with the contract's code (`empty_upload`,
@@ -32,6 +32,7 @@ from services.image_store.imaging.decode import (
 )
 from services.image_store.imaging.metadata import exif_orientation, srgb, upright_size
 from services.image_store.imaging.output import blocks, write_durably
+from services.image_store.imaging.png_chunks import check_png_chunks
 from services.image_store.imaging.reencode import reencode
 from services.image_store.imaging.sniff import SNIFF_BYTES, accepted_mime, is_lossless, sniffer
 
@@ -99,6 +100,8 @@ def _decode_and_encode(stream: IO[bytes], mime: str, limits: ValidationLimits, t
     """Decode every pixel within the limits, then re-encode (or, with re-encoding off, only measure)."""
     step = time.perf_counter()
     with untrusted_content(PILLOW_FORMATS[mime]):
+        if mime == "image/png":
+            check_png_chunks(stream)  # Pillow does not check the pixel data's CRCs
         lossless = is_lossless(mime, stream)
         with open_image(stream, mime, limits) as image:
             frames = check_header(image, mime, limits)

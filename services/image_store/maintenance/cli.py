@@ -1,4 +1,10 @@
-"""`retina maintenance cleanup|integrity [--repair]`: one run from the command line."""
+"""`retina maintenance cleanup|integrity [--repair [--force] [--max-missing-percent N]]`: one run
+from the command line.
+
+Nothing here creates IMAGE_STORAGE_PATH (the settings are loaded with `directories_untouched`
+and the store is opened without its layout): a mistyped or unmounted path must stay missing, so
+that integrity reports it and a repair refuses, instead of finding an empty store.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +18,42 @@ from common.metrics import new_registry
 from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.imaging.decode_pool import DecodePool
-from services.image_store.maintenance.jobs import MaintenanceService
+from services.image_store.maintenance.jobs import IntegrityReport, MaintenanceService
 from services.image_store.maintenance.migrate_storage import migrate_storage
+from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PERCENT
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
 from services.image_store.storage.open import open_blob_store
 
+# Exit status of `integrity --repair` when the storage looks wrong and nothing was changed.
+REPAIR_REFUSED = 3
 
-async def run_maintenance(settings: ImageStoreSettings, task: str, *, repair: bool, verify: bool = True) -> int:
-    """Print a JSON report; exit status 1 when integrity problems were found and left unrepaired."""
+
+async def run_maintenance(
+    settings: ImageStoreSettings,
+    task: str,
+    *,
+    repair: bool,
+    verify: bool = True,
+    force: bool = False,
+    max_missing_percent: float = DEFAULT_MAX_MISSING_PERCENT,
+) -> int:
+    """Print a JSON report; exit status 1 when integrity problems were found and left unrepaired,
+    3 when a repair was refused because the storage looks wrong (nothing changed)."""
     try:
-        return await _run(settings, task, repair=repair, verify=verify)
+        return await _run(
+            settings, task, repair=repair, verify=verify, force=force, max_missing_percent=max_missing_percent
+        )
     except StorageUnavailable as exc:
         # An unreachable bucket must read as an outage, not as every blob missing.
         print(f"retina maintenance {task}: {exc.message} ({exc.__cause__!r})", file=sys.stderr)
         return 1
 
 
-async def _run(settings: ImageStoreSettings, task: str, *, repair: bool, verify: bool) -> int:
+async def _run(
+    settings: ImageStoreSettings, task: str, *, repair: bool, verify: bool, force: bool, max_missing_percent: float
+) -> int:
     if task == "migrate-storage":
         migration = await migrate_storage(settings, verify=verify)
         print(json.dumps({"task": "migrate-storage", **migration.as_dict()}))
@@ -40,7 +63,7 @@ async def _run(settings: ImageStoreSettings, task: str, *, repair: bool, verify:
         contextlib.AsyncExitStack() as stack,
     ):
         metrics = ImageStoreMetrics(new_registry())
-        storage = await stack.enter_async_context(open_blob_store(settings))
+        storage = await stack.enter_async_context(open_blob_store(settings, create_layout=False))
         service = ImageService(
             settings,
             ImageRepository(pool),
@@ -55,6 +78,31 @@ async def _run(settings: ImageStoreSettings, task: str, *, repair: bool, verify:
             report = await maintenance.cleanup()
             print(json.dumps({"task": "cleanup", **report.as_dict()}))
             return 0
-        integrity = await maintenance.integrity(repair=repair)
+        integrity = await maintenance.integrity(repair=repair, force=force, max_missing_percent=max_missing_percent)
         print(json.dumps({"task": "integrity", **integrity.as_dict()}))
+        _explain(integrity, repair=repair)
+        if integrity.repair_refused:
+            return REPAIR_REFUSED
         return 1 if integrity.problems and not repair else 0
+
+
+def _explain(report: IntegrityReport, *, repair: bool) -> None:
+    """Say on stderr why the storage looks wrong, and what a repair does (or did not do) about it."""
+    if report.suspect is None:
+        return
+    if report.repair_refused:
+        print(
+            f"retina maintenance integrity: repair refused, nothing was changed: {report.suspect}\n"
+            "  Check IMAGE_STORAGE_PATH and its volume (or S3_BUCKET and S3_PREFIX). If the blobs are "
+            "really gone, run again with --force to remove their rows and images "
+            "(or raise --max-missing-percent).",
+            file=sys.stderr,
+        )
+    elif repair:
+        print(f"retina maintenance integrity: repaired with --force although {report.suspect}", file=sys.stderr)
+    else:
+        print(
+            f"retina maintenance integrity: warning: {report.suspect}\n"
+            "  --repair would refuse to change anything unless given --force.",
+            file=sys.stderr,
+        )

@@ -14,6 +14,7 @@ import structlog
 from common.settings import ImageStoreSettings
 from services.image_store.imaging.decode_pool import DEFAULT_BUDGET_WAIT_SECONDS
 from services.image_store.maintenance.integrity import join
+from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PERCENT, suspicion
 from services.image_store.service import ImageService
 from services.image_store.storage.backend import BlobStore, sha256_of_key
 
@@ -65,6 +66,10 @@ class IntegrityReport:
     checksum_mismatches: list[str] = field(default_factory=list)
     repaired: bool = False
     images_removed: int = 0
+    # Why the storage looks wrong rather than damaged (missing, empty, or too many blobs gone);
+    # a repair then changes nothing unless forced.
+    suspect: str | None = None
+    repair_refused: bool = False
 
     @property
     def problems(self) -> int:
@@ -108,13 +113,25 @@ class MaintenanceService:
         deleted = await self._service.delete_image_and_maybe_blob(None, sha256, None)
         return sha256 if deleted else None
 
-    async def integrity(self, *, repair: bool = False, verify_checksums: bool = True) -> IntegrityReport:
+    async def integrity(
+        self,
+        *,
+        repair: bool = False,
+        verify_checksums: bool = True,
+        force: bool = False,
+        max_missing_percent: float = DEFAULT_MAX_MISSING_PERCENT,
+    ) -> IntegrityReport:
         """Rows without bytes, bytes without rows (older than the grace period), wrong checksums.
 
         One merge-join pass over both sorted listings, so memory does not grow with the number
         of blobs; works the same on a directory tree and on a bucket.
+
+        A repair first asks whether the storage itself looks wrong (`repair_guard`): a mistyped
+        IMAGE_STORAGE_PATH or an unmounted volume lists no blobs, and repairing would delete every
+        image. Then it changes nothing (`repair_refused`) unless `force`.
         """
-        report = IntegrityReport(repaired=repair)
+        report = IntegrityReport()
+        location_exists = await self._storage.location_exists()
         cutoff = time.time() - self._grace
         async for pair in join(self._repo, self._storage):
             if pair.recorded:
@@ -132,11 +149,25 @@ class MaintenanceService:
         self._metrics.integrity_problems.labels("missing_file").inc(len(report.missing_files))
         self._metrics.integrity_problems.labels("orphan_file").inc(len(report.orphan_files))
         self._metrics.integrity_problems.labels("checksum_mismatch").inc(len(report.checksum_mismatches))
-        if repair:
+        report.suspect = self._suspect(report, location_exists=location_exists, max_missing_percent=max_missing_percent)
+        if repair and report.suspect is not None and not force:
+            report.repair_refused = True  # the caller says so: on stderr (CLI), in the log (run_once)
+        elif repair:
             await self._repair(report)
+            report.repaired = True
         self._metrics.maintenance_success.labels("integrity").set(time.time())
         log.info("integrity_finished", **{k: v for k, v in report.as_dict().items() if not isinstance(v, list)})
         return report
+
+    def _suspect(self, report: IntegrityReport, *, location_exists: bool, max_missing_percent: float) -> str | None:
+        return suspicion(
+            self._storage.describe(),
+            location_exists=location_exists,
+            recorded=report.blobs_checked,
+            listed=report.files_checked,
+            missing=len(report.missing_files),
+            max_missing_percent=max_missing_percent,
+        )
 
     async def _really_missing(self, sha256: str, key: str) -> bool:
         """The listings are not one snapshot: a blob published after its range was listed is fine."""
@@ -157,10 +188,23 @@ class MaintenanceService:
                     await self._storage.delete(key)
 
     async def run_once(self) -> bool:
-        """One elected round of clean-up and a quick integrity check; False if another replica ran it."""
+        """One elected round of clean-up and a quick integrity check; False if another replica ran it.
+
+        The background round never repairs: deleting rows is left to an operator running
+        `retina maintenance integrity --repair`. Storage that looks wrong is logged as an error.
+        """
         async with self._repo.try_maintenance_lock(MAINTENANCE_LOCK_ID) as elected:
             if not elected:
                 return False
             await self.cleanup()
-            await self.integrity(repair=False, verify_checksums=False)
+            report = await self.integrity(repair=False, verify_checksums=False)
+            if report.suspect is not None:
+                log.error(
+                    "storage_looks_wrong",
+                    reason=report.suspect,
+                    storage=self._storage.describe(),
+                    missing_files=len(report.missing_files),
+                    blobs_checked=report.blobs_checked,
+                    action="nothing repaired; the background maintenance never repairs",
+                )
             return True

@@ -96,6 +96,8 @@ async def migrate_storage(settings: ImageStoreSettings, *, verify: bool) -> Migr
     if not settings.s3.bucket:
         raise SystemExit("retina maintenance migrate-storage: set S3_BUCKET (and S3_ENDPOINT_URL etc.)")
     source = ImageStorage(settings.storage_path)
+    if not await source.location_exists():  # not created by `retina maintenance`: say so, copy nothing
+        raise SystemExit(f"retina maintenance migrate-storage: {source.describe()} does not exist")
     async with s3_client(settings.s3) as client:
         destination = S3BlobStore(client, settings.s3, source)
         await destination.check_ready()

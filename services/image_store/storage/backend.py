@@ -73,3 +73,10 @@ class BlobStore(Protocol):
 
     async def check_ready(self) -> None:
         """Raise when the backend cannot serve (readiness probe)."""
+
+    def describe(self) -> str:
+        """Where the blobs live, for messages to an operator, naming the settings that say so."""
+
+    async def location_exists(self) -> bool:
+        """Whether the place the blobs live exists (checked, never created: a missing directory
+        is a mistyped path or an unmounted volume, not an empty store)."""

@@ -53,8 +53,14 @@ class ImageStorage:
         return self.path_for(key)
 
     async def check_ready(self) -> None:
-        if not await asyncio.to_thread(self.root.is_dir):
+        if not await self.location_exists():
             raise RuntimeError(f"{self.root} is missing")
+
+    def describe(self) -> str:
+        return f"the directory {self.root} (IMAGE_STORAGE_PATH)"
+
+    async def location_exists(self) -> bool:
+        return await asyncio.to_thread(self.root.is_dir)
 
     def new_temp_path(self, purpose: str) -> Path:
         return self.temp_root / f"{purpose}-{uuid.uuid4().hex}"
@@ -120,7 +126,10 @@ class ImageStorage:
         return True
 
     async def list_objects(self) -> AsyncIterator[StoredObject]:
-        """Published files in key order, one `ab/cd` directory at a time (bounded memory)."""
+        """Published files in key order, one `ab/cd` directory at a time (bounded memory); none
+        when the root itself is missing (`location_exists` tells that apart from an empty one)."""
+        if not await self.location_exists():
+            return
         for first in await asyncio.to_thread(_subdirectories, self.root):
             for second in await asyncio.to_thread(_subdirectories, first):
                 for item in await asyncio.to_thread(_files_in, second):
@@ -139,6 +148,8 @@ class ImageStorage:
         return len(stale)
 
     def stale_temp_files(self, older_than_seconds: float) -> list[Path]:
+        if not self.temp_root.is_dir():
+            return []  # maintenance from the command line does not create the layout
         cutoff = time.time() - older_than_seconds
         return [p for p in self.temp_root.iterdir() if p.is_file() and p.stat().st_mtime < cutoff]
 

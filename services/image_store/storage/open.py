@@ -13,10 +13,17 @@ from services.image_store.storage.s3_client import s3_client
 
 
 @contextlib.asynccontextmanager
-async def open_blob_store(settings: ImageStoreSettings, *, timer: OpTimer = _no_timer) -> AsyncIterator[BlobStore]:
-    """IMAGE_STORAGE_PATH is the store itself (filesystem) or the local scratch space (s3)."""
+async def open_blob_store(
+    settings: ImageStoreSettings, *, timer: OpTimer = _no_timer, create_layout: bool = True
+) -> AsyncIterator[BlobStore]:
+    """IMAGE_STORAGE_PATH is the store itself (filesystem) or the local scratch space (s3).
+
+    The service creates it (and its temp directory); `retina maintenance` passes
+    `create_layout=False`, since it only reads and deletes, and must see a missing path as missing.
+    """
     scratch = ImageStorage(settings.storage_path, timer=timer)
-    scratch.ensure_layout()
+    if create_layout:
+        scratch.ensure_layout()
     if settings.storage_backend == "filesystem":
         yield scratch
         return

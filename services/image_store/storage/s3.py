@@ -191,3 +191,11 @@ class S3BlobStore:
     async def check_ready(self) -> None:
         with unavailable_on_failure("head_bucket"):
             await self.client.head_bucket(Bucket=self.bucket)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} (S3_BUCKET, S3_PREFIX)"
+
+    async def location_exists(self) -> bool:
+        """A missing bucket makes every call fail (StorageUnavailable), so none is made here; a
+        prefix is not a thing that exists apart from its objects."""
+        return True
