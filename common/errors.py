@@ -44,6 +44,10 @@ them all as `{"error": {"code", "message"}}`, with `Retry-After` where a class s
 `ApiError` itself is the 500 `internal_error`. Its `status=`/`code=` arguments exist only to pass on
 a code another part already chose (the image-store's refusal of a forwarded upload, an `error`
 event of a stream); a new error code gets a class here.
+
+A message is a plain sentence for the person using the client: never an exception's text, class
+name or errno, a host or an internal path. What went wrong underneath is chained (`raise ... from
+exc`) or given as `detail=`; common/failures.py logs it with the request ID.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class ApiError(Exception):
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
         details: dict[str, Any] | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         if status is not None:
@@ -81,7 +86,8 @@ class ApiError(Exception):
         self.message = message
         self.retry_after = retry_after
         self.extra_headers = dict(headers or {})
-        self.details = dict(details or {})
+        self.details = dict(details or {})  # extra fields of the JSON error body
+        self.detail = detail  # for the log only (common/failures.py), never sent to a client
 
     @property
     def headers(self) -> dict[str, str]:

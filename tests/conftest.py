@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -154,6 +155,25 @@ def store_settings(service_env: dict[str, str]) -> ImageStoreSettings:
 @pytest.fixture
 def gateway_settings(service_env: dict[str, str]) -> GatewaySettings:
     return load_gateway_settings(service_env)
+
+
+@pytest.fixture
+def tiny_volume(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB tmpfs: writes past it fail with ENOSPC, as on a full disk (needs root)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def auth_headers(user_id: str = "alice") -> dict[str, str]:

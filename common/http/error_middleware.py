@@ -2,7 +2,8 @@
 
 `ApiError` (and its per-service subclasses) render as-is; aiohttp's own HTTP exceptions get our
 codes; a database that cannot be reached is `503 database_unavailable` with `Retry-After`;
-anything else is a logged `500 internal_error` whose traceback stays in the log.
+anything else is a logged `500 internal_error` whose traceback stays in the log. What a client is
+told, and what is logged instead (with the request ID), is common/failures.py's `for_client`.
 
 Once a streamed response (SSE) has sent its headers, no error response may be written: the
 status line is gone and a second one would corrupt the chunked body. Such failures are logged
@@ -21,7 +22,6 @@ from aiohttp.typedefs import Middleware
 from common.errors import (
     ApiError,
     BadRequest,
-    DatabaseUnavailable,
     Forbidden,
     LengthRequired,
     MethodNotAllowed,
@@ -34,6 +34,7 @@ from common.errors import (
     UnsupportedMediaType,
     json_error,
 )
+from common.failures import failure_detail, for_client
 from common.http.body_timeout import close_after_response
 from common.http.request_context import Handler, request_id_of
 
@@ -95,15 +96,12 @@ def error_middleware_rendering(render: Renderer, *, not_found: str = "no such ro
             if (started := _already_started(request, exc)) is not None:
                 return started
             return render(_from_http_exception(request, exc, not_found))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is answered; for_client logs it
             if (started := _already_started(request, exc)) is not None:
                 return started
-            error = _as_api_error(exc)
-            if error is None:
-                request_id = request_id_of(request)
-                log.exception("unhandled_error")
-                message = f"internal error; quote request ID {request_id} when reporting it"
-                return render(ApiError(message, details={"request_id": request_id}))
+            error = for_client(exc, request_id=request_id_of(request))
+            if error is not exc:  # an unexpected failure: the 500 names only the request ID
+                return render(error)
             if (observer := request.config_dict.get(API_ERROR_OBSERVER_KEY)) is not None:
                 observer(request, error)
             if error.closes_connection:
@@ -117,18 +115,12 @@ def error_middleware_rendering(render: Renderer, *, not_found: str = "no such ro
 error_middleware = error_middleware_rendering(render_json)
 
 
-def _as_api_error(exc: Exception) -> ApiError | None:
-    if isinstance(exc, DatabaseUnavailable):
-        log.warning("database_unavailable", error=repr(exc.__cause__))
-    return exc if isinstance(exc, ApiError) else None
-
-
 def _already_started(request: web.Request, exc: BaseException) -> web.StreamResponse | None:
     # aiohttp types `Request.get` as Any even for a RequestKey; the key's type is what is stored.
     started: web.StreamResponse | None = request.get(STARTED_RESPONSE_KEY)
     if started is None or not started.prepared:
         return None
-    log.error("error_after_response_started", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+    log.error("error_after_response_started", detail=failure_detail(exc), exc_info=exc)
     return started
 
 

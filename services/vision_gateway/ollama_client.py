@@ -17,16 +17,17 @@ import orjson
 
 from common.errors import UnknownModel, UpstreamRejected
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.retry import Retryable
-from services.vision_gateway.upstream import UpstreamClient, error_text
+from services.vision_gateway.retry import Retryable, connection_failure
+from services.vision_gateway.upstream import UpstreamClient, upstream_error
 
 
-class OllamaStreamError(Exception):
-    """An error line from Ollama (before or during the stream)."""
+class OllamaStreamError(UpstreamRejected):
+    """Ollama's answer failed after it began: an error line (its text is Ollama's own message,
+    written for people), or a stream that broke, went silent or sent garbage (our sentence). The
+    line or the exception behind it is in `detail` or chained, for the log."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message.strip()
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(" ".join(message.split())[:500], detail=detail)
 
 
 @dataclass(slots=True)
@@ -42,11 +43,13 @@ def parse_line(line: bytes) -> ChatChunk:
     try:
         data = orjson.loads(line)
     except ValueError as exc:  # orjson.JSONDecodeError is a ValueError, invalid UTF-8 included
-        raise OllamaStreamError(f"Ollama sent a line that is not JSON: {line[:80]!r}") from exc
+        raise OllamaStreamError("Ollama sent a line that is not JSON", detail=f"the line: {line[:200]!r}") from exc
     if not isinstance(data, dict):
-        raise OllamaStreamError("Ollama sent a JSON value that is not an object")
+        raise OllamaStreamError("Ollama sent a JSON value that is not an object", detail=f"the line: {line[:200]!r}")
     if "error" in data:
-        raise OllamaStreamError(str(data["error"]))
+        error = data["error"]
+        said = error if isinstance(error, str) and error.strip() else "Ollama reported an error"
+        raise OllamaStreamError(said, detail=f"the line: {line[:300]!r}")
     message = data.get("message") or {}
     chunk = ChatChunk(
         content=str(message.get("content") or ""),
@@ -87,7 +90,7 @@ class ChatStream:
         while True:
             line = await self._next_line()
             if not line:
-                raise OllamaStreamError("Ollama closed the stream before it was done")
+                raise OllamaStreamError("Ollama closed the stream before it was done", detail="no done line")
             if not line.strip():
                 continue
             chunk = parse_line(line)
@@ -102,7 +105,7 @@ class ChatStream:
         except TimeoutError as exc:  # sock_read: OLLAMA_READ_TIMEOUT_SECONDS without a byte
             raise OllamaStreamError("Ollama sent nothing for longer than the read timeout") from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
-            raise OllamaStreamError(f"the connection to Ollama broke: {type(exc).__name__}: {exc}") from exc
+            raise OllamaStreamError("the connection to Ollama broke") from exc
 
     def close(self) -> None:
         """Drop the connection: this is what makes Ollama stop generating."""
@@ -137,7 +140,7 @@ class OllamaClient(UpstreamClient):
                 if response.status == 404:
                     return None
                 if response.status != 200:
-                    raise UpstreamRejected(f"Ollama refused /api/show: {await error_text(response)}")
+                    raise await _refused(response, f"Ollama could not describe the model {model!r}")
                 details: dict[str, Any] = await response.json()
                 return details
 
@@ -168,15 +171,15 @@ class OllamaClient(UpstreamClient):
                 if response.status == 404:
                     raise UnknownModel(f"Ollama does not have the model {payload.get('model')!r}")
                 if response.status != 200:
-                    raise UpstreamRejected(f"Ollama refused the request: {await error_text(response)}")
+                    raise await _refused(response, "Ollama refused the request")
                 try:
                     line = await response.content.readline()
                     while line is not None and line.strip() == b"" and not response.content.at_eof():
                         line = await response.content.readline()
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                    raise Retryable(str(exc) or type(exc).__name__) from exc
+                    raise Retryable(connection_failure(exc)) from exc
                 if not line.strip():
-                    raise Retryable("Ollama closed the stream before the first chunk")
+                    raise Retryable("it ended its answer before the first chunk")
                 first = parse_line(line)  # an error line raises OllamaStreamError (not retried)
                 return ChatStream(response, first, time.perf_counter() - started)
             except BaseException:
@@ -184,3 +187,10 @@ class OllamaClient(UpstreamClient):
                 raise
 
         return await self._call(attempt)
+
+
+async def _refused(response: aiohttp.ClientResponse, what: str) -> UpstreamRejected:
+    """Ollama's refusal (a 4xx): its own message, if its JSON gave one, else the status."""
+    said = await upstream_error(response)
+    message = f"{what}: {said.message}" if said.message else f"{what} (HTTP {response.status})"
+    return UpstreamRejected(message, detail=said.detail)

@@ -24,11 +24,14 @@ MAX_DELAY_SECONDS = 2.0
 class Retryable(Exception):
     """Raised by an attempt that may succeed if tried again (connection failure, 5xx).
 
+    `reason` says what happened in words a client may read ("could not connect"); the exception's
+    own text is `detail` (the status, path and body of an upstream's 5xx), for the log only.
     `retry_after` keeps the upstream's Retry-After, so the 503 that ends the retries can pass it on.
     """
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str, *, detail: str = "", retry_after: int | None = None) -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
         self.retry_after = retry_after
 
 
@@ -46,7 +49,7 @@ async def call_upstream(
     try:
         return await policy(attempt)
     except Retryable as exc:
-        raise UpstreamUnavailable(f"{unavailable}: {exc}", retry_after=exc.retry_after) from exc
+        raise UpstreamUnavailable(f"{unavailable}: {exc.reason}", retry_after=exc.retry_after) from exc
 
 
 def retry_after_seconds(header: str | None) -> int | None:
@@ -63,18 +66,21 @@ def retry_after_seconds(header: str | None) -> int | None:
 def connection_failures_are_retryable(
     count_failure: Callable[[], None], *, timeout: aiohttp.ClientTimeout | None = None
 ) -> Iterator[None]:
-    """A refused, reset or timed-out connection is worth another attempt."""
+    """A refused, reset or timed-out connection, or a body cut short, is worth another attempt."""
     try:
         yield
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
         count_failure()
-        raise Retryable(_describe(exc, timeout)) from exc
+        raise Retryable(connection_failure(exc, timeout)) from exc
 
 
-def _describe(exc: BaseException, timeout: aiohttp.ClientTimeout | None) -> str:
-    if str(exc):
-        return str(exc)
-    # aiohttp's overall timeout is a bare TimeoutError: say which clock it was.
-    if isinstance(exc, TimeoutError) and timeout is not None and timeout.total is not None:
-        return f"no answer within {timeout.total:g} s"
-    return type(exc).__name__
+def connection_failure(exc: BaseException, timeout: aiohttp.ClientTimeout | None = None) -> str:
+    """What happened to a connection, in words for a client (the exception itself is for the log)."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return "could not connect"
+    if isinstance(exc, TimeoutError):
+        # aiohttp's overall timeout is a bare TimeoutError: say which clock it was.
+        if not isinstance(exc, aiohttp.ServerTimeoutError) and timeout is not None and timeout.total is not None:
+            return f"no answer within {timeout.total:g} s"
+        return "no answer in time"
+    return "the connection broke"

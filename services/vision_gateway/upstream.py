@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
@@ -76,10 +77,10 @@ class UpstreamClient:
         self._count(response.status)
         if response.status >= 500 and not relay_server_errors:
             async with response:
-                detail = await error_text(response)
+                said = await upstream_error(response)
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                message = f"HTTP {response.status} from {response.url.path}"
-                raise Retryable(f"{message}: {detail}" if detail else message, retry_after=retry_after)
+                reason = f"it answered HTTP {response.status}" + (f" ({said.message})" if said.message else "")
+                raise Retryable(reason, detail=said.detail, retry_after=retry_after)
         return response
 
     @contextlib.asynccontextmanager
@@ -101,16 +102,27 @@ class UpstreamClient:
                 yield response
 
 
-async def error_text(response: aiohttp.ClientResponse) -> str:
-    """An upstream's error in a line: the `error` of its JSON (Ollama's text, the store's message), else its text."""
+@dataclass(frozen=True, slots=True)
+class UpstreamText:
+    """An upstream's error answer: `message` for a client, `detail` for the log."""
+
+    message: str  # the `error` of its JSON (Ollama's text, the store's message), one line; else ""
+    detail: str  # status, path and the body as it came
+
+
+async def upstream_error(response: aiohttp.ClientResponse) -> UpstreamText:
+    """What an upstream said in an error answer. Only the message its JSON gives people is passed on:
+    a body that is not that JSON (a proxy's HTML page, a stack trace) stays in the log."""
     try:
         text = (await response.text())[:500]
     except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
-        return ""
+        text = ""
+    detail = f"HTTP {response.status} from {response.url.path}" + (f": {text.strip()}" if text.strip() else "")
     try:
-        error = json.loads(text).get("error", text)
+        error = json.loads(text).get("error")
     except (ValueError, AttributeError):
-        return text.strip()
+        error = None
     if isinstance(error, dict):
-        error = error.get("message", text)
-    return str(error).strip()
+        error = error.get("message")
+    message = " ".join(error.split())[:300] if isinstance(error, str) else ""
+    return UpstreamText(message, detail)

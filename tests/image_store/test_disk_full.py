@@ -1,33 +1,12 @@
-"""A full volume: 507 insufficient_storage, and nothing left behind. Uses a real tiny tmpfs."""
+"""A full volume: 507 insufficient_storage, and nothing left behind. Uses a real tiny tmpfs (`tiny_volume`)."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from tests.image_store.conftest import photo, row_counts, stored_files, temp_files, upload
-
-
-@pytest.fixture
-def tiny_volume(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 async def test_disk_full_while_receiving(client_for, db: asyncpg.Connection, tiny_volume: Path) -> None:

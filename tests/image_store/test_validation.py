@@ -33,6 +33,7 @@ from services.image_store.imaging.pipeline import (
 )
 from tests.image_store import images
 from tests.image_store.images import encode, photo
+from tests.plain_errors import assert_plain
 
 LIMITS = ValidationLimits(
     allowed_types=frozenset({"image/png", "image/jpeg", "image/webp"}),
@@ -408,6 +409,8 @@ def test_bombs_are_refused_from_the_header(
     assert (error.status, error.code) == (422, "image_too_large")
     for phrase in phrases:
         assert phrase in error.message
+    assert_plain(error.message)
+    assert "Image size" not in error.message, "our sentence, not Pillow's text"
     assert pixel_spy["load"] == 0, "no pixel was decoded"
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +21,7 @@ from PIL import Image
 
 from common.settings import load_gateway_settings, load_image_store_settings
 from services.vision_gateway.app import create_app as create_gateway
-from tests.conftest import SERVICE_TOKEN, auth_headers
+from tests.conftest import ROOT, SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import photo
 from tests.ollama_emulator import OllamaEmulator
 
@@ -57,6 +61,42 @@ def big_photo(width: int = 2400, height: int = 1800) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The Ollama emulator as its own process, answering slowly with a 400-word reply (a test can kill it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.ollama_emulator",
+            "--port",
+            str(port),
+            "--chunk-delay",
+            "0.05",
+            "--reply-words",
+            "400",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None:
+                pytest.fail("the emulator process exited at start-up")
+            time.sleep(0.05)
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -134,6 +174,18 @@ async def read_sse(response: aiohttp.ClientResponse) -> SseResult:
         assert "\n" not in block, block
         events.append(json.loads(block[len("data: ") :]))
     return SseResult(response.status, events, pings, response.headers)
+
+
+async def read_events_until(response: aiohttp.ClientResponse, chunks: int) -> list[dict[str, Any]]:
+    """Read whole events off the wire until `chunks` chunk events have arrived."""
+    events: list[dict[str, Any]] = []
+    while sum(e["type"] == "chunk" for e in events) < chunks:
+        line = await response.content.readline()
+        assert line, "the stream ended early"
+        if line.startswith(b"data: "):
+            events.append(json.loads(line[len(b"data: ") :]))
+            assert await response.content.readline() == b"\n", "every event ends with a blank line"
+    return events
 
 
 async def ask(client: TestClient, body: dict[str, Any], user: str = "alice") -> aiohttp.ClientResponse:

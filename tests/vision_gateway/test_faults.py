@@ -13,6 +13,7 @@ import pytest
 
 from services.vision_gateway.app import CHAT_SERVICE_KEY
 from tests.conftest import SERVICE_TOKEN, auth_headers
+from tests.plain_errors import assert_plain
 from tests.vision_gateway.conftest import Stack, ask, big_photo, closed_port_url, read_sse
 
 
@@ -136,6 +137,7 @@ async def test_image_store_down_is_retried_then_503(stack: Stack, db: asyncpg.Co
     gateway = await stack.make_gateway(IMAGE_STORE_URL=closed_port_url())
     response = await ask(gateway, {"message": "what?", "model": "llava", "image_ids": [str(uuid.uuid4())]})
     await expect_refusal(response, 503, "upstream_unavailable", stack, db, "image-store")
+    assert_plain((await response.json())["error"]["message"])
     metrics = await (await gateway.get("/metrics")).text()
     assert 'vision_gateway_upstream_retries_total{target="image_store"} 2.0' in metrics
 
@@ -147,6 +149,7 @@ async def test_ollama_down_is_retried_then_503(stack: Stack, db: asyncpg.Connect
     body = await response.json()
     assert body["error"]["code"] == "upstream_unavailable"
     assert "Ollama" in body["error"]["message"]
+    assert_plain(body["error"]["message"])
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     metrics = await (await gateway.get("/metrics")).text()
     assert 'vision_gateway_upstream_retries_total{target="ollama"} 2.0' in metrics

@@ -10,68 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 
 from tests.conftest import auth_headers
-from tests.vision_gateway.conftest import Stack, ask, read_sse
-
-ROOT = Path(__file__).resolve().parents[2]
-LONG = ("--reply-words", "400")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def emulator_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """The Ollama emulator as its own process, answering slowly with a long reply."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.ollama_emulator", "--port", str(port), "--chunk-delay", "0.05", *LONG],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        for _ in range(100):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if process.poll() is not None:
-                pytest.fail("the emulator process exited at start-up")
-            import time
-
-            time.sleep(0.05)
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-
-
-async def read_events_until(response: aiohttp.ClientResponse, chunks: int) -> list[dict[str, Any]]:
-    """Read whole events off the wire until `chunks` chunk events have arrived."""
-    events: list[dict[str, Any]] = []
-    while sum(e["type"] == "chunk" for e in events) < chunks:
-        line = await response.content.readline()
-        assert line, "the stream ended early"
-        if line.startswith(b"data: "):
-            events.append(json.loads(line[len(b"data: ") :]))
-            assert await response.content.readline() == b"\n", "every event ends with a blank line"
-    return events
+from tests.plain_errors import assert_plain
+from tests.vision_gateway.conftest import Stack, ask, read_events_until, read_sse
 
 
 async def assistant_row(db: asyncpg.Connection) -> asyncpg.Record:
@@ -96,6 +44,7 @@ async def test_ollama_process_killed_mid_answer(
     assert final["type"] == "error", final
     assert final["code"] == "upstream_error"
     assert "connection to Ollama broke" in final["message"] or "closed the stream" in final["message"]
+    assert_plain(final["message"])
     assert (final["partial"], final["saved"]) == (True, True)
     assert [e["type"] for e in events].count("error") == 1
 
@@ -116,6 +65,7 @@ async def test_connection_cut_mid_answer(stack: Stack, db: asyncpg.Connection) -
     [error] = result.of("error")
     assert result.events[-1] is error
     assert (error["code"], error["partial"], error["saved"]) == ("upstream_error", True, True)
+    assert_plain(error["message"])
     assert 1 <= len(result.of("chunk")) <= 4, "an abort drops what was still buffered"
     row = await assistant_row(db)
     assert (row["status"], row["content"]) == ("error", result.text)
@@ -132,6 +82,7 @@ async def test_ollama_silent_past_the_read_timeout(stack: Stack, db: asyncpg.Con
     [error] = result.of("error")
     assert error["code"] == "upstream_error"
     assert "read timeout" in error["message"]
+    assert_plain(error["message"])
     assert (error["partial"], error["saved"]) == (True, True)
     row = await assistant_row(db)
     assert (row["status"], row["content"]) == ("error", result.text)
@@ -155,6 +106,7 @@ async def test_a_line_that_is_not_json_mid_answer(stack: Stack, db: asyncpg.Conn
     [error] = result.of("error")
     assert error["code"] == "upstream_error"
     assert "not JSON" in error["message"]
+    assert_plain(error["message"])  # not the line Ollama sent: that is in the log
     row = await assistant_row(db)
     assert (row["status"], row["content"]) == ("error", result.text)
     assert len(result.of("chunk")) == 3

@@ -7,24 +7,28 @@ Real image-store, real gateway, raw sockets for the slow clients. The store's cl
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from common.errors import UpstreamUnavailable
 from common.settings import load_gateway_settings, load_image_store_settings
+from services.image_store.http.handlers import IMAGE_SERVICE_KEY
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.retry import Retryable, call_upstream, retry_after_seconds
 from tests.conftest import auth_headers
 from tests.fast_clock import FastClockLoop
 from tests.image_store.conftest import photo, temp_files
+from tests.image_store.s3_support import CREDENTIALS, REGION, Fault, FaultProxy, MotoServer
 from tests.ollama_emulator import OllamaEmulator
 from tests.slow_client import assert_timed_out, multipart, request_head, slow_post
 from tests.vision_gateway.conftest import Stack, big_photo, read_sse
@@ -265,3 +269,125 @@ async def test_a_503_that_outlasts_the_retries_keeps_the_last_retry_after() -> N
     assert attempts == 3
     assert caught.value.retry_after == 4
     assert caught.value.status == 503
+
+
+# ---- the store's 507 and 503 on a forwarded upload: same status, code, message and Retry-After ----
+
+
+async def gateway_before_store(
+    stack: Stack, aiohttp_server: Any, store_app: Any, **store_env: str
+) -> tuple[TestClient, TestServer]:
+    """A gateway and its own image-store, which runs with `store_env` on top of the stack's settings
+    (and no upload rate limit); the gateway itself keeps the stack's settings."""
+    settings = load_image_store_settings({**stack.env, "IMAGE_UPLOAD_RATE_PER_MINUTE": "0", **store_env})
+    store = await aiohttp_server(store_app(settings))
+    return await stack.make_gateway(IMAGE_STORE_URL=str(store.make_url("")).rstrip("/")), store
+
+
+async def assert_relayed(
+    response: aiohttp.ClientResponse, status: int, code: str, message: str, retry_after: str | None
+) -> None:
+    assert response.status == status, await response.text()
+    assert await response.json() == {"error": {"code": code, "message": message}}
+    assert response.headers.get("Retry-After") == retry_after
+
+
+async def test_a_full_store_volume_reaches_the_client_as_507(
+    stack: Stack, db: asyncpg.Connection, aiohttp_server: Any, store_app: Any, tiny_volume: Path
+) -> None:
+    """The store's volume is a real 256 KiB tmpfs: writing the photo fails with ENOSPC."""
+    gateway, _ = await gateway_before_store(stack, aiohttp_server, store_app, IMAGE_STORAGE_PATH=str(tiny_volume))
+    image = photo("astronaut.png")
+    assert len(image) > 256 * 1024, "the photo must not fit on the volume"
+    response = await post_chat_with_image(gateway, image, content_type="image/png")
+    await assert_relayed(response, 507, "insufficient_storage", "the image volume is full", None)
+    assert await db.fetchval("SELECT count(*) FROM images") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert temp_files(tiny_volume) == []
+    assert stack.emulator.chats == []
+
+
+async def test_a_busy_store_reaches_the_client_as_503_busy_with_retry_after(
+    stack: Stack, db: asyncpg.Connection, aiohttp_server: Any, store_app: Any
+) -> None:
+    """The store's decode pool is at its limit: its decoded-bytes budget is held (as a running
+    decode of a large image holds it), so the store waits 2 s for room and then refuses."""
+    gateway, store = await gateway_before_store(stack, aiohttp_server, store_app, IMAGE_DECODE_BUDGET_MB="16")
+    assert store.app is not None
+    decoder = store.app[IMAGE_SERVICE_KEY].decoder
+    async with decoder.budget.reserve(16 * 2**20 - 100, wait_seconds=0):
+        response = await post_chat_with_image(gateway, big_photo(300, 200))
+        await assert_relayed(response, 503, "busy", "the server is busy processing images; retry shortly", "2")
+    assert await db.fetchval("SELECT count(*) FROM images") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert stack.emulator.chats == []
+
+
+async def test_uploads_disabled_on_the_store_reach_the_client_as_503_upload_disabled(
+    stack: Stack, db: asyncpg.Connection, aiohttp_server: Any, store_app: Any
+) -> None:
+    """IMAGE_UPLOAD_ENABLED=false on the store only: the gateway forwards, the store refuses."""
+    gateway, _ = await gateway_before_store(stack, aiohttp_server, store_app, IMAGE_UPLOAD_ENABLED="false")
+    response = await post_chat_with_image(gateway, big_photo(300, 200))
+    await assert_relayed(response, 503, "upload_disabled", "image uploads are disabled on this server", None)
+    # /v1 uploads its data: URL images to the store the same way; the refusal is in OpenAI's shape.
+    data_url = "data:image/jpeg;base64," + base64.b64encode(big_photo(300, 200)).decode()
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": data_url}}]
+    body = {"model": "llava", "messages": [{"role": "user", "content": content}]}
+    openai = await gateway.post("/v1/chat/completions", json=body, headers=auth_headers())
+    assert openai.status == 503, await openai.text()
+    assert (await openai.json())["error"] == {
+        "message": "image uploads are disabled on this server",
+        "type": "server_error",
+        "param": None,
+        "code": "upload_disabled",
+    }
+    assert await db.fetchval("SELECT count(*) FROM images") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert stack.emulator.chats == []
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_an_unavailable_object_store_reaches_the_client_as_503_storage_unavailable(
+    stack: Stack,
+    db: asyncpg.Connection,
+    aiohttp_server: Any,
+    store_app: Any,
+    moto: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store keeps its images in S3 (moto), behind a proxy that answers every PUT with 503."""
+    proxy = FaultProxy(moto.endpoint)
+    await proxy.start()
+    try:
+        proxy.faults.append(Fault("PUT", status=503))
+        for name, value in CREDENTIALS.items():
+            monkeypatch.setenv(name, value)  # botocore's credential chain reads the process environment
+        gateway, _ = await gateway_before_store(
+            stack,
+            aiohttp_server,
+            store_app,
+            IMAGE_STORAGE_BACKEND="s3",
+            S3_ENDPOINT_URL=proxy.endpoint,
+            S3_BUCKET=moto.new_bucket(),
+            S3_REGION=REGION,
+            **CREDENTIALS,
+        )
+        response = await post_chat_with_image(gateway, big_photo(300, 200))
+        message = "the image storage is unavailable; retry shortly"
+        await assert_relayed(response, 503, "storage_unavailable", message, "2")
+        assert proxy.requests("PUT"), "the store tried to write the image"
+    finally:
+        await proxy.close()
+    assert await db.fetchval("SELECT count(*) FROM images") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert stack.emulator.chats == []

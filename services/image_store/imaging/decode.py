@@ -9,6 +9,7 @@ failure caused by the content becomes a refusal with the contract's code (`Inval
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,12 +51,20 @@ def untrusted_content(label: str) -> Iterator[None]:
         except ApiError:
             raise  # our own refusal, already with its code
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageTooLarge(f"the image has too many pixels: {exc}") from exc
+            raise ImageTooLarge(_too_many_pixels(exc)) from exc
         except MemoryError as exc:
             raise ImageTooLarge("decoding the image needs more memory than this server allows") from exc
         except Exception as exc:  # a crafted file can make a decoder raise anything
             message = f"the file is not a valid {label} image: {_reason(exc)}"
             raise InvalidImage(message) from exc
+
+
+def _too_many_pixels(exc: Exception) -> str:
+    """Pillow's own bomb check spoke first (inside a reader that grows its canvas, or above our
+    limits): our sentence, with the pixel count its text names."""
+    counted = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f" ({counted.group(1)} pixels)" if counted else ""
+    return f"the image has too many pixels{pixels} for this server to decode"
 
 
 def _reason(exc: Exception) -> str:

@@ -6,7 +6,8 @@ so far exactly once and then tells the client whether that worked (`saved`):
 - completed: Ollama's done line arrived -> `done`, status `complete`;
 - stopped: a stop request or shutdown -> `done` (done_reason `stopped`) or `error shutting_down`;
 - failed: anything else while relaying (Ollama reset, truncated body, read timeout, a non-JSON or
-  error line, a bug) -> `error` with `partial`, status `error`;
+  error line, a bug) -> `error` with `partial`, status `error`; the event and the stored message
+  carry the same plain sentence, the failure behind it is logged (common/failures.py);
 - client gone: no event can be sent; status `stopped`, error "client disconnected".
 
 Nothing here writes HTTP status lines: once `start` is sent the response is an event stream and
@@ -19,17 +20,13 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-import structlog
-
-from common.errors import ApiError
+from common.failures import for_client
 from services.vision_gateway.chat import events
 from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.turn import OpenTurn
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.ollama_client import ChatStream, OllamaStreamError
+from services.vision_gateway.ollama_client import ChatStream
 from services.vision_gateway.streams import LiveStream
-
-log = structlog.get_logger("retina.vision_gateway.relay")
 
 
 class EventSink(Protocol):
@@ -149,10 +146,11 @@ class StreamRelay:
         )
 
     async def _end_failed(self, exc: Exception) -> None:
-        code, message = _describe_failure(exc, self.turn.caller.request_id)
-        self.outcome = "upstream_error" if code != "internal_error" else "internal_error"
-        saved = await asyncio.shield(self.writer.finish(self.answer(), "error", message, self.stats()))
-        await self.sink.send(events.error(code=code, message=message, partial=self.partial, saved=saved))
+        # The client and the history get the same plain sentence; the failure behind it is logged.
+        error = for_client(exc, request_id=self.turn.caller.request_id, event="stream_failed")
+        self.outcome = "upstream_error" if error.code != "internal_error" else "internal_error"
+        saved = await asyncio.shield(self.writer.finish(self.answer(), "error", error.message, self.stats()))
+        await self.sink.send(events.error(code=error.code, message=error.message, partial=self.partial, saved=saved))
 
     def stats(self) -> dict[str, Any]:
         received = self.turn.caller.received_at
@@ -175,15 +173,3 @@ class StreamRelay:
             metrics.tokens.labels(label, "output").inc(self.upstream_stats["eval_count"])
         if self.first_at is not None and self.last_at is not None and self.chunks > 1:
             metrics.tpot.labels(label).observe((self.last_at - self.first_at) / (self.chunks - 1))
-
-
-def _describe_failure(exc: Exception, request_id: str) -> tuple[str, str]:
-    """The error event's code and message for a failure after the stream began."""
-    if isinstance(exc, OllamaStreamError):
-        log.warning("upstream_failed_mid_stream", error=exc.message)
-        return "upstream_error", exc.message
-    if isinstance(exc, ApiError):
-        log.warning("stream_failed", code=exc.code, error=exc.message)
-        return exc.code, exc.message
-    log.error("stream_failed_unexpectedly", exc_info=exc)
-    return "internal_error", f"internal error; quote request ID {request_id} when reporting it"
