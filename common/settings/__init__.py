@@ -4,7 +4,7 @@ pydantic-settings models, one flat set of variables per service: `ImageStoreSett
 `GatewaySettings` extend `CommonSettings` and the small groups holding cross-field rules. Every
 problem is reported at once (`SettingsError.problems`, one line each, secrets never shown); field
 descriptions in the models generate `.env.example` and docs/configuration.md
-(`python -m common.settings.docs`).
+(`python -m services.settings_docs`).
 """
 
 from __future__ import annotations

@@ -1,49 +1,30 @@
-"""`.env.example` and docs/configuration.md, generated from the settings models.
+"""`.env.example` and docs/configuration.md rendered from settings models the caller names.
 
-    python -m common.settings.docs          # rewrite both files
-    python -m common.settings.docs --check  # exit 1 if either is stale (tests/common/test_settings_docs.py)
-
-The models' Field descriptions, defaults and limits are the single source; a variable a model reads
-but no group below lists fails the generator, so a new setting cannot go undocumented.
+The models' Field descriptions, defaults and limits are the single source. This module only
+renders: which models to document, in what order, is given by the entry point
+(`python -m services.settings_docs`), so common/ never imports a service.
 """
 
 from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import annotated_types
 from pydantic.fields import FieldInfo
 
 from common.settings.base import EnvSettings
-from common.settings.gateway import FallbackSettings, GatewaySettings, ImageCountSettings
 from common.settings.kinds import OneOf
-from common.settings.shared import CommonSettings, DatabaseSettings, PoolSettings, UploadClockSettings, UploadSettings
-from common.settings.store import BrowserSettings, ImageStoreSettings, StorageBackendSettings
 
-ROOT = Path(__file__).resolve().parents[2]
-# Documentation order; each group contributes the fields it declares itself.
-GROUPS: tuple[type[EnvSettings], ...] = (
-    DatabaseSettings,
-    PoolSettings,
-    CommonSettings,
-    UploadSettings,
-    UploadClockSettings,
-    ImageStoreSettings,
-    StorageBackendSettings,
-    BrowserSettings,
-    GatewaySettings,
-    FallbackSettings,
-    ImageCountSettings,
-)
-SERVICES: tuple[type[EnvSettings], ...] = (ImageStoreSettings, GatewaySettings)
+# Settings groups in documentation order; each contributes the fields it declares itself.
+Groups = Sequence[type[EnvSettings]]
 WIDTH = 100
 
 ENV_HEADER = """\
 # retina configuration. Every variable, its default and its meaning.
-# Generated from common/settings/ by `python -m common.settings.docs`: edit the models, not this file.
+# Generated from the settings models by `{command}`: edit the models, not this file.
 # Lines starting with "# NAME=" show the default and may be left unset; uncommented ones are required.
 # `retina up` fills in DATABASE_URL (embedded PostgreSQL), SERVICE_TOKENS and IMAGE_SIGNING_KEYS for you.
 """
@@ -51,7 +32,7 @@ ENV_HEADER = """\
 MD_HEADER = """\
 # Configuration
 
-<!-- Generated from common/settings/ by `python -m common.settings.docs`: edit the models, not this file. -->
+<!-- Generated from the settings models by `{command}`: edit the models, not this file. -->
 
 Both services read environment variables only, validated at start-up: every problem is reported
 at once, one line each, and the process exits with status 2 (secrets are never printed).
@@ -59,18 +40,23 @@ at once, one line each, and the process exits with status 2 (secrets are never p
 """
 
 
-def sections() -> Iterator[tuple[str, str, list[FieldInfo]]]:
+def undocumented(groups: Groups, models: Sequence[type[EnvSettings]]) -> set[str]:
+    """Variables one of `models` reads that none of `groups` declares."""
+    documented = {str(field.validation_alias) for group in groups for field in _own_fields(group)}
+    return {str(field.validation_alias) for model in models for field in model.model_fields.values()} - documented
+
+
+def _own_fields(group: type[EnvSettings]) -> list[FieldInfo]:
+    return [field for name, field in group.model_fields.items() if name in vars(group).get("__annotations__", {})]
+
+
+def sections(groups: Groups) -> Iterator[tuple[str, str, list[FieldInfo]]]:
     """(title, note, fields) in documentation order; fields of groups sharing a title merge."""
     order: dict[str, tuple[str, list[FieldInfo]]] = {}
-    for group in GROUPS:
-        own = [field for name, field in group.model_fields.items() if name in vars(group).get("__annotations__", {})]
+    for group in groups:
         title = str(getattr(group, "section", ""))
         note, fields = order.setdefault(title, ("", []))
-        order[title] = (note or str(vars(group).get("note", "")), fields + own)
-    documented = {str(field.validation_alias) for _, fields in order.values() for field in fields}
-    read = {str(field.validation_alias) for model in SERVICES for field in model.model_fields.values()}
-    if read - documented:
-        raise SystemExit(f"add the group declaring {sorted(read - documented)} to GROUPS in {__file__}")
+        order[title] = (note or str(vars(group).get("note", "")), fields + _own_fields(group))
     for title, (note, fields) in order.items():
         yield title, note, fields
 
@@ -111,9 +97,10 @@ def _comment(text: str) -> list[str]:
     )
 
 
-def render_env_example() -> str:
-    lines = [ENV_HEADER]
-    for title, note, fields in sections():
+def render_env_example(groups: Groups, command: str) -> str:
+    """`.env.example`; `command` is how to regenerate it, named in its header."""
+    lines = [ENV_HEADER.format(command=command)]
+    for title, note, fields in sections(groups):
         lines.append(f"# ---- {title} ".ljust(WIDTH - 4, "-"))
         for field in fields:
             limits = allowed(field)
@@ -125,9 +112,10 @@ def render_env_example() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def render_markdown() -> str:
-    parts = [MD_HEADER]
-    for title, note, fields in sections():
+def render_markdown(groups: Groups, command: str) -> str:
+    """docs/configuration.md; `command` is how to regenerate it, named in its header."""
+    parts = [MD_HEADER.format(command=command)]
+    for title, note, fields in sections(groups):
         parts.append(f"\n## {title[0].upper()}{title[1:]}\n")
         if note:
             parts.append(f"\n{note}\n")
@@ -139,20 +127,14 @@ def render_markdown() -> str:
     return "".join(parts)
 
 
-OUTPUTS = {ROOT / ".env.example": render_env_example, ROOT / "docs" / "configuration.md": render_markdown}
-
-
-def main(argv: list[str]) -> int:
-    stale = [path for path, render in OUTPUTS.items() if not path.exists() or path.read_text() != render()]
+def write_or_check(outputs: Mapping[Path, Callable[[], str]], root: Path, argv: Sequence[str], command: str) -> int:
+    """Rewrite the stale files of `outputs`; with `--check`, write nothing and exit 1 if any is stale."""
+    stale = [path for path, render in outputs.items() if not path.exists() or path.read_text() != render()]
     if "--check" in argv:
         for path in stale:
-            print(f"stale: {path.relative_to(ROOT)} (run python -m common.settings.docs)", file=sys.stderr)
+            print(f"stale: {path.relative_to(root)} (run {command})", file=sys.stderr)
         return 1 if stale else 0
     for path in stale:
-        path.write_text(OUTPUTS[path]())
-        print(f"wrote {path.relative_to(ROOT)}")
+        path.write_text(outputs[path]())
+        print(f"wrote {path.relative_to(root)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,5 +1,5 @@
 """`.env.example` and docs/configuration.md are generated from the settings models; the committed
-files must be what the generator writes (run `python -m common.settings.docs` after a change)."""
+files must be what the generator writes (run `python -m services.settings_docs` after a change)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from common.settings import GatewaySettings, ImageStoreSettings
-from common.settings.docs import render_env_example, render_markdown
+from services.settings_docs import render_env_example, render_markdown
 from tests.conftest import ROOT
 
 
@@ -18,7 +18,7 @@ from tests.conftest import ROOT
     ("path", "render"), [(".env.example", render_env_example), ("docs/configuration.md", render_markdown)]
 )
 def test_committed_file_is_the_generated_one(path: str, render) -> None:
-    assert (ROOT / path).read_text() == render(), f"stale {path}: run python -m common.settings.docs"
+    assert (ROOT / path).read_text() == render(), f"stale {path}: run python -m services.settings_docs"
 
 
 def test_every_variable_has_a_description_and_a_row() -> None:
@@ -39,7 +39,7 @@ def test_the_table_shows_defaults_limits_and_what_is_required() -> None:
 
 
 def test_check_mode_fails_on_a_stale_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.settings import docs
+    from services import settings_docs as docs
 
     stale = tmp_path / "configuration.md"
     stale.write_text("old\n")
@@ -54,6 +54,10 @@ def test_check_mode_fails_on_a_stale_file(tmp_path, monkeypatch: pytest.MonkeyPa
 
 def test_the_generator_runs_as_a_module_and_finds_the_repository_current() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "common.settings.docs", "--check"], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "services.settings_docs", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
