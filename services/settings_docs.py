@@ -17,7 +17,7 @@ from common.settings import docs
 from common.settings.base import EnvSettings
 from common.settings.gateway import FallbackSettings, GatewaySettings, ImageCountSettings
 from common.settings.shared import CommonSettings, DatabaseSettings, PoolSettings, UploadClockSettings, UploadSettings
-from common.settings.store import BrowserSettings, ImageStoreSettings, StorageBackendSettings
+from services.image_store.settings import BrowserSettings, ImageStoreSettings, StorageBackendSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python -m services.settings_docs"

@@ -16,35 +16,17 @@ from collections.abc import Mapping
 from common.settings.base import SettingsError, load
 from common.settings.gateway import FALLBACK_POLICIES, GatewaySettings, load_gateway_settings
 from common.settings.shared import CommonSettings, DatabaseSettings, UploadSettings
-from common.settings.store import (
-    CROSS_ORIGIN_RESOURCE_POLICIES,
-    DEFAULT_IMAGE_TYPES,
-    SERVE_MODES,
-    STORAGE_BACKENDS,
-    SUPPORTED_IMAGE_TYPES,
-    ImageStoreSettings,
-    S3Settings,
-    load_image_store_settings,
-)
 
 __all__ = [
-    "CROSS_ORIGIN_RESOURCE_POLICIES",
-    "DEFAULT_IMAGE_TYPES",
     "FALLBACK_POLICIES",
-    "SERVE_MODES",
-    "STORAGE_BACKENDS",
-    "SUPPORTED_IMAGE_TYPES",
     "CommonSettings",
     "DatabaseSettings",
     "GatewaySettings",
-    "ImageStoreSettings",
-    "S3Settings",
     "SettingsError",
     "UploadSettings",
     "generate_secret",
     "load_database_settings",
     "load_gateway_settings",
-    "load_image_store_settings",
 ]
 
 

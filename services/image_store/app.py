@@ -15,7 +15,6 @@ from common.health import READINESS_KEY
 from common.http.cors import enable_cors
 from common.periodic import run_periodically
 from common.pg_listen import listening
-from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.http.handlers import (
     IMAGE_SERVICE_KEY,
@@ -33,6 +32,7 @@ from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import IMAGE_CHANGE_CHANNEL, ImageRowCache
 from services.image_store.service import ImageService
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.storage.open import open_blob_store
 
 SERVICE_NAME = "image_store"

@@ -18,12 +18,12 @@ from typing import BinaryIO
 import structlog
 
 from common.errors import BadRequest, StoredImageNotFound
-from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import ImageRow
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import ImageRowCache
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.storage.backend import BlobStore
 
 log = structlog.get_logger("retina.image_store")

@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 from common.errors import StoredImageNotFound
-from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.deletion import BlobRemover
 from services.image_store.imaging.decode_pool import DecodePool
@@ -22,6 +21,7 @@ from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import ImageRow, StorageStats
 from services.image_store.repository import ImageRepository
 from services.image_store.row_cache import ImageRowCache
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.storage.backend import BlobStore
 from services.image_store.uploads import ImageUploads, UploadSession, require_owned_message
 

@@ -19,7 +19,6 @@ from prometheus_client import Gauge
 
 from common.errors import ApiError, BadRequest, Busy, InvalidImage, UploadDisabled
 from common.rate_limit import RateLimiter
-from common.settings import ImageStoreSettings
 from services.image_store.deletion import BlobRemover
 from services.image_store.filenames import sanitize_filename
 from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
@@ -27,6 +26,7 @@ from services.image_store.imaging.pipeline import ValidationLimits
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import BlobInfo, ImageRow
 from services.image_store.repository import ImageRepository
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.storage.backend import BlobStore, ReceivedFile, storage_key
 from services.image_store.storage.filesystem import storage_error
 

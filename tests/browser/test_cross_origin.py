@@ -15,8 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import unused_port
 from PIL import Image
 
-from common.settings import load_image_store_settings
 from services.image_store.app import create_app as create_store
+from services.image_store.settings import load_image_store_settings
 from tests.conftest import auth_headers
 from tests.image_store.images import photo
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import SettingsError, load_gateway_settings, load_image_store_settings
+from common.settings import SettingsError, load_gateway_settings
+from services.image_store.settings import load_image_store_settings
 from tests.common.test_settings import minimal_env
 
 

@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import (
-    GatewaySettings,
-    ImageStoreSettings,
-    SettingsError,
-    load_gateway_settings,
-    load_image_store_settings,
-)
+from common.settings import GatewaySettings, SettingsError, load_gateway_settings
+from services.image_store.settings import ImageStoreSettings, load_image_store_settings
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
 
 

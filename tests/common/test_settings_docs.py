@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from common.settings import GatewaySettings, ImageStoreSettings
+from common.settings import GatewaySettings
+from services.image_store.settings import ImageStoreSettings
 from services.settings_docs import render_env_example, render_markdown
 from tests.conftest import ROOT
 

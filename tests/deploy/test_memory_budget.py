@@ -45,8 +45,8 @@ def pod_environment(
 
 
 def image_store_worst_case(environ: dict[str, str]) -> tuple[int, str]:
-    from common.settings import load_image_store_settings
     from services.image_store.imaging.decode_budget import worst_case_resident_bytes
+    from services.image_store.settings import load_image_store_settings
 
     settings = load_image_store_settings(environ)
     worst = worst_case_resident_bytes(
@@ -73,7 +73,8 @@ def gateway_worst_case(environ: dict[str, str]) -> tuple[int, str]:
     whole budget is admitted alone, so the larger of the two counts (docs/operations.md). Not in the
     formula: ~40 KiB per open stream plus its prepared images, which scale with streams per pod.
     """
-    from common.settings import load_gateway_settings, load_image_store_settings
+    from common.settings import load_gateway_settings
+    from services.image_store.settings import load_image_store_settings
     from services.vision_gateway.admission import prep_cost
 
     gateway = load_gateway_settings(environ)
@@ -114,8 +115,8 @@ def test_worst_case_memory_fits_the_pod_limit(
 
 def test_default_settings_fit_the_base_pod(tmp_path: Path) -> None:
     """The defaults in common/settings/ alone (no ConfigMap) must fit the shipped limit too."""
-    from common.settings import load_image_store_settings
     from services.image_store.imaging.decode_budget import worst_case_resident_bytes
+    from services.image_store.settings import load_image_store_settings
 
     _, container = pod_environment(render("base"), "retina-image-store", tmp_path)
     limit = quantity_bytes(container["resources"]["limits"]["memory"])

@@ -56,7 +56,7 @@ def test_image_store_scales_out() -> None:
 
 
 def test_configuration_is_accepted_by_the_image_store(tmp_path: Path) -> None:
-    from common.settings import load_image_store_settings
+    from services.image_store.settings import load_image_store_settings
 
     documents = render(TARGET)
     config = named(documents, "ConfigMap", "retina-config")["data"]

@@ -14,7 +14,7 @@ from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from common.settings import ImageStoreSettings, load_image_store_settings
+from services.image_store.settings import ImageStoreSettings, load_image_store_settings
 from tests.conftest import auth_headers
 from tests.image_store.s3_support import CREDENTIALS, REGION, BlobView, MotoServer
 

@@ -14,9 +14,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from common.settings import SettingsError, load_image_store_settings
+from common.settings import SettingsError
 from services.image_store.app import MAINTENANCE_KEY
 from services.image_store.http.handlers import IMAGE_SERVICE_KEY
+from services.image_store.settings import load_image_store_settings
 from services.image_store.storage.backend import storage_key
 from services.image_store.storage.s3 import S3BlobStore
 from tests.conftest import auth_headers

@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from common.settings import load_image_store_settings
 from services.image_store.imaging.decode_budget import MIB, worst_case_resident_bytes
+from services.image_store.settings import load_image_store_settings
 from tests.conftest import auth_headers, base_env
 from tests.image_store import images
 from tests.image_store.store_process import store_process, tree_rss

@@ -30,6 +30,7 @@ FLOORS: dict[str, int] = {
     "models": 1,
     "metrics": 1,
     "filenames": 1,
+    "settings": 1,
 }
 # Within the service layer, uploads and lookup sit on deletion, and service on all three.
 SERVICE_ORDER = {"deletion": 0, "lookup": 0, "uploads": 1, "service": 2}

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from common.settings import ImageStoreSettings
+from services.image_store.settings import ImageStoreSettings
 from tests.image_store.conftest import png, raw_multipart, row_counts, stored_files, temp_files
 from tests.slow_client import RawReply, assert_timed_out, request_head, slow_post
 

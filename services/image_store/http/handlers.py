@@ -18,13 +18,13 @@ from common.http.json_body import read_json_object
 from common.http.multipart import read_small_field
 from common.http.paging import page_params
 from common.ids import parse_uuid
-from common.settings import ImageStoreSettings
 from services.image_store.http.conditional import Precondition, evaluate_preconditions, select_range
 from services.image_store.http.serving import ImageBytesResponse, image_headers
 from services.image_store.http.serving_s3 import object_response
 from services.image_store.lookup import MAX_PAGE_SIZE
 from services.image_store.models import ImageRow
 from services.image_store.service import ImageService
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.uploads import UploadSession
 
 log = structlog.get_logger("retina.image_store")

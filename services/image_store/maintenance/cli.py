@@ -15,7 +15,6 @@ import sys
 from common.db import open_pool
 from common.errors import StorageUnavailable
 from common.metrics import new_registry
-from common.settings import ImageStoreSettings
 from common.signing import UrlSigner
 from services.image_store.imaging.decode_pool import DecodePool
 from services.image_store.maintenance.jobs import IntegrityReport, MaintenanceService
@@ -24,6 +23,7 @@ from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PE
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.repository import ImageRepository
 from services.image_store.service import ImageService
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.storage.open import open_blob_store
 
 # Exit status of `integrity --repair` when the storage looks wrong and nothing was changed.

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 
 import structlog
 
-from common.settings import ImageStoreSettings
 from services.image_store.imaging.decode_pool import DEFAULT_BUDGET_WAIT_SECONDS
 from services.image_store.maintenance.integrity import join
 from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PERCENT, suspicion
 from services.image_store.service import ImageService
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.storage.backend import BlobStore, sha256_of_key
 
 log = structlog.get_logger("retina.image_store.maintenance")

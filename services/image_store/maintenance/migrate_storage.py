@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import structlog
 
-from common.settings import ImageStoreSettings
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.storage.backend import StoredObject, sha256_of_key
 from services.image_store.storage.filesystem import ImageStorage, file_sha256
 from services.image_store.storage.s3 import S3BlobStore

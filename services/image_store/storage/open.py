@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from common.settings import ImageStoreSettings
+from services.image_store.settings import ImageStoreSettings
 from services.image_store.storage.backend import BlobStore
 from services.image_store.storage.filesystem import ImageStorage, OpTimer, _no_timer
 from services.image_store.storage.s3 import S3BlobStore

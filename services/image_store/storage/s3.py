@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import structlog
 from botocore.exceptions import ClientError
 
-from common.settings import S3Settings
+from services.image_store.settings import S3Settings
 from services.image_store.storage.backend import ReceivedFile, StoredObject, sha256_of_key
 from services.image_store.storage.filesystem import ImageStorage, OpTimer, _no_timer
 from services.image_store.storage.s3_client import ABSENT, ALREADY_THERE, error_code, unavailable_on_failure
