@@ -11,13 +11,14 @@ from pathlib import Path
 
 from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
-from common.settings import SettingsError, load_database_settings, load_gateway_settings
+from common.settings import SettingsError, load_database_settings
 from common.settings.kinds import directories_untouched
 from services.ask.command import add_parser as add_ask_parser
 from services.ask.command import run_ask
 from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PERCENT
 from services.image_store.settings import load_image_store_settings
 from services.runner import ServiceSpec, load_or_exit, serve
+from services.vision_gateway.settings import load_gateway_settings
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from common.settings import docs
 from common.settings.base import EnvSettings
-from common.settings.gateway import FallbackSettings, GatewaySettings, ImageCountSettings
 from common.settings.shared import CommonSettings, DatabaseSettings, PoolSettings, UploadClockSettings, UploadSettings
 from services.image_store.settings import BrowserSettings, ImageStoreSettings, StorageBackendSettings
+from services.vision_gateway.settings import FallbackSettings, GatewaySettings, ImageCountSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python -m services.settings_docs"

@@ -13,10 +13,10 @@ from aiohttp import web
 from pebble import ProcessPool
 
 from common.logging import configure_logging
-from common.settings import GatewaySettings, load_gateway_settings
 from services.image_store.app import create_app as create_store_app
 from services.image_store.imaging.decode_pool import worker_processes
 from services.image_store.settings import ImageStoreSettings, load_image_store_settings
+from services.vision_gateway.settings import GatewaySettings, load_gateway_settings
 from tests.postgres import DatabaseFactory, embedded_server, server_gone, without_password
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,13 +10,13 @@ import yaml
 from aiohttp import web
 from openapi_spec_validator import validate
 
-from common.settings import load_gateway_settings
 from services.image_store.app import create_app as create_store
 from services.image_store.http.handlers import DEFAULT_PAGE_SIZE
 from services.image_store.lookup import MAX_PAGE_SIZE
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.conversations import DEFAULT_PAGE, MAX_PAGE
+from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import ROOT
 
 DOCS = ROOT / "docs" / "openapi"

@@ -1,10 +1,10 @@
-"""Typed settings for both services, read from the environment and validated at start-up.
+"""The settings machinery both services use, and the settings they share.
 
-pydantic-settings models, one flat set of variables per service: `ImageStoreSettings` and
-`GatewaySettings` extend `CommonSettings` and the small groups holding cross-field rules. Every
-problem is reported at once (`SettingsError.problems`, one line each, secrets never shown); field
-descriptions in the models generate `.env.example` and docs/configuration.md
-(`python -m services.settings_docs`).
+pydantic-settings models read from one environment mapping (`load`), every problem reported at once
+(`SettingsError.problems`, one line each, secrets never shown). `CommonSettings` and the upload
+groups live here; each service's own model extends them beside its service
+(services/image_store/settings.py, services/vision_gateway/settings.py). Field descriptions in the
+models generate `.env.example` and docs/configuration.md (`python -m services.settings_docs`).
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ import secrets
 from collections.abc import Mapping
 
 from common.settings.base import SettingsError, load
-from common.settings.gateway import FALLBACK_POLICIES, GatewaySettings, load_gateway_settings
 from common.settings.shared import CommonSettings, DatabaseSettings, UploadSettings
 
 __all__ = [
-    "FALLBACK_POLICIES",
     "CommonSettings",
     "DatabaseSettings",
-    "GatewaySettings",
     "SettingsError",
     "UploadSettings",
     "generate_secret",
     "load_database_settings",
-    "load_gateway_settings",
 ]
 
 

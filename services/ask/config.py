@@ -16,8 +16,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.settings import GatewaySettings
 from services.env_file import local_env_path, read_env_file, state_dir
+from services.vision_gateway.settings import GatewaySettings
 
 DEFAULT_USER = "alice"
 DEFAULT_GATEWAY_PORT = str(GatewaySettings.model_fields["port"].default)  # the gateway's own default

@@ -12,7 +12,6 @@ from common.content_disposition import ignore_aiohttp_disposition_warnings
 from common.health import READINESS_KEY
 from common.http.cors import enable_cors
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY
-from common.settings import GatewaySettings
 from services.vision_gateway.admission import PrepBudget, StreamAdmission
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
@@ -28,6 +27,7 @@ from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.openai_compat.handlers import RETINA_HEADERS, create_openai_app
 from services.vision_gateway.repository import ConversationRepository
+from services.vision_gateway.settings import GatewaySettings
 from services.vision_gateway.streams import StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
 

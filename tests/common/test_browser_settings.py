@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import SettingsError, load_gateway_settings
+from common.settings import SettingsError
 from services.image_store.settings import load_image_store_settings
+from services.vision_gateway.settings import load_gateway_settings
 from tests.common.test_settings import minimal_env
 
 

@@ -125,8 +125,8 @@ async def test_metrics_use_route_templates_not_paths(client: TestClient) -> None
 async def test_both_services_start_with_health_and_metrics(
     aiohttp_client, service_env: dict[str, str], factory
 ) -> None:
-    from common.settings import load_gateway_settings
     from services.image_store.settings import load_image_store_settings
+    from services.vision_gateway.settings import load_gateway_settings
 
     loader = load_image_store_settings if factory is create_image_store else load_gateway_settings
     client = await aiohttp_client(factory(loader(service_env)))

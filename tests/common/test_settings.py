@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import GatewaySettings, SettingsError, load_gateway_settings
+from common.settings import SettingsError
 from services.image_store.settings import ImageStoreSettings, load_image_store_settings
+from services.vision_gateway.settings import GatewaySettings, load_gateway_settings
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
 
 

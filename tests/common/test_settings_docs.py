@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from common.settings import GatewaySettings
 from services.image_store.settings import ImageStoreSettings
 from services.settings_docs import render_env_example, render_markdown
+from services.vision_gateway.settings import GatewaySettings
 from tests.conftest import ROOT
 
 

@@ -73,9 +73,9 @@ def gateway_worst_case(environ: dict[str, str]) -> tuple[int, str]:
     whole budget is admitted alone, so the larger of the two counts (docs/operations.md). Not in the
     formula: ~40 KiB per open stream plus its prepared images, which scale with streams per pod.
     """
-    from common.settings import load_gateway_settings
     from services.image_store.settings import load_image_store_settings
     from services.vision_gateway.admission import prep_cost
+    from services.vision_gateway.settings import load_gateway_settings
 
     gateway = load_gateway_settings(environ)
     max_pixels = load_image_store_settings(environ).max_pixels  # what the store lets in

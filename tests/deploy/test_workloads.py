@@ -206,8 +206,9 @@ def test_config_map_holds_only_known_non_secret_variables() -> None:
 
 def test_config_map_and_secret_template_are_accepted_by_both_services(tmp_path: Path) -> None:
     """The services' own settings loader validates the rendered configuration (as at start-up)."""
-    from common.settings import SettingsError, load_gateway_settings
+    from common.settings import SettingsError
     from services.image_store.settings import load_image_store_settings
+    from services.vision_gateway.settings import load_gateway_settings
 
     secret = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())["stringData"]
     for target in ("overlays/dev", "overlays/prod"):

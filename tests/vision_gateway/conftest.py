@@ -19,9 +19,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from common.settings import load_gateway_settings
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.app import create_app as create_gateway
+from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import ROOT, SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import photo
 from tests.ollama_emulator import OllamaEmulator

@@ -205,9 +205,9 @@ async def test_non_vision_model_fallbacks_announce_themselves(stack: Stack, poli
 async def test_custom_image_endpoint_is_used_by_both_services(
     aiohttp_server, aiohttp_client, store_app, service_env: dict[str, str], emulator: OllamaEmulator
 ) -> None:
-    from common.settings import load_gateway_settings
     from services.image_store.settings import load_image_store_settings
     from services.vision_gateway.app import create_app as create_gateway
+    from services.vision_gateway.settings import load_gateway_settings
 
     env = {**service_env, "IMAGE_SERVE_ENDPOINT": "/v2/pictures"}
     ollama_server = await aiohttp_server(emulator.make_app())

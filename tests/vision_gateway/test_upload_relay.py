@@ -21,11 +21,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from common.errors import UpstreamUnavailable
-from common.settings import load_gateway_settings
 from services.image_store.http.handlers import IMAGE_SERVICE_KEY
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.retry import Retryable, call_upstream, retry_after_seconds
+from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import auth_headers
 from tests.fast_clock import FastClockLoop
 from tests.image_store.conftest import photo, temp_files

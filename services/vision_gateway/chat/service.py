@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import ApiError, ConversationNotFound, StreamNotFound
-from common.settings import GatewaySettings
 from services.vision_gateway.admission import PrepBudget, StreamAdmission
 from services.vision_gateway.capabilities import ModelCapabilities, VisionModelService
 from services.vision_gateway.chat import policy, prompt, thinking
@@ -34,6 +33,7 @@ from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClie
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.repository import ConversationRepository, StoredMessage
+from services.vision_gateway.settings import GatewaySettings
 from services.vision_gateway.streams import StreamRegistry
 
 # How long a stop request waits for the replica running the stream to record the stop.
