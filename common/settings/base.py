@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticUndefined
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 M = TypeVar("M", bound="EnvSettings")
 
@@ -52,8 +52,8 @@ class EnvSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Only what :func:`load` passes in: the process environment must never leak in behind the
-        mapping given (a blank `DATABASE_URL=` in the real environment would otherwise win)."""
+        """Keyword arguments only, should a model ever be built directly: the process environment
+        must never leak in behind the mapping given (:func:`load` validates that mapping itself)."""
         return (init_settings,)
 
 
@@ -84,34 +84,31 @@ def setting(
     )
 
 
-class _MappingSource(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping instead of os.environ, so tests
-    and `retina up` (which adds defaults to a copy) load exactly what they pass. Values are
-    stripped and blank ones count as unset, as they always have."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._given = {key: value.strip() for key, value in environ.items() if value.strip()}
-        super().__init__(settings_cls, case_sensitive=True)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return self._given
-
-
 def load(model: type[M], environ: Mapping[str, str]) -> M:
     """Validate `model` from `environ`, or raise SettingsError naming every problem."""
     try:
-        return model.model_validate(_MappingSource(model, environ)())
+        return model.model_validate(_given(model, environ))
     except ValidationError as exc:
         problems = _problems(model, exc)
     for group in model.__mro__[1:]:
         if isinstance(group, type) and issubclass(group, EnvSettings) and group is not EnvSettings:
             try:
-                group.model_validate(_MappingSource(group, environ)())
+                group.model_validate(_given(group, environ))
             except ValidationError as exc:
                 problems += _problems(group, exc, rules_only=True)
     # Raised outside the except blocks on purpose: no ValidationError is chained to it, since
     # pydantic's own error text quotes inputs, which may be secrets.
     raise SettingsError(list(dict.fromkeys(problems)))
+
+
+def _given(model: type[EnvSettings], environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables `model` reads, found in `environ` by their exact names (each field's
+    validation alias, see :func:`setting`), stripped; blank ones count as unset. Values stay the
+    strings they were (no JSON decoding, as `enable_decoding=False` says): the fields' own
+    validators parse lists and choices. Nothing else reaches the model, os.environ least of all,
+    so tests and `retina up` (which adds defaults to a copy) load exactly what they pass."""
+    names = {str(field.validation_alias) for field in model.model_fields.values()}
+    return {name: value.strip() for name, value in environ.items() if name in names and value.strip()}
 
 
 def _problems(model: type[EnvSettings], exc: ValidationError, *, rules_only: bool = False) -> list[str]:
