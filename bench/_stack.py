@@ -47,7 +47,7 @@ def scratch_database(admin_url: str) -> Iterator[str]:
 @contextlib.contextmanager
 def service(command: str, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", command, "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "cli.main", command, "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,

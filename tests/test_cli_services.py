@@ -63,7 +63,7 @@ class OutputCollector:
 @contextmanager
 def retina(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], OutputCollector]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -154,7 +154,7 @@ def test_invalid_configuration_refuses_to_start_with_one_line_per_problem(tmp_pa
     )
     env.pop("IMAGE_SIGNING_KEYS", None)
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "image-store"],
+        [sys.executable, "-m", "cli.main", "image-store"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -196,7 +196,7 @@ def test_retina_up_takes_ports_from_the_environment_and_flags_win(database_url: 
         # `retina ask` finds this gateway and its token in local.env alone (Ollama is down: a 503, not a 401).
         ask_env = {"PATH": os.environ.get("PATH", ""), "RETINA_STATE_DIR": str(tmp_path / "state")}
         ask = subprocess.run(
-            [sys.executable, "-m", "services.cli", "ask", "hi", "-m", "llava"],
+            [sys.executable, "-m", "cli.main", "ask", "hi", "-m", "llava"],
             cwd=ROOT,
             env=ask_env,
             capture_output=True,
@@ -212,7 +212,7 @@ def test_retina_up_takes_ports_from_the_environment_and_flags_win(database_url: 
 def test_retina_up_refuses_a_malformed_port_variable(tmp_path: Path) -> None:
     env = clean_env(RETINA_STATE_DIR=str(tmp_path / "state"), IMAGE_STORE_PORT="eighty")
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "cli.main", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2, result.stderr
     assert "IMAGE_STORE_PORT" in result.stderr

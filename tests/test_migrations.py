@@ -194,7 +194,7 @@ def test_thinking_rolls_back_without_touching_the_answers(empty_database_url: st
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,

@@ -4,7 +4,7 @@ pydantic-settings models read from one environment mapping (`load`), every probl
 (`SettingsError.problems`, one line each, secrets never shown). `CommonSettings` and the upload
 groups live here; each service's own model extends them beside its service
 (services/image_store/settings.py, services/vision_gateway/settings.py). Field descriptions in the
-models generate `.env.example` and docs/configuration.md (`python -m services.settings_docs`).
+models generate `.env.example` and docs/configuration.md (`python -m cli.settings_docs`).
 """
 
 from __future__ import annotations

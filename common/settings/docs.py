@@ -2,7 +2,7 @@
 
 The models' Field descriptions, defaults and limits are the single source. This module only
 renders: which models to document, in what order, is given by the entry point
-(`python -m services.settings_docs`), so common/ never imports a service.
+(`python -m cli.settings_docs`), so common/ never imports a service.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`.env.example` and docs/configuration.md are generated from the settings models; the committed
-files must be what the generator writes (run `python -m services.settings_docs` after a change)."""
+files must be what the generator writes (run `python -m cli.settings_docs` after a change)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from cli.settings_docs import render_env_example, render_markdown
 from services.image_store.settings import ImageStoreSettings
-from services.settings_docs import render_env_example, render_markdown
 from services.vision_gateway.settings import GatewaySettings
 from tests.conftest import ROOT
 
@@ -19,7 +19,7 @@ from tests.conftest import ROOT
     ("path", "render"), [(".env.example", render_env_example), ("docs/configuration.md", render_markdown)]
 )
 def test_committed_file_is_the_generated_one(path: str, render) -> None:
-    assert (ROOT / path).read_text() == render(), f"stale {path}: run python -m services.settings_docs"
+    assert (ROOT / path).read_text() == render(), f"stale {path}: run python -m cli.settings_docs"
 
 
 def test_every_variable_has_a_description_and_a_row() -> None:
@@ -40,7 +40,7 @@ def test_the_table_shows_defaults_limits_and_what_is_required() -> None:
 
 
 def test_check_mode_fails_on_a_stale_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from services import settings_docs as docs
+    from cli import settings_docs as docs
 
     stale = tmp_path / "configuration.md"
     stale.write_text("old\n")
@@ -55,7 +55,7 @@ def test_check_mode_fails_on_a_stale_file(tmp_path, monkeypatch: pytest.MonkeyPa
 
 def test_the_generator_runs_as_a_module_and_finds_the_repository_current() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.settings_docs", "--check"],
+        [sys.executable, "-m", "cli.settings_docs", "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -35,7 +35,7 @@ def store_process(
     port = port or free_port()
     with log.open("ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "image-store", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "cli.main", "image-store", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
             stdout=output,

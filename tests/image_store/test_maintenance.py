@@ -103,7 +103,7 @@ async def test_only_one_replica_runs_maintenance_at_a_time(store_client: TestCli
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "maintenance", *args],
+        [sys.executable, "-m", "cli.main", "maintenance", *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,

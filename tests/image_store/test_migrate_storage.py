@@ -22,7 +22,7 @@ from tests.image_store.s3_support import CREDENTIALS, REGION, BlobView, MotoServ
 
 def migrate(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "maintenance", "migrate-storage", *args],
+        [sys.executable, "-m", "cli.main", "maintenance", "migrate-storage", *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,

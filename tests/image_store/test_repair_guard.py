@@ -1,7 +1,7 @@
 """`retina maintenance integrity --repair` against storage that looks wrong (a mistyped or
 unmounted IMAGE_STORAGE_PATH, an empty bucket or prefix, most blobs gone): it refuses, exits 3,
 says why and how to override, and changes nothing: no row, no file, no directory. Run as the
-operator runs it (`python -m services.cli maintenance ...`, a real PostgreSQL, a real directory
+operator runs it (`python -m cli.main maintenance ...`, a real PostgreSQL, a real directory
 or moto's S3)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.cli import main
+from cli.main import main
 from services.image_store.app import MAINTENANCE_KEY
 from tests.image_store.conftest import BACKENDS, png, row_counts, stored_files, upload
 from tests.image_store.s3_support import BlobView, key_of

@@ -1,6 +1,6 @@
 """Two image-store processes sharing one bucket and one database (the s3 backend's scale-out).
 
-Real processes (`python -m services.cli image-store`), each with its own connection pool, S3
+Real processes (`python -m cli.main image-store`), each with its own connection pool, S3
 client and decode workers; only PostgreSQL's advisory locks and the bucket's conditional
 writes coordinate them.
 """
@@ -33,7 +33,7 @@ def start_replica(env: dict[str, str], scratch: Path, log: Path) -> tuple[subpro
     scratch.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "image-store", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "cli.main", "image-store", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env={**os.environ, **env, "IMAGE_STORAGE_PATH": str(scratch), "PYTHONPATH": str(ROOT)},
             stdout=out,

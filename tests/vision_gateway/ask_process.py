@@ -69,7 +69,7 @@ class AskProcess:
         out_master, out_slave = os.openpty()
         err_master, err_slave = os.openpty()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "ask", *args],
+            [sys.executable, "-m", "cli.main", "ask", *args],
             cwd=ROOT,
             env=env,
             stdin=out_slave,
@@ -125,7 +125,7 @@ async def run_piped(args: list[str], env: dict[str, str], timeout: float = 30.0)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "cli.main",
         "ask",
         *args,
         cwd=ROOT,

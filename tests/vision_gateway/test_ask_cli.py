@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from services.env_file import write_env_file
+from cli.env_file import write_env_file
 from tests.conftest import ROOT, SERVICE_TOKEN
 from tests.image_store.conftest import photo
 from tests.vision_gateway.ask_process import AskProcess, ask_env, run_piped
@@ -180,7 +180,7 @@ async def test_a_reader_that_leaves_the_pipe_ends_the_ask_quietly(stack: Stack, 
     stack.emulator.chunk_delay = 0.02
     read_end, write_end = os.pipe()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "ask", "Count", "-m", "llava",
+        sys.executable, "-m", "cli.main", "ask", "Count", "-m", "llava",
         cwd=ROOT, env=env_for(stack, tmp_path), stdout=write_end, stderr=subprocess.PIPE,
     )  # fmt: skip
     os.close(write_end)

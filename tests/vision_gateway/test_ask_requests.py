@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from services.ask.command import run_ask
-from services.ask.config import AskConfig, MissingToken, load_config
-from services.ask.exits import ExitCode
-from services.ask.progress import UploadProgress
-from services.ask.render import DIM, RESET, Renderer
-from services.ask.request import CHUNK_BYTES, THINK_LEVELS, AskRequest
-from services.ask.session import AskSession
-from services.cli import _parser
-from services.env_file import read_env_file, write_env_file
-from services.local_stack import local_secrets, remember_gateway_url
+from cli.ask.command import run_ask
+from cli.ask.config import AskConfig, MissingToken, load_config
+from cli.ask.exits import ExitCode
+from cli.ask.progress import UploadProgress
+from cli.ask.render import DIM, RESET, Renderer
+from cli.ask.request import CHUNK_BYTES, THINK_LEVELS, AskRequest
+from cli.ask.session import AskSession
+from cli.env_file import read_env_file, write_env_file
+from cli.local_stack import local_secrets, remember_gateway_url
+from cli.main import _parser
 from tests.conftest import SERVICE_TOKEN
 from tests.vision_gateway.ask_process import AskProcess, ask_env
 from tests.vision_gateway.fake_gateway import CONVERSATION_ID, STREAM_ID, FakeGateway, done_event, sse, start_event

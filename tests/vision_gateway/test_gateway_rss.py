@@ -71,7 +71,7 @@ async def upload_png(stack: Stack, data: bytes) -> str:
 def gateway_process(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
     port = int(closed_port_url().rsplit(":", 1)[1])
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "vision-gateway", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "cli.main", "vision-gateway", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env={**os.environ, **env, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "warning"},
         stdout=subprocess.DEVNULL,

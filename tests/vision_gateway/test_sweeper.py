@@ -51,7 +51,7 @@ async def test_a_killed_gateway_leaves_no_stream_streaming_for_ever(stack: Stack
     port = free_port()
     env = {**os.environ, **stack.env, "VISION_GATEWAY_PORT": str(port), "VISION_GATEWAY_HOST": "127.0.0.1"}
     env |= {"STREAM_SWEEP_AFTER_SECONDS": "3", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "services.cli", "vision-gateway"]
+    command = [sys.executable, "-m", "cli.main", "vision-gateway"]
     process = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: ASYNC220 - returns at once
     try:
         url = f"http://127.0.0.1:{port}"

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import payload
 
-from services.ask.progress import UploadProgress
+from cli.ask.progress import UploadProgress
 
 CHUNK_BYTES = 256 * 1024
 # The gateway's `think` levels (services/vision_gateway/chat/request.py THINK_LEVELS; a test keeps them

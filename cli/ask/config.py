@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.env_file import local_env_path, read_env_file, state_dir
+from cli.env_file import local_env_path, read_env_file, state_dir
 from services.vision_gateway.settings import GatewaySettings
 
 DEFAULT_USER = "alice"

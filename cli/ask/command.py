@@ -10,12 +10,12 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from services.ask.config import MissingToken, load_config
-from services.ask.exits import TABLE, ExitCode
-from services.ask.progress import UploadProgress
-from services.ask.render import Renderer
-from services.ask.request import THINK_LEVELS, AskRequest, FormatFileError, load_format, parse_think
-from services.ask.session import SILENCE_TIMEOUT_SECONDS, AskSession
+from cli.ask.config import MissingToken, load_config
+from cli.ask.exits import TABLE, ExitCode
+from cli.ask.progress import UploadProgress
+from cli.ask.render import Renderer
+from cli.ask.request import THINK_LEVELS, AskRequest, FormatFileError, load_format, parse_think
+from cli.ask.session import SILENCE_TIMEOUT_SECONDS, AskSession
 
 DESCRIPTION = """Ask a model about local images; the answer streams to stdout as it is generated.
 Uploads go through the gateway (multipart) with a progress bar on stderr; notices, the outcome and

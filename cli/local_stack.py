@@ -16,13 +16,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
 
+from cli.env_file import local_env_path, read_env_file, write_env_file
+from cli.runner import ServiceSpec, load_or_exit, serve
 from common.migrations import apply_migrations
 from common.settings import generate_secret
 from common.settings.base import EnvSettings, load
-from services.env_file import local_env_path, read_env_file, write_env_file
 from services.image_store.app import create_app as create_image_store
 from services.image_store.settings import ImageStoreSettings, load_image_store_settings
-from services.runner import ServiceSpec, load_or_exit, serve
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.settings import GatewaySettings, load_gateway_settings
 

@@ -9,15 +9,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cli.ask.command import add_parser as add_ask_parser
+from cli.ask.command import run_ask
+from cli.runner import ServiceSpec, load_or_exit, serve
 from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
 from common.settings import SettingsError, load_database_settings
 from common.settings.kinds import directories_untouched
-from services.ask.command import add_parser as add_ask_parser
-from services.ask.command import run_ask
 from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PERCENT
 from services.image_store.settings import load_image_store_settings
-from services.runner import ServiceSpec, load_or_exit, serve
 from services.vision_gateway.settings import load_gateway_settings
 
 
@@ -138,8 +138,8 @@ def _run_service(name: str, host: str | None, port: int | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "up":
-        from services.env_file import state_dir
-        from services.local_stack import run_local_stack
+        from cli.env_file import state_dir
+        from cli.local_stack import run_local_stack
 
         configure_logging(os.environ.get("LOG_LEVEL", "info"), os.environ.get("LOG_FORMAT", "console"))
         run_local_stack(

@@ -16,12 +16,12 @@ from typing import Any
 
 import aiohttp
 
-from services.ask.config import AskConfig
-from services.ask.exits import ExitCode, for_status
-from services.ask.progress import UploadProgress
-from services.ask.render import Renderer
-from services.ask.request import AskRequest, request_body
-from services.ask.sse import StreamProtocolError, events
+from cli.ask.config import AskConfig
+from cli.ask.exits import ExitCode, for_status
+from cli.ask.progress import UploadProgress
+from cli.ask.render import Renderer
+from cli.ask.request import AskRequest, request_body
+from cli.ask.sse import StreamProtocolError, events
 
 # After the stop request, how long the final event may take before the connection is dropped.
 STOP_GRACE_SECONDS = 15.0

@@ -1,7 +1,7 @@
 """`.env.example` and docs/configuration.md, generated from both services' settings models.
 
-    python -m services.settings_docs          # rewrite both files
-    python -m services.settings_docs --check  # exit 1 if either is stale (tests/common/test_settings_docs.py)
+    python -m cli.settings_docs          # rewrite both files
+    python -m cli.settings_docs --check  # exit 1 if either is stale (tests/common/test_settings_docs.py)
 
 The models' Field descriptions, defaults and limits are the single source; common/settings/docs.py
 renders them. A variable a service reads but no group below lists fails the generator, so a new
@@ -20,7 +20,7 @@ from services.image_store.settings import BrowserSettings, ImageStoreSettings, S
 from services.vision_gateway.settings import FallbackSettings, GatewaySettings, ImageCountSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = "python -m services.settings_docs"
+COMMAND = "python -m cli.settings_docs"
 # Documentation order; each group contributes the fields it declares itself.
 GROUPS: tuple[type[EnvSettings], ...] = (
     DatabaseSettings,
