@@ -176,8 +176,10 @@ class GatewaySettings(FallbackSettings, ImageCountSettings, UploadSettings, Comm
         60.0,
         ge=1.0,
         le=86400.0,
-        doc="A `streaming` answer whose gateway saved no progress for this long is closed as `interrupted` "
-        "(its gateway died); live streams touch their row every third of this. Any replica sweeps.",
+        doc="A `streaming` answer that no live replica has touched for this long is closed as `interrupted` "
+        "(its gateway died). Each replica touches all the answers it holds every third of this, in one "
+        "statement on a connection of its own, however late their progress saves are. Any replica sweeps, "
+        "once its own touches have worked for this long without a break.",
     )
     stream_save_retry_seconds: float = setting(
         "STREAM_SAVE_RETRY_SECONDS",

@@ -28,7 +28,7 @@ from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.openai_compat.handlers import RETINA_HEADERS, create_openai_app
 from services.vision_gateway.repository import ConversationRepository
-from services.vision_gateway.streams import StreamRegistry, listen_for_stops
+from services.vision_gateway.streams import StreamLiveness, StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
 
 SERVICE_NAME = "vision_gateway"
@@ -75,16 +75,25 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     try:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
             registry, repository = _install_services(app, session, metrics, preparer)
+            dsn = app[SETTINGS_KEY].database_url.get_secret_value()
+            sweep_after = settings.stream_sweep_after_seconds
+            liveness = StreamLiveness(dsn, registry.held, interval=sweep_after / 3)
             async with (
-                listen_for_stops(registry, app[SETTINGS_KEY].database_url.get_secret_value()) as listening,
-                sweeping(repository, metrics, after_seconds=settings.stream_sweep_after_seconds),
+                listen_for_stops(registry, dsn) as listening,
+                liveness.running(),
+                sweeping(repository, metrics, liveness, after_seconds=sweep_after),
             ):
 
                 async def stop_listener() -> None:
                     if not listening.is_set():
                         raise RuntimeError("the stream-stop listener is not connected")
 
+                async def stream_liveness() -> None:
+                    if not liveness.touched.is_set():
+                        raise RuntimeError("this replica cannot mark its streams alive (other replicas may sweep them)")
+
                 app[READINESS_KEY].add("stop_listener", stop_listener)
+                app[READINESS_KEY].add("stream_liveness", stream_liveness)
                 yield
     finally:
         preparer.close()
@@ -95,7 +104,7 @@ def _install_services(
 ) -> tuple[StreamRegistry, ConversationRepository]:
     """Build the upstream clients and the services over them, put the services in app state.
 
-    Returns what the background tasks (stop listener, sweeper) of `_chat_service` work on.
+    Returns what the background tasks (stop listener, liveness, sweeper) of `_chat_service` work on.
     """
     settings = app[GATEWAY_SETTINGS_KEY]
     ollama = OllamaClient(

@@ -93,7 +93,7 @@ class GatewayMetrics:
         )
         self.streams_swept = m.counter(
             "vision_gateway_streams_swept_total",
-            "Streaming rows closed as interrupted because no gateway saved progress for them.",
+            "Streaming rows closed as interrupted because no live gateway touched them (their gateway died).",
         )
 
     def model_label(self, model: str) -> str:

@@ -1,8 +1,10 @@
 """AnswerWriter: where one stream's answer goes in PostgreSQL, while it streams and when it ends.
 
-While streaming it saves the text so far every PROGRESS_SAVE_SECONDS when it grew, and touches
-the row at least every `touch_seconds` when it did not: `messages.progress_at` is how the
-sweeper (sweeper.py) tells a live stream from one whose gateway died.
+While streaming it saves the text so far every PROGRESS_SAVE_SECONDS when it grew: what a crash
+can lose. These saves go through the pool and may fall behind under load; that only risks more
+text on a crash, never the stream: the row is kept alive by the replica's one liveness statement
+(streams.StreamLiveness), which covers it for as long as the registry holds it (the stream, then
+its final write).
 
 The final write happens once. If PostgreSQL is unreachable it is retried (waits of 0.2 s doubling
 to 2 s, common.retry's `until`) while the next attempt would start within `retry_seconds`; the
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ from common.errors import DatabaseUnavailable
 from common.retry import until
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.repository import ConversationRepository
+from services.vision_gateway.streams import StreamRegistry
 
 log = structlog.get_logger("retina.vision_gateway.answers")
 
@@ -48,15 +50,15 @@ class AnswerWriter:
         repository: ConversationRepository,
         message_id: uuid.UUID,
         metrics: GatewayMetrics,
+        registry: StreamRegistry,
         *,
         retry_seconds: float,
-        touch_seconds: float,
     ) -> None:
         self._repository = repository
         self._message_id = message_id
         self._metrics = metrics
+        self._registry = registry
         self._retry_seconds = retry_seconds
-        self._touch_seconds = touch_seconds
         self._progress: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._saved: bool | None = None
@@ -66,19 +68,18 @@ class AnswerWriter:
 
     async def _save_progress(self, answer: Callable[[], Answer]) -> None:
         # Both parts only grow while streaming, so their combined length tells whether anything is new.
-        saved_length, touched = 0, time.monotonic()
-        interval = min(PROGRESS_SAVE_SECONDS, self._touch_seconds)
+        saved_length = 0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+                await asyncio.wait_for(self._stopping.wait(), PROGRESS_SAVE_SECONDS)
                 return
-            current, now = answer(), time.monotonic()
+            current = answer()
             length = len(current.content) + len(current.thinking)
-            if length == saved_length and now - touched < self._touch_seconds:
+            if length == saved_length:
                 continue
             try:
                 await self._repository.save_progress(self._message_id, current.content, current.thinking)
-                saved_length, touched = length, now
+                saved_length = length
             except Exception as exc:  # noqa: BLE001 - progress is best effort; the final write retries
                 log.warning("progress_save_failed", message_id=str(self._message_id), error=repr(exc))
 
@@ -97,7 +98,12 @@ class AnswerWriter:
         if self._saved is not None:
             return self._saved
         self._saved = False
+        with self._registry.holding(self._message_id):  # alive until written, even if the stream is gone
+            return await self._finish(answer, status, error, stats)
+
+    async def _finish(self, answer: Answer, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
         await self._stop_progress()
+        saved = False
         policy = until(
             self._retry_seconds,
             retry_on=DatabaseUnavailable,
@@ -117,10 +123,10 @@ class AnswerWriter:
                 error=error,
                 stats=stats,
             )
-            self._saved = True
+            saved = self._saved = True
         except DatabaseUnavailable as exc:
             log.error("store_answer_failed", message_id=str(self._message_id), error=repr(exc.__cause__))
         except Exception:
             log.exception("store_answer_failed", message_id=str(self._message_id))
-        self._metrics.answer_saves.labels("saved" if self._saved else "lost").inc()
-        return self._saved
+        self._metrics.answer_saves.labels("saved" if saved else "lost").inc()
+        return saved

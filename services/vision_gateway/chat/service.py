@@ -177,7 +177,7 @@ class ChatService:
     async def relay(self, turn: OpenTurn, sink: EventSink) -> str:
         """Stream the answer to `sink`; returns the outcome. The (partial) answer is always stored."""
         async with turn:
-            with self.registry.register(turn.stream_id, turn.caller.user_id) as live:
+            with self.registry.register(turn.stream_id, turn.caller.user_id, turn.message_id) as live:
                 return await StreamRelay(turn, sink, live, self._writer(turn), self._metrics).run()
 
     def _writer(self, turn: OpenTurn) -> AnswerWriter:
@@ -185,8 +185,8 @@ class ChatService:
             self._repository,
             turn.message_id,
             self._metrics,
+            self.registry,
             retry_seconds=self.settings.stream_save_retry_seconds,
-            touch_seconds=self.settings.stream_sweep_after_seconds / 3,
         )
 
     async def stop(self, stream_id: uuid.UUID, user_id: str) -> StopResult:
