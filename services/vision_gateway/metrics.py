@@ -87,9 +87,10 @@ class GatewayMetrics:
         )
         self.answer_saves = m.counter(
             "vision_gateway_answer_saves_total",
-            "Final writes of streamed answers: saved, or lost after retrying while PostgreSQL was unreachable.",
+            "Final writes of streamed answers: saved in time; queued in memory after retrying while PostgreSQL "
+            "was unreachable, then saved_late or lost.",
             ["result"],
-            preset=("saved", "lost"),
+            preset=("saved", "queued", "saved_late", "lost"),
         )
         self.streams_swept = m.counter(
             "vision_gateway_streams_swept_total",

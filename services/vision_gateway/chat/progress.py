@@ -3,12 +3,15 @@
 While streaming it saves the text so far every PROGRESS_SAVE_SECONDS when it grew: what a crash
 can lose. These saves go through the pool and may fall behind under load; that only risks more
 text on a crash, never the stream: the row is kept alive by the replica's one liveness statement
-(streams.StreamLiveness), which covers it for as long as the registry holds it (the stream, then
-its final write).
+(streams.StreamLiveness), which covers it for as long as the registry holds it (the stream, its
+final write, and a final waiting in memory).
 
 The final write happens once. If PostgreSQL is unreachable it is retried (waits of 0.2 s doubling
 to 2 s, common.retry's `until`) while the next attempt would start within `retry_seconds`; the
 result (saved or not) goes to the client in the final event, so an answer is never lost silently.
+An answer not saved by then is handed to PendingAnswers (pending.py), which stores it when the
+database is back (within STREAM_SAVE_QUEUE_SECONDS): `"saved": false` says what was true when
+the client was told.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import structlog
 
 from common.errors import DatabaseUnavailable
 from common.retry import until
+from services.vision_gateway.chat.pending import PendingAnswers, PendingFinal
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.repository import ConversationRepository
-from services.vision_gateway.streams import StreamRegistry
 
 log = structlog.get_logger("retina.vision_gateway.answers")
 
@@ -50,14 +53,14 @@ class AnswerWriter:
         repository: ConversationRepository,
         message_id: uuid.UUID,
         metrics: GatewayMetrics,
-        registry: StreamRegistry,
+        pending: PendingAnswers,
         *,
         retry_seconds: float,
     ) -> None:
         self._repository = repository
         self._message_id = message_id
         self._metrics = metrics
-        self._registry = registry
+        self._pending = pending
         self._retry_seconds = retry_seconds
         self._progress: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -94,16 +97,15 @@ class AnswerWriter:
             self._progress.cancel()
 
     async def finish(self, answer: Answer, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
-        """Store the final answer once; True when it is in the database."""
+        """Store the final answer once; True when it is in the database now (else it waits in memory)."""
         if self._saved is not None:
             return self._saved
         self._saved = False
-        with self._registry.holding(self._message_id):  # alive until written, even if the stream is gone
+        with self._pending.holding(self._message_id):  # alive until written, even if the stream is gone
             return await self._finish(answer, status, error, stats)
 
     async def _finish(self, answer: Answer, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
         await self._stop_progress()
-        saved = False
         policy = until(
             self._retry_seconds,
             retry_on=DatabaseUnavailable,
@@ -123,10 +125,16 @@ class AnswerWriter:
                 error=error,
                 stats=stats,
             )
-            saved = self._saved = True
         except DatabaseUnavailable as exc:
-            log.error("store_answer_failed", message_id=str(self._message_id), error=repr(exc.__cause__))
+            # Not lost yet: kept in memory and stored when the database is back (answer_lost if never).
+            log.warning("store_answer_failed", message_id=str(self._message_id), error=repr(exc.__cause__))
+            final = PendingFinal(self._message_id, answer.content, answer.thinking, status, error, stats)
+            self._pending.put(final)  # counts it queued, or lost when it does not fit
+            return False
         except Exception:
             log.exception("store_answer_failed", message_id=str(self._message_id))
-        self._metrics.answer_saves.labels("saved" if saved else "lost").inc()
-        return saved
+            self._metrics.answer_saves.labels("lost").inc()
+            return False
+        self._saved = True
+        self._metrics.answer_saves.labels("saved").inc()
+        return True
