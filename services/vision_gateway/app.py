@@ -16,6 +16,7 @@ from services.vision_gateway.admission import PrepBudget, StreamAdmission
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.image_source import ImageSource
+from services.vision_gateway.chat.pending import PendingAnswers
 from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
 from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
@@ -28,7 +29,7 @@ from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.openai_compat.handlers import RETINA_HEADERS, create_openai_app
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.settings import GatewaySettings
-from services.vision_gateway.streams import StreamRegistry, listen_for_stops
+from services.vision_gateway.streams import StreamLiveness, StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
 
 SERVICE_NAME = "vision_gateway"
@@ -74,17 +75,29 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
     try:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
-            registry, repository = _install_services(app, session, metrics, preparer)
+            registry, repository, pending = _install_services(app, session, metrics, preparer)
+            dsn = app[SETTINGS_KEY].database_url.get_secret_value()
+            sweep_after = settings.stream_sweep_after_seconds
+            liveness = StreamLiveness(dsn, registry.held, interval=sweep_after / 3)
+            # Left in reverse order: answers waiting for the database get their last attempts while
+            # their rows are still kept alive, and before the pool closes.
             async with (
-                listen_for_stops(registry, app[SETTINGS_KEY].database_url.get_secret_value()) as listening,
-                sweeping(repository, metrics, after_seconds=settings.stream_sweep_after_seconds),
+                listen_for_stops(registry, dsn) as listening,
+                liveness.running(),
+                pending.running(),
+                sweeping(repository, metrics, liveness, after_seconds=sweep_after),
             ):
 
                 async def stop_listener() -> None:
                     if not listening.is_set():
                         raise RuntimeError("the stream-stop listener is not connected")
 
+                async def stream_liveness() -> None:
+                    if not liveness.touched.is_set():
+                        raise RuntimeError("this replica cannot mark its streams alive (other replicas may sweep them)")
+
                 app[READINESS_KEY].add("stop_listener", stop_listener)
+                app[READINESS_KEY].add("stream_liveness", stream_liveness)
                 yield
     finally:
         preparer.close()
@@ -92,10 +105,10 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
 
 def _install_services(
     app: web.Application, session: aiohttp.ClientSession, metrics: GatewayMetrics, preparer: ImagePreparer
-) -> tuple[StreamRegistry, ConversationRepository]:
+) -> tuple[StreamRegistry, ConversationRepository, PendingAnswers]:
     """Build the upstream clients and the services over them, put the services in app state.
 
-    Returns what the background tasks (stop listener, sweeper) of `_chat_service` work on.
+    Returns what the background tasks (stop listener, liveness, pending answers, sweeper) of `_chat_service` work on.
     """
     settings = app[GATEWAY_SETTINGS_KEY]
     ollama = OllamaClient(
@@ -118,6 +131,13 @@ def _install_services(
     budget = app[PREP_BUDGET_KEY] = PrepBudget(settings.prep_budget_bytes)
     registry = StreamRegistry()
     repository = ConversationRepository(app[POOL_KEY])
+    pending = PendingAnswers(
+        repository,
+        registry,
+        metrics,
+        keep_seconds=settings.stream_save_queue_seconds,
+        max_bytes=settings.stream_save_queue_bytes,
+    )
     models = VisionModelService(
         ollama, metrics, ttl_seconds=settings.capability_ttl_seconds, detection_enabled=settings.model_detection_enabled
     )
@@ -129,6 +149,7 @@ def _install_services(
         images=ImageSource(store, preparer, budget, metrics),
         repository=repository,
         registry=registry,
+        pending=pending,
         metrics=metrics,
         admission=StreamAdmission(
             max_streams=settings.max_streams_per_user, rate_per_minute=settings.stream_rate_per_minute
@@ -138,7 +159,7 @@ def _install_services(
     app[HISTORY_IMAGES_KEY] = HistoryImages(store)
     app[CHAT_SERVICE_KEY] = service
     app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
-    return registry, repository
+    return registry, repository, pending
 
 
 async def _end_open_streams(app: web.Application) -> None:

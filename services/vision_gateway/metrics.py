@@ -87,13 +87,14 @@ class GatewayMetrics:
         )
         self.answer_saves = m.counter(
             "vision_gateway_answer_saves_total",
-            "Final writes of streamed answers: saved, or lost after retrying while PostgreSQL was unreachable.",
+            "Final writes of streamed answers: saved in time; queued in memory after retrying while PostgreSQL "
+            "was unreachable, then saved_late or lost.",
             ["result"],
-            preset=("saved", "lost"),
+            preset=("saved", "queued", "saved_late", "lost"),
         )
         self.streams_swept = m.counter(
             "vision_gateway_streams_swept_total",
-            "Streaming rows closed as interrupted because no gateway saved progress for them.",
+            "Streaming rows closed as interrupted because no live gateway touched them (their gateway died).",
         )
 
     def model_label(self, model: str) -> str:

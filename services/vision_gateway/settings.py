@@ -176,8 +176,10 @@ class GatewaySettings(FallbackSettings, ImageCountSettings, UploadSettings, Comm
         60.0,
         ge=1.0,
         le=86400.0,
-        doc="A `streaming` answer whose gateway saved no progress for this long is closed as `interrupted` "
-        "(its gateway died); live streams touch their row every third of this. Any replica sweeps.",
+        doc="A `streaming` answer that no live replica has touched for this long is closed as `interrupted` "
+        "(its gateway died). Each replica touches all the answers it holds every third of this, in one "
+        "statement on a connection of its own, however late their progress saves are. Any replica sweeps, "
+        "once its own touches have worked for this long without a break.",
     )
     stream_save_retry_seconds: float = setting(
         "STREAM_SAVE_RETRY_SECONDS",
@@ -185,7 +187,24 @@ class GatewaySettings(FallbackSettings, ImageCountSettings, UploadSettings, Comm
         ge=0.0,
         le=600.0,
         doc="How long the final write of an answer is retried while PostgreSQL is unreachable; the `done` / "
-        '`error` event then says `"saved": false`.',
+        '`error` event then says `"saved": false` and the answer waits in memory (STREAM_SAVE_QUEUE_SECONDS).',
+    )
+    stream_save_queue_seconds: float = setting(
+        "STREAM_SAVE_QUEUE_SECONDS",
+        300.0,
+        ge=0.0,
+        le=3600.0,
+        doc="How long a replica keeps in memory a finished answer it could not store in "
+        "STREAM_SAVE_RETRY_SECONDS, retrying in the background: it is stored as soon as PostgreSQL is back. "
+        "After that (or on a crash) it is lost and its row is swept as `interrupted`. 0 = keep none.",
+    )
+    stream_save_queue_mb: int = setting(
+        "STREAM_SAVE_QUEUE_MB",
+        32,
+        ge=1,
+        le=4096,
+        doc="MiB of such answers a replica keeps at most (with at most 10000 answers); answers that do not "
+        "fit are lost.",
     )
     cors_allowed_origins: Origins = setting(
         "GATEWAY_CORS_ALLOWED_ORIGINS",
@@ -212,6 +231,10 @@ class GatewaySettings(FallbackSettings, ImageCountSettings, UploadSettings, Comm
     @property
     def prep_budget_bytes(self) -> int:
         return self.prep_budget_mb * 1024 * 1024
+
+    @property
+    def stream_save_queue_bytes(self) -> int:
+        return self.stream_save_queue_mb * 1024 * 1024
 
 
 def load_gateway_settings(environ: Mapping[str, str]) -> GatewaySettings:

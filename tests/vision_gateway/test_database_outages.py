@@ -3,7 +3,8 @@
 These tests run on a private PostgreSQL server (tests/postgres.PrivateServer) that they stop with
 a fast shutdown, so the suite's shared server is never touched. They prove:
 - an answer that ends while the database is down is stored once it is back, within
-  STREAM_SAVE_RETRY_SECONDS, and the client is told `saved: true`; if it stays down, `saved: false`;
+  STREAM_SAVE_RETRY_SECONDS, and the client is told `saved: true`; if it stays down, `saved: false`,
+  and the answer is stored when it returns (within STREAM_SAVE_QUEUE_SECONDS);
 - requests that need the database meanwhile answer `503 database_unavailable` with Retry-After on
   both services, and `/readyz` is 503, and everything recovers when it comes back.
 """
@@ -80,8 +81,7 @@ async def answer_row(database_url: str) -> asyncpg.Record:
 
 
 def lost_answers(client: TestClient) -> float:
-    registry = client.server.app[REGISTRY_KEY]
-    return registry.get_sample_value("vision_gateway_answer_saves_total", {"result": "lost"}) or 0.0
+    return answer_saves(client, "lost")
 
 
 async def test_answer_is_saved_when_the_database_returns_in_time(
@@ -116,12 +116,19 @@ async def _completed(stack: Stack) -> bool:
     return bool(stack.emulator.chats) and stack.emulator.chats[-1].completed
 
 
-async def test_client_is_told_when_the_answer_could_not_be_saved(
-    stack: Stack, private_postgres: PrivateServer, database_url: str
-) -> None:
+def answer_saves(client: TestClient, result: str) -> float:
+    registry = client.server.app[REGISTRY_KEY]
+    return registry.get_sample_value("vision_gateway_answer_saves_total", {"result": result}) or 0.0
+
+
+def swept(client: TestClient) -> float:
+    return client.server.app[REGISTRY_KEY].get_sample_value("vision_gateway_streams_swept_total") or 0.0
+
+
+async def end_while_down(stack: Stack, private_postgres: PrivateServer, gateway: TestClient) -> dict[str, Any]:
+    """Stop PostgreSQL near the end of an answer, let the answer end while it is down; the final event."""
     for model in stack.emulator.models:
         model.reply = LONG_REPLY
-    gateway = await stack.make_gateway(STREAM_SAVE_RETRY_SECONDS="1")
     stack.emulator.chunk_delay = 0.1
     response = await ask(gateway, {"message": "hi", "model": "llava"})
     await first_event(response)
@@ -129,13 +136,62 @@ async def test_client_is_told_when_the_answer_could_not_be_saved(
     assert not await _completed(stack), "the answer ended before the database was down: proves nothing"
     stack.emulator.chunk_delay = 0.0  # the rest of the answer arrives while it is down
     result = await read_sse(response)
-    done = result.events[-1]
-    assert done["type"] == "done"
-    assert done["saved"] is False, "never a silent loss"
-    assert lost_answers(gateway) == 1
+    assert result.text == LONG_REPLY, "the client read the whole answer"
+    return result.events[-1]
+
+
+async def test_an_answer_the_retries_missed_is_stored_when_the_database_returns(
+    stack: Stack, private_postgres: PrivateServer, database_url: str
+) -> None:
+    """Issue 18 item 4: down for longer than STREAM_SAVE_RETRY_SECONDS (and than the sweep
+    threshold) when the answer ends: the client is told `saved: false`, which was true then; the
+    final is kept in memory and written when PostgreSQL returns, and no sweeper overwrites it."""
+    gateway = await stack.make_gateway(STREAM_SAVE_RETRY_SECONDS="1", STREAM_SWEEP_AFTER_SECONDS="2")
+    other_replica = await stack.make_gateway(STREAM_SWEEP_AFTER_SECONDS="2")  # sweeps every second
+    done = await end_while_down(stack, private_postgres, gateway)
+    assert (done["type"], done["saved"]) == ("done", False), "never a silent loss"
+    assert answer_saves(gateway, "queued") == 1
+    await asyncio.sleep(3)  # still down: past the retry window and the sweep threshold
     await start_postgres(private_postgres)
+
+    async def stored() -> bool:
+        return (await answer_row(database_url))["status"] != "streaming"
+
+    await until(stored, within=30)
     row = await answer_row(database_url)
-    assert row["status"] == "streaming", "nothing pretended to be stored; the sweeper closes it later"
+    assert (row["status"], row["content"]) == ("complete", LONG_REPLY), "what the user read is stored"
+    await asyncio.sleep(3)  # a sweep that came after the write would show now
+    assert (await answer_row(database_url))["status"] == "complete"
+    assert (answer_saves(gateway, "saved_late"), answer_saves(gateway, "lost")) == (1, 0)
+    assert swept(gateway) + swept(other_replica) == 0
+
+
+async def test_an_answer_kept_past_the_queue_time_is_lost_and_its_row_swept(
+    stack: Stack, private_postgres: PrivateServer, database_url: str
+) -> None:
+    """Down for longer than STREAM_SAVE_QUEUE_SECONDS as well: the final is given up (counted as
+    lost), and the row, no longer held by its replica, is closed by the sweeper with its last
+    progress save: nothing stays `streaming` for ever."""
+    gateway = await stack.make_gateway(
+        STREAM_SAVE_RETRY_SECONDS="0.5", STREAM_SAVE_QUEUE_SECONDS="1", STREAM_SWEEP_AFTER_SECONDS="2"
+    )
+    done = await end_while_down(stack, private_postgres, gateway)
+    assert (done["type"], done["saved"]) == ("done", False)
+
+    async def given_up() -> bool:
+        return answer_saves(gateway, "lost") == 1
+
+    await until(given_up, within=10)
+    await start_postgres(private_postgres)
+
+    async def swept_row() -> bool:
+        return (await answer_row(database_url))["status"] != "streaming"
+
+    await until(swept_row, within=15)
+    row = await answer_row(database_url)
+    assert row["status"] == "interrupted"
+    assert LONG_REPLY.startswith(row["content"]), "the last progress save is kept"
+    assert answer_saves(gateway, "saved_late") == 0
 
 
 async def test_requests_during_an_outage_are_503_database_unavailable(

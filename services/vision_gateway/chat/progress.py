@@ -1,19 +1,23 @@
 """AnswerWriter: where one stream's answer goes in PostgreSQL, while it streams and when it ends.
 
-While streaming it saves the text so far every PROGRESS_SAVE_SECONDS when it grew, and touches
-the row at least every `touch_seconds` when it did not: `messages.progress_at` is how the
-sweeper (sweeper.py) tells a live stream from one whose gateway died.
+While streaming it saves the text so far every PROGRESS_SAVE_SECONDS when it grew: what a crash
+can lose. These saves go through the pool and may fall behind under load; that only risks more
+text on a crash, never the stream: the row is kept alive by the replica's one liveness statement
+(streams.StreamLiveness), which covers it for as long as the registry holds it (the stream, its
+final write, and a final waiting in memory).
 
 The final write happens once. If PostgreSQL is unreachable it is retried (waits of 0.2 s doubling
 to 2 s, common.retry's `until`) while the next attempt would start within `retry_seconds`; the
 result (saved or not) goes to the client in the final event, so an answer is never lost silently.
+An answer not saved by then is handed to PendingAnswers (pending.py), which stores it when the
+database is back (within STREAM_SAVE_QUEUE_SECONDS): `"saved": false` says what was true when
+the client was told.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -22,6 +26,7 @@ import structlog
 
 from common.errors import DatabaseUnavailable
 from common.retry import until
+from services.vision_gateway.chat.pending import PendingAnswers, PendingFinal
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.repository import ConversationRepository
 
@@ -48,15 +53,15 @@ class AnswerWriter:
         repository: ConversationRepository,
         message_id: uuid.UUID,
         metrics: GatewayMetrics,
+        pending: PendingAnswers,
         *,
         retry_seconds: float,
-        touch_seconds: float,
     ) -> None:
         self._repository = repository
         self._message_id = message_id
         self._metrics = metrics
+        self._pending = pending
         self._retry_seconds = retry_seconds
-        self._touch_seconds = touch_seconds
         self._progress: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._saved: bool | None = None
@@ -66,19 +71,18 @@ class AnswerWriter:
 
     async def _save_progress(self, answer: Callable[[], Answer]) -> None:
         # Both parts only grow while streaming, so their combined length tells whether anything is new.
-        saved_length, touched = 0, time.monotonic()
-        interval = min(PROGRESS_SAVE_SECONDS, self._touch_seconds)
+        saved_length = 0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+                await asyncio.wait_for(self._stopping.wait(), PROGRESS_SAVE_SECONDS)
                 return
-            current, now = answer(), time.monotonic()
+            current = answer()
             length = len(current.content) + len(current.thinking)
-            if length == saved_length and now - touched < self._touch_seconds:
+            if length == saved_length:
                 continue
             try:
                 await self._repository.save_progress(self._message_id, current.content, current.thinking)
-                saved_length, touched = length, now
+                saved_length = length
             except Exception as exc:  # noqa: BLE001 - progress is best effort; the final write retries
                 log.warning("progress_save_failed", message_id=str(self._message_id), error=repr(exc))
 
@@ -93,10 +97,14 @@ class AnswerWriter:
             self._progress.cancel()
 
     async def finish(self, answer: Answer, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
-        """Store the final answer once; True when it is in the database."""
+        """Store the final answer once; True when it is in the database now (else it waits in memory)."""
         if self._saved is not None:
             return self._saved
         self._saved = False
+        with self._pending.holding(self._message_id):  # alive until written, even if the stream is gone
+            return await self._finish(answer, status, error, stats)
+
+    async def _finish(self, answer: Answer, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
         await self._stop_progress()
         policy = until(
             self._retry_seconds,
@@ -117,10 +125,16 @@ class AnswerWriter:
                 error=error,
                 stats=stats,
             )
-            self._saved = True
         except DatabaseUnavailable as exc:
-            log.error("store_answer_failed", message_id=str(self._message_id), error=repr(exc.__cause__))
+            # Not lost yet: kept in memory and stored when the database is back (answer_lost if never).
+            log.warning("store_answer_failed", message_id=str(self._message_id), error=repr(exc.__cause__))
+            final = PendingFinal(self._message_id, answer.content, answer.thinking, status, error, stats)
+            self._pending.put(final)  # counts it queued, or lost when it does not fit
+            return False
         except Exception:
             log.exception("store_answer_failed", message_id=str(self._message_id))
-        self._metrics.answer_saves.labels("saved" if self._saved else "lost").inc()
-        return self._saved
+            self._metrics.answer_saves.labels("lost").inc()
+            return False
+        self._saved = True
+        self._metrics.answer_saves.labels("saved").inc()
+        return True

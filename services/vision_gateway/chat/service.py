@@ -24,6 +24,7 @@ from services.vision_gateway.capabilities import ModelCapabilities, VisionModelS
 from services.vision_gateway.chat import policy, prompt, thinking
 from services.vision_gateway.chat.ask import Ask
 from services.vision_gateway.chat.image_source import ImageSource
+from services.vision_gateway.chat.pending import PendingAnswers
 from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
@@ -64,6 +65,7 @@ class ChatService:
         images: ImageSource,
         repository: ConversationRepository,
         registry: StreamRegistry,
+        pending: PendingAnswers,
         metrics: GatewayMetrics,
         admission: StreamAdmission,
         budget: PrepBudget,
@@ -77,6 +79,7 @@ class ChatService:
         self._images = images
         self._repository = repository
         self.registry = registry
+        self._pending = pending
         self._metrics = metrics
 
     def limits(self, *, blank_message_with_images: bool = False) -> RequestLimits:
@@ -177,7 +180,7 @@ class ChatService:
     async def relay(self, turn: OpenTurn, sink: EventSink) -> str:
         """Stream the answer to `sink`; returns the outcome. The (partial) answer is always stored."""
         async with turn:
-            with self.registry.register(turn.stream_id, turn.caller.user_id) as live:
+            with self.registry.register(turn.stream_id, turn.caller.user_id, turn.message_id) as live:
                 return await StreamRelay(turn, sink, live, self._writer(turn), self._metrics).run()
 
     def _writer(self, turn: OpenTurn) -> AnswerWriter:
@@ -185,8 +188,8 @@ class ChatService:
             self._repository,
             turn.message_id,
             self._metrics,
+            self._pending,
             retry_seconds=self.settings.stream_save_retry_seconds,
-            touch_seconds=self.settings.stream_sweep_after_seconds / 3,
         )
 
     async def stop(self, stream_id: uuid.UUID, user_id: str) -> StopResult:

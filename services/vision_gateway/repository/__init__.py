@@ -16,7 +16,7 @@ from services.vision_gateway.repository.records import (
     StoredMessage,
     StreamState,
 )
-from services.vision_gateway.repository.streams import StreamQueries
+from services.vision_gateway.repository.streams import StreamQueries, touch_streams
 from services.vision_gateway.repository.turns import TurnQueries
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "NewTurn",
     "StoredMessage",
     "StreamState",
+    "touch_streams",
 ]
 
 

@@ -1,10 +1,11 @@
-"""Where a stream stands, across replicas: ownership, interruption, stop notifications."""
+"""Where a stream stands, across replicas: ownership, liveness, interruption, stop notifications."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
-from common.db import connection
+from common.db import Connection, connection
 from services.vision_gateway.repository.records import (
     MARK_INTERRUPTED,
     STOP_CHANNEL,
@@ -41,7 +42,11 @@ class StreamQueries(PoolQueries):
             return current
 
     async def interrupt_stale_streams(self, silent_for_seconds: float) -> int:
-        """Sweep: close streams without progress for that long; one replica at a time (advisory lock)."""
+        """Sweep: close streams no replica has touched (or saved) for that long; one replica at a time.
+
+        A live replica touches every row it holds every third of that (touch_streams), so only the
+        rows of a replica that is gone (or cut off from the database) qualify.
+        """
         async with connection(self._pool) as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK_KEY):
                 return 0
@@ -59,3 +64,28 @@ class StreamQueries(PoolQueries):
     async def notify_stop(self, stream_id: uuid.UUID) -> None:
         async with connection(self._pool) as conn:
             await conn.execute("SELECT pg_notify($1, $2)", STOP_CHANNEL, str(stream_id))
+
+
+async def touch_streams(conn: Connection, message_ids: Collection[uuid.UUID], *, within: float) -> int:
+    """Mark every row a replica holds as alive, in one statement; returns how many were touched.
+
+    Called on a connection of the replica's own, not the pool's: a queue of progress saves must
+    not delay it. Rows locked right now are skipped, not waited for: whoever holds the lock (a
+    progress save, a final write) is writing that row itself.
+    """
+    if not message_ids:
+        await conn.execute("SELECT 1", timeout=within)  # still proves the connection works
+        return 0
+    touched: int = await conn.fetchval(
+        """
+        WITH held AS (
+            SELECT id FROM messages WHERE id = ANY($1::uuid[]) AND status = 'streaming' FOR UPDATE SKIP LOCKED
+        ), touched AS (
+            UPDATE messages m SET progress_at = now() FROM held WHERE m.id = held.id RETURNING 1
+        )
+        SELECT count(*) FROM touched
+        """,
+        list(message_ids),
+        timeout=within,
+    )
+    return touched
