@@ -415,10 +415,12 @@ def gateway_panels() -> list[Panel]:
         ),
         row("Stored answers"),
         panel(
-            "Final answer writes: saved vs lost",
+            "Final answer writes: saved, queued, saved late, lost",
             [(rate("vision_gateway_answer_saves_total", by="result"), "{{result}}")],
             unit="ops",
-            description="lost: PostgreSQL stayed unreachable for STREAM_SAVE_RETRY_SECONDS (RetinaAnswersLost).",
+            description="queued: not stored within STREAM_SAVE_RETRY_SECONDS, kept in memory; saved_late: stored from "
+            "that queue when PostgreSQL returned; lost: never stored (RetinaAnswersLost). Queued now = queued - "
+            "saved_late - lost.",
             width=12,
         ),
         panel(
