@@ -67,7 +67,9 @@ GATEWAY_SLACK_MIB = 64
 
 
 def gateway_worst_case(environ: dict[str, str]) -> tuple[int, str]:
-    """idle + slack + max(VISION_PREP_BUDGET_MB, prep cost of the largest accepted image) + image cache.
+    """idle + slack + max(VISION_PREP_BUDGET_MB, prep cost of the largest accepted image) + image cache
+    + the queue of answers waiting for PostgreSQL (STREAM_SAVE_QUEUE_MB of text, held twice: str and
+    the encoded parameter).
 
     The prep budget bounds every image between download and encode; an image costing more than the
     whole budget is admitted alone, so the larger of the two counts (docs/operations.md). Not in the
@@ -84,10 +86,11 @@ def gateway_worst_case(environ: dict[str, str]) -> tuple[int, str]:
         (GATEWAY_IDLE_MIB + GATEWAY_SLACK_MIB) * MIB
         + max(gateway.prep_budget_bytes, largest)
         + gateway.image_cache_bytes
+        + 2 * gateway.stream_save_queue_mb * MIB
     )
     detail = (
         f"prep budget {gateway.prep_budget_bytes // MIB} MiB, largest image {largest // MIB} MiB, "
-        f"cache {gateway.image_cache_bytes // MIB} MiB"
+        f"cache {gateway.image_cache_bytes // MIB} MiB, unsaved answers {gateway.stream_save_queue_mb} MiB"
     )
     return worst, detail
 
