@@ -23,27 +23,29 @@ class _Connection(asyncpg.Connection):
 
     asyncpg's pool sends `Connection.get_reset_query()` (CLOSE ALL, UNLISTEN *, RESET ALL,
     advisory unlock...) on every release: one extra round trip and a server-side statement
-    per borrow. A single-statement read cannot leave state behind, so `connection(pool,
-    read_only=True)` marks the borrow and `_reset_on_release` skips the query for it. An open
-    transaction is still rolled back by asyncpg itself before our hook runs.
+    per borrow (3-8% of the gateway's CPU per stream). A single statement outside a transaction
+    (a read, or one UPDATE/INSERT; `set_config(..., true)` is local to its own implicit
+    transaction) cannot leave state behind, so `connection(pool, stateless=True)` marks the borrow
+    and `_reset_on_release` skips the query for it. An open transaction is still rolled back by
+    asyncpg itself before our hook runs.
     """
 
-    __slots__ = ("_retina_read_only",)
+    __slots__ = ("_retina_stateless",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._retina_read_only = False
+        self._retina_stateless = False
 
-    def mark_read_only(self) -> None:
-        self._retina_read_only = True
+    def mark_stateless(self) -> None:
+        self._retina_stateless = True
 
 
 async def _reset_on_release(conn: asyncpg.Connection) -> None:
-    """Pool `reset=` hook: the usual reset query, unless the borrow was a marked read."""
-    read_only = isinstance(conn, _Connection) and conn._retina_read_only
+    """Pool `reset=` hook: the usual reset query, unless the borrow was marked stateless."""
+    stateless = isinstance(conn, _Connection) and conn._retina_stateless
     if isinstance(conn, _Connection):
-        conn._retina_read_only = False
-    if read_only and not conn.is_in_transaction():
+        conn._retina_stateless = False
+    if stateless and not conn.is_in_transaction():
         return
     query = conn.get_reset_query()
     if query:
@@ -102,18 +104,18 @@ def required_row(record: asyncpg.Record | None) -> asyncpg.Record:
 
 
 @asynccontextmanager
-async def connection(pool: asyncpg.Pool, *, read_only: bool = False) -> AsyncIterator[Connection]:
+async def connection(pool: asyncpg.Pool, *, stateless: bool = False) -> AsyncIterator[Connection]:
     """A pooled connection; a database that cannot be reached surfaces as DatabaseUnavailable.
 
     Repositories use this instead of `pool.acquire()` so callers (handlers, the stream relay)
-    can tell "PostgreSQL is down, retry" from a bug. `read_only=True` is only for plain
-    SELECTs outside a transaction (no SET, LISTEN, cursors or session locks): the connection
-    then goes back to the pool without the reset round trip.
+    can tell "PostgreSQL is down, retry" from a bug. `stateless=True` is only for one statement
+    outside a transaction (no SET, LISTEN, cursors or session locks): the connection then goes
+    back to the pool without the reset round trip.
     """
     try:
         async with pool.acquire() as conn:
-            if read_only and hasattr(conn, "mark_read_only"):
-                conn.mark_read_only()
+            if stateless and hasattr(conn, "mark_stateless"):
+                conn.mark_stateless()
             yield conn
     except Exception as exc:
         if is_database_unavailable(exc):

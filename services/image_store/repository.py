@@ -104,7 +104,7 @@ class ImageRepository:
     async def get_image(self, image_id: uuid.UUID, owner_id: str | None) -> ImageRow | None:
         """A live image; `owner_id=None` only for callers holding a signed URL for this ID (or
         the serving path, which checks the owner itself)."""
-        async with connection(self._pool, read_only=True) as conn:
+        async with connection(self._pool, stateless=True) as conn:
             record = await conn.fetchrow(
                 f"SELECT {_IMAGE_COLUMNS} FROM images i JOIN image_blobs b ON b.sha256 = i.blob_sha256"
                 f" WHERE i.id = $1 AND ($2::text IS NULL OR i.owner_id = $2) AND {_LIVE}",
