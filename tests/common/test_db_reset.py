@@ -58,6 +58,10 @@ async def test_a_turns_writes_skip_the_reset_and_only_its_opening_commits_asynch
     from services.vision_gateway.repository.turns import TurnQueries
 
     admin = await asyncpg.connect(database_url)
+    # The suite's embedded server runs with synchronous_commit off; this database's sessions start with it on.
+    await admin.execute(
+        f'ALTER DATABASE "{await admin.fetchval("SELECT current_database()")}" SET synchronous_commit = on'
+    )
     try:
         async with open_pool(database_url, min_size=1, max_size=1) as pool:
             turns = TurnQueries(pool)
