@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
+from common.background import in_background
+
 log = structlog.get_logger("retina.periodic")
 
 
@@ -38,10 +40,5 @@ async def run_periodically(
                 log.exception("periodic_job_failed", job=name)
             await asyncio.sleep(interval)
 
-    task = asyncio.create_task(loop(), name=name)
-    try:
+    async with in_background(loop(), name=name):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

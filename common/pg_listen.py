@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import structlog
 
+from common.background import in_background
 from common.retry import forever
 
 log = structlog.get_logger("retina.pg_listen")
@@ -73,15 +74,10 @@ async def listening(
             # drops connections at once is not hammered.
             await asyncio.sleep(FIRST_DELAY_SECONDS)
 
-    task = asyncio.create_task(run(), name=f"listen-{channel}")
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(connected.wait(), 5)
-    try:
+    async with in_background(run(), name=f"listen-{channel}"):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connected.wait(), 5)
         yield connected
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _close(conn: asyncpg.Connection) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
+from common.background import in_background
 from common.pg_listen import listening
 from services.vision_gateway.repository import STOP_CHANNEL, touch_streams
 
@@ -175,15 +176,12 @@ class StreamLiveness:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Touch for the block's lifetime; start-up waits a few seconds for the first touch."""
-        task = asyncio.create_task(self._run(), name="stream-liveness")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.touched.wait(), TOUCH_STARTUP_WAIT_SECONDS)
         try:
-            yield
+            async with in_background(self._run(), name="stream-liveness"):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.touched.wait(), TOUCH_STARTUP_WAIT_SECONDS)
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await self._close()
 
     async def _close(self) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from common.background import in_background
 from common.errors import DatabaseUnavailable
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.repository import ConversationRepository
@@ -151,13 +152,10 @@ class PendingAnswers:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Retry in the background for the block's lifetime; at its end, try for a few more seconds."""
-        task = asyncio.create_task(self._retry(), name="pending-answers")
         try:
-            yield
+            async with in_background(self._retry(), name="pending-answers"):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await self._drain(SHUTDOWN_DRAIN_SECONDS)
 
     async def _drain(self, seconds: float) -> None:
