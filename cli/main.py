@@ -6,15 +6,17 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from aiohttp import web
 
 from cli.ask.command import add_parser as add_ask_parser
 from cli.ask.command import run_ask
 from cli.runner import ServiceSpec, load_or_exit, serve
 from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
-from common.settings import SettingsError, load_database_settings
+from common.settings import CommonSettings, SettingsError, load_database_settings
 from common.settings.kinds import directories_untouched
 from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PERCENT
 from services.image_store.settings import load_image_store_settings
@@ -110,28 +112,19 @@ def _run_service(name: str, host: str | None, port: int | None) -> int:
     if name == "image-store":
         from services.image_store.app import create_app as create_store
 
-        store_settings = load_or_exit(load_image_store_settings, os.environ)
-        configure_logging(store_settings.common.log_level, store_settings.common.log_format)
-        spec = ServiceSpec(
-            name,
-            create_store(store_settings),
-            host or store_settings.host,
-            port or store_settings.port,
-        )
-        timeout = store_settings.common.shutdown_timeout_seconds
-    else:
-        from services.vision_gateway.app import create_app as create_gateway
+        store = load_or_exit(load_image_store_settings, os.environ)
+        return _serve(name, store.common, lambda: create_store(store), host or store.host, port or store.port)
+    from services.vision_gateway.app import create_app as create_gateway
 
-        gateway_settings = load_or_exit(load_gateway_settings, os.environ)
-        configure_logging(gateway_settings.common.log_level, gateway_settings.common.log_format)
-        spec = ServiceSpec(
-            name,
-            create_gateway(gateway_settings),
-            host or gateway_settings.host,
-            port or gateway_settings.port,
-        )
-        timeout = gateway_settings.common.shutdown_timeout_seconds
-    asyncio.run(serve([spec], shutdown_timeout=timeout))
+    gateway = load_or_exit(load_gateway_settings, os.environ)
+    return _serve(name, gateway.common, lambda: create_gateway(gateway), host or gateway.host, port or gateway.port)
+
+
+def _serve(name: str, common: CommonSettings, make_app: Callable[[], web.Application], host: str, port: int) -> int:
+    """Logging as configured first (the app logs while it is built), then serve until a signal."""
+    configure_logging(common.log_level, common.log_format)
+    spec = ServiceSpec(name, make_app(), host, port)
+    asyncio.run(serve([spec], shutdown_timeout=common.shutdown_timeout_seconds))
     return 0
 
 
