@@ -63,3 +63,56 @@ def test_the_architecture_names_only_files_and_functions_that_exist() -> None:
         if candidates and not function.startswith(("py", "md")):
             body = "\n".join((ROOT / s).read_text() for s in candidates)
             assert re.search(rf"(def|class) {function}\b|^{function} = ", body, re.MULTILINE), f"{module}.{function}"
+
+
+def test_the_readme_fits_on_a_screen_and_the_reference_is_in_docs_api() -> None:
+    """The README is a first session (at most 200 lines); the reference lives in docs/api.md, and
+    every document the README sends a newcomer to exists."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200, len(readme.splitlines())
+    for command in ("make up", "make test", "retina ask", "/demo", "OpenAI(", "--ollama-emulator"):
+        assert command in readme, command
+    linked = set(re.findall(r"\]\((docs/[\w./-]+?)(?:#[\w-]+)?\)", readme))
+    for document in ("api", "architecture", "configuration", "deployment", "operations", "metrics", "migration"):
+        assert f"docs/{document}.md" in linked, document
+    assert not [link for link in linked if not (ROOT / link).exists()], linked
+
+
+def test_links_into_docs_api_have_their_sections() -> None:
+    api = ROOT / "docs" / "api.md"
+    sections = anchors(api)
+    sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    missing = []
+    for source in sources:
+        text = source.read_text()
+        links = re.findall(r"\(docs/api\.md#([\w-]+)\)", text) + re.findall(r"\(api\.md#([\w-]+)\)", text)
+        if source == api:
+            links += re.findall(r"\]\(#([\w-]+)\)", text)
+        missing += [f"{source.relative_to(ROOT)} -> api.md#{anchor}" for anchor in links if anchor not in sections]
+    # and the reference's own links into the other guides
+    for document, anchor in re.findall(r"\]\((\w+\.md)#([\w-]+)\)", api.read_text()):
+        if anchor not in anchors(ROOT / "docs" / document):
+            missing.append(f"docs/api.md -> {document}#{anchor}")
+    assert not missing, "\n".join(missing)
+
+
+def test_the_api_reference_lists_every_error_code_and_route() -> None:
+    """docs/api.md names every error code of common/errors.py and every path of the OpenAPI documents."""
+    import yaml
+
+    from common import errors
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    codes = {
+        cls.code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.ApiError) and isinstance(cls.__dict__.get("code"), str)
+    }
+    assert len(codes) > 25
+    assert not [code for code in sorted(codes) if f"`{code}`" not in text]
+    for name in ("image-store.yaml", "vision-gateway.yaml"):
+        document = yaml.safe_load((ROOT / "docs" / "openapi" / name).read_text())
+        for path in document["paths"]:
+            # The tables write `{image_id}` and `{conversation_id}` as `{id}`.
+            shown = path.replace("{image_id}", "{id}").replace("{conversation_id}", "{id}")
+            assert path in text or shown in text, path
