@@ -1,4 +1,5 @@
-# Two entry points (see README): `make up` runs the stack, `make test` runs the whole suite.
+# Two entry points (see README): `make up` runs the stack, `make test` runs the whole suite
+# (and `make newman` runs the Postman collection against the stack make up started).
 # Each creates ./.venv and installs pinned dependencies first, so a fresh clone needs nothing else.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ PIN    := -c requirements/constraints.txt
 # Tools whose own pins clash with ours (checkov wants aiohttp<3.14) live in their own venv.
 TOOLS  ?= .venv-tools
 
-.PHONY: up test lint format lock clean
+.PHONY: up test newman lint format lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,29 @@ $(NODE_TOOLS)/.installed: requirements/node/package.json requirements/node/packa
 	  mkdir -p $(NODE_TOOLS) && cp requirements/node/package.json requirements/node/package-lock.json $(NODE_TOOLS)/ && \
 	  npm ci --prefix $(NODE_TOOLS) --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: newman is not installed, so its test will skip (and fail in CI)"; fi
+
+# The Postman collection against the stack `make up` runs, on whatever ports it chose: the URLs and the
+# service token come from the local.env retina up writes (RETINA_STATE_DIR, default ./var; RETINA_TOKEN
+# wins over its token). MODEL / THINKING_MODEL name the models it asks (the collection's defaults: llava,
+# qwen3); NEWMAN_ARGS passes more arguments to `newman run`. newman is installed as for make test.
+MODEL ?=
+THINKING_MODEL ?=
+NEWMAN_ARGS ?=
+
+newman: $(NODE_TOOLS)/.installed
+	@newman="$(NODE_TOOLS)/node_modules/.bin/newman"; env_file="$${RETINA_STATE_DIR:-var}/local.env"; \
+	if [ ! -x "$$newman" ]; then echo "make newman: newman is not installed (it needs npm)" >&2; exit 2; fi; \
+	if [ ! -r "$$env_file" ]; then echo "make newman: no $$env_file: start the stack with make up first" >&2; exit 2; fi; \
+	get() { sed -n "s/^$$1=//p" "$$env_file" | tail -n 1; }; \
+	store="$$(get RETINA_IMAGE_STORE_URL)"; gateway="$$(get RETINA_GATEWAY_URL)"; \
+	token="$${RETINA_TOKEN:-$$(get SERVICE_TOKENS | cut -d, -f1)}"; \
+	if [ -z "$$store" ] || [ -z "$$gateway" ] || [ -z "$$token" ]; then \
+	  echo "make newman: $$env_file lacks RETINA_IMAGE_STORE_URL, RETINA_GATEWAY_URL or SERVICE_TOKENS: restart make up" >&2; exit 2; fi; \
+	echo "newman: image-store $$store, gateway $$gateway"; \
+	"$$newman" run docs/retina.postman_collection.json --working-dir docs \
+	  --env-var "imageStoreUrl=$$store" --env-var "gatewayUrl=$$gateway" --env-var "serviceToken=$$token" \
+	  $(if $(MODEL),--env-var "model=$(MODEL)") $(if $(THINKING_MODEL),--env-var "thinkingModel=$(THINKING_MODEL)") \
+	  $(NEWMAN_ARGS)
 
 # Extra arguments for pytest, e.g. make test PYTEST_ARGS="tests/image_store -x".
 PYTEST_ARGS ?=

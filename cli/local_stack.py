@@ -41,12 +41,14 @@ def local_secrets(state_dir: Path) -> dict[str, str]:
     return {key: values[key] for key in ("SERVICE_TOKENS", "IMAGE_SIGNING_KEYS")}
 
 
-def remember_gateway_url(state_dir: Path, url: str) -> None:
-    """Note where this run's gateway listens, so `retina ask` finds it (whatever ports were chosen)."""
+def remember_gateway_url(state_dir: Path, url: str, image_store_url: str | None = None) -> None:
+    """Note where this run's services listen, so `retina ask` (the gateway) and `make newman` (both)
+    find them whatever ports were chosen."""
     path = local_env_path(state_dir)
     values = read_env_file(path)
-    if values.get("RETINA_GATEWAY_URL") != url:
-        write_env_file(path, {**values, "RETINA_GATEWAY_URL": url})
+    urls = {"RETINA_GATEWAY_URL": url, **({"RETINA_IMAGE_STORE_URL": image_store_url} if image_store_url else {})}
+    if any(values.get(key) != value for key, value in urls.items()):
+        write_env_file(path, {**values, **urls})
 
 
 def start_embedded_postgres(data_dir: Path) -> str:
@@ -105,7 +107,8 @@ def run_local_stack(
     for key, value in local_secrets(state_dir).items():
         env.setdefault(key, value)
     shown_host = _shown_host(host)
-    remember_gateway_url(state_dir, f"http://{f'[{shown_host}]' if ':' in shown_host else shown_host}:{gateway_port}")
+    url_host = f"[{shown_host}]" if ":" in shown_host else shown_host
+    remember_gateway_url(state_dir, f"http://{url_host}:{gateway_port}", f"http://{url_host}:{store_port}")
     env.setdefault("IMAGE_STORAGE_PATH", str(state_dir / "images"))
     env["IMAGE_STORE_PORT"] = str(store_port)
     env["VISION_GATEWAY_PORT"] = str(gateway_port)
