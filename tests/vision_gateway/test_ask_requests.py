@@ -402,3 +402,14 @@ async def test_a_gateway_that_never_accepts_the_connection_is_unreachable(tmp_pa
     assert code == ExitCode.UNREACHABLE, err.getvalue()
     assert time.perf_counter() - started < 5, err.getvalue()
     assert f"cannot reach the gateway at http://{host}:{port}: no connection within 0.5 s" in err.getvalue()
+
+
+def test_retina_up_remembers_the_image_store_url_too_for_make_newman(tmp_path: Path) -> None:
+    secrets = local_secrets(tmp_path)
+    remember_gateway_url(tmp_path, "http://127.0.0.1:9002", "http://127.0.0.1:9001")
+    stored = read_env_file(tmp_path / "local.env")
+    assert stored == {
+        **secrets,
+        "RETINA_GATEWAY_URL": "http://127.0.0.1:9002",
+        "RETINA_IMAGE_STORE_URL": "http://127.0.0.1:9001",
+    }
