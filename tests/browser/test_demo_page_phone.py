@@ -148,3 +148,29 @@ async def test_demo_page_on_a_phone(
         # 256 colours: a third of the size, no visible loss for a page of flat colours and one photo.
         with Image.open(shot) as image:
             image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(SCREENSHOT, optimize=True)
+
+
+async def test_demo_page_fits_every_width_from_phone_to_desktop(
+    page: Any, service_env: dict[str, str], aiohttp_server: Any
+) -> None:
+    """One conversation with a photograph, the window resized from 360 px to desktop: never a
+    horizontal scroll; the models menu button below the 40rem breakpoint, the models column above."""
+    emulator = OllamaEmulator()
+    _, gateway_origin = await start_stack(service_env, aiohttp_server, emulator)
+    await page.goto(f"{gateway_origin}/demo#token={SERVICE_TOKEN}&user=alice")
+    await page.locator('#models button[data-model="llava:latest"]').click()
+    await page.set_input_files("#file-input", str(SKIMAGE_DATA / "astronaut.png"))
+    await page.fill("#message", "What is in this picture?")
+    await page.click("#send")
+    await page.locator(".message.assistant .event.done").wait_for()
+    await page.wait_for_function("() => document.querySelector('.message.user img')?.naturalWidth > 0")
+
+    for width in (360, 412, 480, 600, 640, 641, 720, 768, 900, 1024, 1280, 1600):
+        await page.set_viewport_size({"width": width, "height": 800})
+        await assert_fits(page, width, f"{width} px")
+        narrow = width <= 640
+        assert await page.locator("#models-toggle").is_visible() == narrow, width
+        assert await page.locator("#models").is_visible() != narrow, width
+        answer = await box(page, ".message.assistant")
+        history = await box(page, "#history")
+        assert answer["width"] >= 0.6 * history["width"], width
