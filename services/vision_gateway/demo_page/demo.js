@@ -64,6 +64,12 @@ async function loadModels() {
     list.append(item);
   }
   $("models-status").textContent = models.length ? "" : "no models installed in Ollama";
+  $("current-model").textContent = state.model || "none";
+}
+
+// Narrow screens only: the models list is a menu behind #models-toggle (wide ones show both).
+function showModelsMenu(open) {
+  $("models-toggle").setAttribute("aria-expanded", String(open));
 }
 
 function selectModel(name) {
@@ -72,6 +78,8 @@ function selectModel(name) {
   for (const button of $("models").querySelectorAll("button")) {
     button.setAttribute("aria-pressed", String(button.dataset.model === name));
   }
+  $("current-model").textContent = name;
+  showModelsMenu(false);
 }
 
 // ---- attachments --------------------------------------------------------------------------
@@ -298,6 +306,9 @@ async function start() {
   setupDropzone();
   $("ask").addEventListener("submit", ask);
   $("stop").addEventListener("click", stop);
+  $("models-toggle").addEventListener("click", () => {
+    showModelsMenu($("models-toggle").getAttribute("aria-expanded") !== "true");
+  });
   $("new-conversation").addEventListener("click", () => {
     sessionStorage.removeItem(KEYS.conversation);
     $("history").replaceChildren();
