@@ -17,6 +17,7 @@ from services.image_store.app import create_app as create_store_app
 from services.image_store.imaging.decode_pool import worker_processes
 from services.image_store.settings import ImageStoreSettings, load_image_store_settings
 from services.vision_gateway.settings import GatewaySettings, load_gateway_settings
+from tests.image_store.s3_support import MotoServer
 from tests.postgres import DatabaseFactory, embedded_server, server_gone, without_password
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,3 +175,14 @@ def tiny_volume(tmp_path: Path) -> Iterator[Path]:
 
 def auth_headers(user_id: str = "alice") -> dict[str, str]:
     return {"Authorization": f"Bearer {SERVICE_TOKEN}", "X-User-Id": user_id}
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server for the session; every test gets its own bucket."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -348,26 +347,16 @@ async def test_uploads_disabled_on_the_store_reach_the_client_as_503_upload_disa
     assert stack.emulator.chats == []
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_an_unavailable_object_store_reaches_the_client_as_503_storage_unavailable(
     stack: Stack,
     db: asyncpg.Connection,
     aiohttp_server: Any,
     store_app: Any,
-    moto: MotoServer,
+    moto_server: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The store keeps its images in S3 (moto), behind a proxy that answers every PUT with 503."""
-    proxy = FaultProxy(moto.endpoint)
+    proxy = FaultProxy(moto_server.endpoint)
     await proxy.start()
     try:
         proxy.faults.append(Fault("PUT", status=503))
@@ -379,7 +368,7 @@ async def test_an_unavailable_object_store_reaches_the_client_as_503_storage_una
             store_app,
             IMAGE_STORAGE_BACKEND="s3",
             S3_ENDPOINT_URL=proxy.endpoint,
-            S3_BUCKET=moto.new_bucket(),
+            S3_BUCKET=moto_server.new_bucket(),
             S3_REGION=REGION,
             **CREDENTIALS,
         )
