@@ -8,6 +8,7 @@ survive restarts. Both services then run in this process until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import structlog
 
 from cli.env_file import local_env_path, read_env_file, write_env_file
+from cli.ollama_probe import describe, probe_ollama
 from cli.runner import ServiceSpec, load_or_exit, serve
 from common.migrations import apply_migrations
 from common.settings import generate_secret
@@ -97,9 +99,17 @@ def run_local_stack(
     store_port: int | None,
     gateway_port: int | None,
     state_dir: Path,
+    ollama_url: str | None = None,
+    ollama_emulator: bool = False,
 ) -> None:
     started = time.perf_counter()
     env: dict[str, str] = dict(environ)
+    emulator_spec: ServiceSpec | None = None
+    if ollama_emulator:
+        emulator_spec = _emulator_spec()
+        env["OLLAMA_URL"] = f"http://127.0.0.1:{emulator_spec.port}"
+    elif ollama_url:
+        env["OLLAMA_URL"] = ollama_url  # the flag wins over the variable
     store_port, gateway_port = resolve_ports(env, store_port, gateway_port)
     env.setdefault("LOG_FORMAT", "console")
     for key, value in local_secrets(state_dir).items():
@@ -123,12 +133,16 @@ def run_local_stack(
     log.info("migrations_applied", applied=result.applied)
 
     specs = [
+        *([emulator_spec] if emulator_spec else []),
         ServiceSpec("image-store", create_image_store(store_settings), host, store_port),
         ServiceSpec("vision-gateway", create_gateway(gateway_settings), host, gateway_port),
     ]
+    shown_ollama = str(gateway_settings.ollama_url).rstrip("/")
 
-    def announce() -> None:
-        print(banner(env, host, store_port, gateway_port, database_note, time.perf_counter() - started))
+    async def announce() -> None:
+        report = await probe_ollama(shown_ollama)
+        ollama = describe(shown_ollama, report, emulated=ollama_emulator)
+        print(banner(env, host, store_port, gateway_port, database_note, time.perf_counter() - started, ollama))
 
     asyncio.run(
         serve(
@@ -137,6 +151,16 @@ def run_local_stack(
             on_started=announce,
         )
     )
+
+
+def _emulator_spec() -> ServiceSpec:
+    """The Ollama protocol emulator (canned answers) as one more app of this process, on a free port."""
+    from cli.ollama_emulator import OllamaEmulator, showcase_models
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    return ServiceSpec("ollama-emulator", OllamaEmulator(showcase_models()).make_app(), "127.0.0.1", port)
 
 
 def _browser_defaults(env: dict[str, str], host: str, store_port: int, gateway_port: int) -> None:
@@ -159,11 +183,14 @@ def banner(
     gateway_port: int,
     database_note: str,
     elapsed: float,
+    ollama: list[str] | None = None,
 ) -> str:
     shown_host = _shown_host(host)
     token = env["SERVICE_TOKENS"].split(",")[0]
     store = f"http://{shown_host}:{store_port}"
     gateway = f"http://{shown_host}:{gateway_port}"
+    ollama_lines = ollama or [env.get("OLLAMA_URL", "http://127.0.0.1:11434")]
+    ollama_note = "\n".join([ollama_lines[0], *(f"                  {line}" for line in ollama_lines[1:])])
     demo = ""
     if env.get("DEMO_PAGE_ENABLED", "").strip().lower() in ("1", "true", "yes", "on"):
         # The token rides in the fragment, which the browser keeps to itself (no server log sees it).
@@ -173,7 +200,7 @@ retina is up ({elapsed:.1f}s)
   image-store     {store}   (health: {store}/readyz, metrics: {store}/metrics)
   vision-gateway  {gateway}   (health: {gateway}/readyz, metrics: {gateway}/metrics)
   database        {database_note}
-  ollama          {env.get("OLLAMA_URL", "http://127.0.0.1:11434")}
+  ollama          {ollama_note}
   service token   {token}{demo}
 
 Try it:

@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--store-port", type=int, default=None, help="default: IMAGE_STORE_PORT, else 8081")
     up.add_argument("--gateway-port", type=int, default=None, help="default: VISION_GATEWAY_PORT, else 8082")
+    ollama = up.add_mutually_exclusive_group()
+    ollama.add_argument("--ollama-url", metavar="URL", help="Ollama's base URL (default: OLLAMA_URL, else :11434)")
+    ollama.add_argument(
+        "--ollama-emulator",
+        action="store_true",
+        help="no Ollama needed: run the protocol emulator inside the stack (canned answers; models llava, qwen3-vl…)",
+    )
 
     migrate = commands.add_parser("migrate", help="apply database migrations (under yoyo's lock)")
     migrate.add_argument("--rollback", action="store_true", help="undo the newest migration")
@@ -141,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             store_port=args.store_port,
             gateway_port=args.gateway_port,
             state_dir=state_dir(),
+            ollama_url=args.ollama_url,
+            ollama_emulator=args.ollama_emulator,
         )
         return 0
     if args.command == "ask":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -41,7 +41,10 @@ class ServiceSpec:
 
 
 async def serve(
-    specs: Sequence[ServiceSpec], *, shutdown_timeout: float, on_started: Callable[[], None] | None = None
+    specs: Sequence[ServiceSpec],
+    *,
+    shutdown_timeout: float,
+    on_started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve every app until SIGINT/SIGTERM, then shut all of them down gracefully."""
     return_large_buffers()  # RSS then follows what the memory budgets count (common/memory.py)
@@ -63,7 +66,7 @@ async def serve(
             await web.TCPSite(runner, spec.host, spec.port).start()
             log.info("service_started", service=spec.name.replace("-", "_"), host=spec.host, port=spec.port)
         if on_started is not None:
-            on_started()
+            await on_started()
         await stop.wait()
         log.info("shutdown_requested")
     finally:

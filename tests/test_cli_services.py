@@ -17,7 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestServer
+from PIL import Image
 
+from cli.ollama_emulator import CANNED_NOTICE, OllamaEmulator, default_models
+from cli.ollama_probe import OllamaReport, describe, probe_ollama
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
 
 
@@ -182,11 +186,18 @@ def test_retina_up_takes_ports_from_the_environment_and_flags_win(database_url: 
         RETINA_STATE_DIR=str(tmp_path / "state"),
         IMAGE_STORE_PORT=str(env_store),
         VISION_GATEWAY_PORT=str(env_gateway),
-        OLLAMA_URL="http://127.0.0.1:9",
+        OLLAMA_URL="http://127.0.0.1:1",
     )
-    with retina("up", "--gateway-port", str(flag_gateway), env=env) as (process, output):
+    with retina("up", "--gateway-port", str(flag_gateway), "--ollama-url", "http://127.0.0.1:9", env=env) as (
+        process,
+        output,
+    ):
         output.wait_for("Press Ctrl-C to stop.", timeout=60)
         banner = "".join(output.lines)
+        # --ollama-url wins over OLLAMA_URL; nothing answers there, and the banner says so and what to do.
+        assert "ollama          http://127.0.0.1:9  did NOT answer (connection refused" in banner, banner
+        assert "--ollama-url URL (or OLLAMA_URL)" in banner
+        assert "retina up --ollama-emulator" in banner
         assert f"image-store     http://127.0.0.1:{env_store}" in banner
         assert f"vision-gateway  http://127.0.0.1:{flag_gateway}" in banner
         assert http_get(f"http://127.0.0.1:{env_store}/livez")[0] == 200
@@ -232,3 +243,47 @@ def test_make_up_passes_its_arguments_to_retina_up() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert ".venv/bin/retina up --store-port 9001 --gateway-port 9002" in result.stdout
+
+
+def test_retina_up_with_the_emulator_answers_the_readme_questions(database_url: str, tmp_path: Path) -> None:
+    """No Ollama, no GPU: `retina up --ollama-emulator`, then `retina ask` with an image and --think works,
+    and both the banner and the answer say that the answer is canned."""
+    store_port, gateway_port = free_port(), free_port()
+    state = tmp_path / "state"
+    env = clean_env(DATABASE_URL=database_url, RETINA_STATE_DIR=str(state), OLLAMA_URL="http://127.0.0.1:9")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), "grey").save(photo)
+    args = ("up", "--store-port", str(store_port), "--gateway-port", str(gateway_port), "--ollama-emulator")
+    with retina(*args, env=env) as (process, output):
+        output.wait_for("Press Ctrl-C to stop.", timeout=60)
+        banner = "".join(output.lines)
+        assert "EMULATOR: answers are canned, no model runs" in banner, banner
+        assert "5 models, 3 see images, 2 think; qwen3-vl does both" in banner
+        ask_env = {"PATH": os.environ.get("PATH", ""), "RETINA_STATE_DIR": str(state)}
+        for question in (
+            ["What is in this picture?", "-i", str(photo), "-m", "llava"],
+            ["Which animal?", "-i", str(photo), "-m", "qwen3-vl", "--think", "high"],
+        ):
+            ask = subprocess.run(
+                [sys.executable, "-m", "cli.main", "ask", *question],
+                cwd=ROOT,
+                env=ask_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert ask.returncode == 0, ask.stderr
+            assert CANNED_NOTICE in ask.stdout, ask.stdout
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0, "".join(output.lines)
+
+
+async def test_the_banner_counts_a_real_ollamas_models_as_the_gateway_detects_them() -> None:
+    """Old and new capability signals both count (gemma3 here has only `vision.block_count`)."""
+    async with TestServer(OllamaEmulator(default_models()).make_app()) as server:
+        url = str(server.make_url("")).rstrip("/")
+        report = await probe_ollama(url)
+    assert report == OllamaReport(True, models=5, vision=2, thinking=1)
+    assert describe(url, report, emulated=False) == [f"{url}  answered: 5 models, 2 can see images"]
+    no_vision = describe(url, OllamaReport(True, models=1), emulated=False)
+    assert "ollama pull llava" in no_vision[1]
