@@ -19,6 +19,7 @@ import structlog
 
 from cli.env_file import local_env_path, read_env_file, write_env_file
 from cli.ollama_probe import describe, probe_ollama
+from cli.ports import ensure_free
 from cli.runner import ServiceSpec, load_or_exit, serve
 from common.migrations import apply_migrations
 from common.settings import generate_secret
@@ -111,6 +112,9 @@ def run_local_stack(
     elif ollama_url:
         env["OLLAMA_URL"] = ollama_url  # the flag wins over the variable
     store_port, gateway_port = resolve_ports(env, store_port, gateway_port)
+    # Before the database starts: a taken port is one line and exit status 2 (see cli/main.py).
+    ensure_free(host, store_port, "image-store", "--store-port")
+    ensure_free(host, gateway_port, "vision-gateway", "--gateway-port")
     env.setdefault("LOG_FORMAT", "console")
     for key, value in local_secrets(state_dir).items():
         env.setdefault(key, value)
@@ -134,8 +138,8 @@ def run_local_stack(
 
     specs = [
         *([emulator_spec] if emulator_spec else []),
-        ServiceSpec("image-store", create_image_store(store_settings), host, store_port),
-        ServiceSpec("vision-gateway", create_gateway(gateway_settings), host, gateway_port),
+        ServiceSpec("image-store", create_image_store(store_settings), host, store_port, "--store-port"),
+        ServiceSpec("vision-gateway", create_gateway(gateway_settings), host, gateway_port, "--gateway-port"),
     ]
     shown_ollama = str(gateway_settings.ollama_url).rstrip("/")
 

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from cli.ask.command import add_parser as add_ask_parser
 from cli.ask.command import run_ask
+from cli.ports import PortInUse, ensure_free
 from cli.runner import ServiceSpec, load_or_exit, serve
 from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
@@ -129,6 +130,7 @@ def _run_service(name: str, host: str | None, port: int | None) -> int:
 
 def _serve(name: str, common: CommonSettings, make_app: Callable[[], web.Application], host: str, port: int) -> int:
     """Logging as configured first (the app logs while it is built), then serve until a signal."""
+    ensure_free(host, port, name, "--port")
     configure_logging(common.log_level, common.log_format)
     spec = ServiceSpec(name, make_app(), host, port)
     asyncio.run(serve([spec], shutdown_timeout=common.shutdown_timeout_seconds))
@@ -137,6 +139,14 @@ def _serve(name: str, common: CommonSettings, make_app: Callable[[], web.Applica
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except PortInUse as exc:
+        print(f"retina {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "up":
         from cli.env_file import state_dir
         from cli.local_stack import run_local_stack

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
+from cli.ports import PortInUse
 from common.memory import return_large_buffers
 from common.settings import SettingsError
 
@@ -38,6 +40,7 @@ class ServiceSpec:
     app: web.Application
     host: str
     port: int
+    port_flag: str = "--port"  # the option that picks another port, for the "already in use" line
 
 
 async def serve(
@@ -63,7 +66,12 @@ async def serve(
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, spec.host, spec.port).start()
+            try:
+                await web.TCPSite(runner, spec.host, spec.port).start()
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(spec.host, spec.port, spec.name, spec.port_flag) from None
+                raise
             log.info("service_started", service=spec.name.replace("-", "_"), host=spec.host, port=spec.port)
         if on_started is not None:
             await on_started()

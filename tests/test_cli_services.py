@@ -17,11 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from cli.ollama_emulator import CANNED_NOTICE, OllamaEmulator, default_models
 from cli.ollama_probe import OllamaReport, describe, probe_ollama
+from cli.ports import PortInUse
+from cli.runner import ServiceSpec, serve
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
 
 
@@ -287,3 +290,54 @@ async def test_the_banner_counts_a_real_ollamas_models_as_the_gateway_detects_th
     assert describe(url, report, emulated=False) == [f"{url}  answered: 5 models, 2 can see images"]
     no_vision = describe(url, OllamaReport(True, models=1), emulated=False)
     assert "ollama pull llava" in no_vision[1]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (("up", "--gateway-port", "{free}", "--store-port", "{busy}"), "--store-port"),
+        (("up", "--store-port", "{free}", "--gateway-port", "{busy}"), "--gateway-port"),
+        (("vision-gateway", "--host", "127.0.0.1", "--port", "{busy}"), "--port"),
+        (("image-store", "--host", "127.0.0.1", "--port", "{busy}"), "--port"),
+    ],
+)
+def test_a_busy_port_is_one_line_naming_it_its_holder_and_the_flag(
+    database_url: str, tmp_path: Path, command: tuple[str, ...], flag: str
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        args = [arg.format(busy=busy, free=free_port()) for arg in command]
+        env = clean_env(
+            DATABASE_URL=database_url,
+            SERVICE_TOKENS=SERVICE_TOKEN,
+            IMAGE_SIGNING_KEYS=SIGNING_KEY,
+            IMAGE_STORAGE_PATH=str(tmp_path / "images"),
+            RETINA_STATE_DIR=str(tmp_path / "state"),
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {busy} on 127.0.0.1" in lines[0]
+    assert f"already in use by {Path('/proc/self/comm').read_text().strip()} (pid {os.getpid()})" in lines[0]
+    assert lines[0].endswith(f"pick another with {flag} PORT")
+    assert "Traceback" not in result.stdout
+
+
+async def test_serve_turns_a_port_taken_after_the_check_into_the_same_line() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        with pytest.raises(PortInUse, match=rf"port {busy} on 127\.0\.0\.1 \(x\).*pick another with --x-port PORT"):
+            await serve([ServiceSpec("x", web.Application(), "127.0.0.1", busy, "--x-port")], shutdown_timeout=1)
