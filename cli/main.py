@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--store-port", type=int, default=None, help="default: IMAGE_STORE_PORT, else 8081")
     up.add_argument("--gateway-port", type=int, default=None, help="default: VISION_GATEWAY_PORT, else 8082")
+    up.add_argument(
+        "--verbose", action="store_true", help="every log line here (default: to retina.log in the state dir)"
+    )
     ollama = up.add_mutually_exclusive_group()
     ollama.add_argument("--ollama-url", metavar="URL", help="Ollama's base URL (default: OLLAMA_URL, else :11434)")
     ollama.add_argument(
@@ -160,6 +163,7 @@ def _command(args: argparse.Namespace) -> int:
             state_dir=state_dir(),
             ollama_url=args.ollama_url,
             ollama_emulator=args.ollama_emulator,
+            verbose=args.verbose,
         )
         return 0
     if args.command == "ask":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from cli.ollama_probe import OllamaReport, describe, probe_ollama
 from cli.ports import PortInUse
 from cli.runner import ServiceSpec, serve
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
+from tests.slow_client import multipart
 
 
 def free_port() -> int:
@@ -68,11 +70,14 @@ class OutputCollector:
 
 
 @contextmanager
-def retina(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], OutputCollector]]:
+def retina(
+    *args: str, env: dict[str, str], stdin: int | None = None
+) -> Iterator[tuple[subprocess.Popen[str], OutputCollector]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", *args],
         cwd=ROOT,
         env=env,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -86,8 +91,9 @@ def retina(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[s
         process.wait(10)
         collector_done = process.stdout
         collector.join()
-        if collector_done is not None:
-            collector_done.close()
+        for stream in (collector_done, process.stdin):
+            if stream is not None:
+                stream.close()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -102,12 +108,17 @@ def test_retina_up_on_a_bare_machine_serves_both_services(tmp_path: Path) -> Non
     """No DATABASE_URL: an embedded PostgreSQL is started, migrated, and both services come up."""
     store_port, gateway_port = free_port(), free_port()
     env = clean_env(RETINA_STATE_DIR=str(tmp_path / "state"))
+    env.pop("XDG_RUNTIME_DIR", None)  # platformdirs warned about it at import, before the banner
     with retina("up", "--store-port", str(store_port), "--gateway-port", str(gateway_port), env=env) as (
         process,
         output,
     ):
         elapsed = output.wait_for("Press Ctrl-C to stop.", timeout=60)
         banner = "".join(output.lines)
+        # One line (the migrations), the banner's blank line, the banner: no warnings, no log lines.
+        assert banner.splitlines()[0].startswith("migrations: applied 6 "), banner
+        assert banner.splitlines()[2].startswith("retina is up"), banner
+        assert "XDG_RUNTIME_DIR" not in banner
         assert f"http://127.0.0.1:{store_port}" in banner
         assert f"http://127.0.0.1:{gateway_port}" in banner
         assert "embedded PostgreSQL" in banner
@@ -341,3 +352,54 @@ async def test_serve_turns_a_port_taken_after_the_check_into_the_same_line() -> 
         busy = holder.getsockname()[1]
         with pytest.raises(PortInUse, match=rf"port {busy} on 127\.0\.0\.1 \(x\).*pick another with --x-port PORT"):
             await serve([ServiceSpec("x", web.Application(), "127.0.0.1", busy, "--x-port")], shutdown_timeout=1)
+
+
+def test_retina_up_starts_quietly_logs_to_a_file_and_repeats_the_banner_on_enter(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """A fresh start (no migration applied yet): at most 15 lines before the banner, migrations in one;
+    a request's log line goes to <state>/retina.log, not the terminal; Enter prints the banner again."""
+    store_port, gateway_port = free_port(), free_port()
+    state = tmp_path / "state"
+    env = clean_env(DATABASE_URL=empty_database_url, RETINA_STATE_DIR=str(state), OLLAMA_URL="http://127.0.0.1:9")
+    args = ("up", "--store-port", str(store_port), "--gateway-port", str(gateway_port))
+    with retina(*args, env=env, stdin=subprocess.PIPE) as (process, output):
+        output.wait_for("Press Ctrl-C to stop.", timeout=60)
+        before = output.lines[: next(i for i, line in enumerate(output.lines) if "retina is up" in line)]
+        assert len(before) <= 15, "".join(before)
+        assert any(line.startswith("migrations: applied 6 (0001_chat_schema") for line in before), before
+        assert not any("yoyo" in line or "Warning" in line for line in before), "".join(before)
+        log_file = state / "retina.log"
+        assert f"logs            {log_file}" in "".join(output.lines)
+
+        photo = io.BytesIO()
+        Image.new("RGB", (32, 24), "teal").save(photo, "PNG")
+        body, content_type = multipart([("file", photo.getvalue(), "photo.png", "image/png")])
+        upload = urllib.request.Request(
+            f"http://127.0.0.1:{store_port}/api/images",
+            data=body,
+            headers={"Authorization": f"Bearer {_token(state)}", "X-User-Id": "alice", "Content-Type": content_type},
+        )
+        with urllib.request.urlopen(upload, timeout=10) as response:  # noqa: S310 - loopback test URL
+            assert response.status == 201
+        deadline = time.monotonic() + 10
+        while "image_stored" not in log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "image_stored" in log_file.read_text()
+        assert not any("image_stored" in line for line in output.lines)
+
+        printed = len(output.lines)
+        assert process.stdin is not None
+        process.stdin.write("\n")
+        process.stdin.flush()
+        deadline = time.monotonic() + 10
+        while sum("retina is up" in line for line in output.lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("retina is up" in line for line in output.lines[printed:]), "".join(output.lines[printed:])
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0, "".join(output.lines)
+
+
+def _token(state: Path) -> str:
+    secrets = (state / "local.env").read_text().splitlines()
+    return next(line.split("=", 1)[1] for line in secrets if line.startswith("SERVICE_TOKENS="))
