@@ -40,7 +40,7 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}", "X-User-Id": "bench"}
 @contextlib.contextmanager
 def emulator_process(port: int, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.ollama_emulator", "--port", str(port), *args],
+        [sys.executable, "-m", "cli.ollama_emulator", "--port", str(port), *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

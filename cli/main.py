@@ -13,6 +13,7 @@ from aiohttp import web
 
 from cli.ask.command import add_parser as add_ask_parser
 from cli.ask.command import run_ask
+from cli.ports import PortInUse, ensure_free
 from cli.runner import ServiceSpec, load_or_exit, serve
 from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
@@ -31,6 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--store-port", type=int, default=None, help="default: IMAGE_STORE_PORT, else 8081")
     up.add_argument("--gateway-port", type=int, default=None, help="default: VISION_GATEWAY_PORT, else 8082")
+    up.add_argument(
+        "--verbose", action="store_true", help="every log line here (default: to retina.log in the state dir)"
+    )
+    ollama = up.add_mutually_exclusive_group()
+    ollama.add_argument("--ollama-url", metavar="URL", help="Ollama's base URL (default: OLLAMA_URL, else :11434)")
+    ollama.add_argument(
+        "--ollama-emulator",
+        action="store_true",
+        help="no Ollama needed: run the protocol emulator inside the stack (canned answers; models llava, qwen3-vl…)",
+    )
 
     migrate = commands.add_parser("migrate", help="apply database migrations (under yoyo's lock)")
     migrate.add_argument("--rollback", action="store_true", help="undo the newest migration")
@@ -122,6 +133,7 @@ def _run_service(name: str, host: str | None, port: int | None) -> int:
 
 def _serve(name: str, common: CommonSettings, make_app: Callable[[], web.Application], host: str, port: int) -> int:
     """Logging as configured first (the app logs while it is built), then serve until a signal."""
+    ensure_free(host, port, name, "--port")
     configure_logging(common.log_level, common.log_format)
     spec = ServiceSpec(name, make_app(), host, port)
     asyncio.run(serve([spec], shutdown_timeout=common.shutdown_timeout_seconds))
@@ -130,6 +142,14 @@ def _serve(name: str, common: CommonSettings, make_app: Callable[[], web.Applica
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except PortInUse as exc:
+        print(f"retina {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "up":
         from cli.env_file import state_dir
         from cli.local_stack import run_local_stack
@@ -141,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             store_port=args.store_port,
             gateway_port=args.gateway_port,
             state_dir=state_dir(),
+            ollama_url=args.ollama_url,
+            ollama_emulator=args.ollama_emulator,
+            verbose=args.verbose,
         )
         return 0
     if args.command == "ask":

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
 from aiohttp import web
 
+from cli.ports import PortInUse
 from common.memory import return_large_buffers
 from common.settings import SettingsError
 
@@ -38,10 +40,14 @@ class ServiceSpec:
     app: web.Application
     host: str
     port: int
+    port_flag: str = "--port"  # the option that picks another port, for the "already in use" line
 
 
 async def serve(
-    specs: Sequence[ServiceSpec], *, shutdown_timeout: float, on_started: Callable[[], None] | None = None
+    specs: Sequence[ServiceSpec],
+    *,
+    shutdown_timeout: float,
+    on_started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve every app until SIGINT/SIGTERM, then shut all of them down gracefully."""
     return_large_buffers()  # RSS then follows what the memory budgets count (common/memory.py)
@@ -60,10 +66,15 @@ async def serve(
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, spec.host, spec.port).start()
+            try:
+                await web.TCPSite(runner, spec.host, spec.port).start()
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(spec.host, spec.port, spec.name, spec.port_flag) from None
+                raise
             log.info("service_started", service=spec.name.replace("-", "_"), host=spec.host, port=spec.port)
         if on_started is not None:
-            on_started()
+            await on_started()
         await stop.wait()
         log.info("shutdown_requested")
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -17,8 +18,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from PIL import Image
 
+from cli.ollama_emulator import CANNED_NOTICE, OllamaEmulator, default_models
+from cli.ollama_probe import OllamaReport, describe, probe_ollama
+from cli.ports import PortInUse
+from cli.runner import ServiceSpec, serve
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
+from tests.slow_client import multipart
 
 
 def free_port() -> int:
@@ -61,11 +70,14 @@ class OutputCollector:
 
 
 @contextmanager
-def retina(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], OutputCollector]]:
+def retina(
+    *args: str, env: dict[str, str], stdin: int | None = None
+) -> Iterator[tuple[subprocess.Popen[str], OutputCollector]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", *args],
         cwd=ROOT,
         env=env,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -79,8 +91,9 @@ def retina(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[s
         process.wait(10)
         collector_done = process.stdout
         collector.join()
-        if collector_done is not None:
-            collector_done.close()
+        for stream in (collector_done, process.stdin):
+            if stream is not None:
+                stream.close()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -95,12 +108,17 @@ def test_retina_up_on_a_bare_machine_serves_both_services(tmp_path: Path) -> Non
     """No DATABASE_URL: an embedded PostgreSQL is started, migrated, and both services come up."""
     store_port, gateway_port = free_port(), free_port()
     env = clean_env(RETINA_STATE_DIR=str(tmp_path / "state"))
+    env.pop("XDG_RUNTIME_DIR", None)  # platformdirs warned about it at import, before the banner
     with retina("up", "--store-port", str(store_port), "--gateway-port", str(gateway_port), env=env) as (
         process,
         output,
     ):
         elapsed = output.wait_for("Press Ctrl-C to stop.", timeout=60)
         banner = "".join(output.lines)
+        # One line (the migrations), the banner's blank line, the banner: no warnings, no log lines.
+        assert banner.splitlines()[0].startswith("migrations: applied 6 "), banner
+        assert banner.splitlines()[2].startswith("retina is up"), banner
+        assert "XDG_RUNTIME_DIR" not in banner
         assert f"http://127.0.0.1:{store_port}" in banner
         assert f"http://127.0.0.1:{gateway_port}" in banner
         assert "embedded PostgreSQL" in banner
@@ -182,11 +200,18 @@ def test_retina_up_takes_ports_from_the_environment_and_flags_win(database_url: 
         RETINA_STATE_DIR=str(tmp_path / "state"),
         IMAGE_STORE_PORT=str(env_store),
         VISION_GATEWAY_PORT=str(env_gateway),
-        OLLAMA_URL="http://127.0.0.1:9",
+        OLLAMA_URL="http://127.0.0.1:1",
     )
-    with retina("up", "--gateway-port", str(flag_gateway), env=env) as (process, output):
+    with retina("up", "--gateway-port", str(flag_gateway), "--ollama-url", "http://127.0.0.1:9", env=env) as (
+        process,
+        output,
+    ):
         output.wait_for("Press Ctrl-C to stop.", timeout=60)
         banner = "".join(output.lines)
+        # --ollama-url wins over OLLAMA_URL; nothing answers there, and the banner says so and what to do.
+        assert "ollama          http://127.0.0.1:9  did NOT answer (connection refused" in banner, banner
+        assert "--ollama-url URL (or OLLAMA_URL)" in banner
+        assert "retina up --ollama-emulator" in banner
         assert f"image-store     http://127.0.0.1:{env_store}" in banner
         assert f"vision-gateway  http://127.0.0.1:{flag_gateway}" in banner
         assert http_get(f"http://127.0.0.1:{env_store}/livez")[0] == 200
@@ -232,3 +257,149 @@ def test_make_up_passes_its_arguments_to_retina_up() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert ".venv/bin/retina up --store-port 9001 --gateway-port 9002" in result.stdout
+
+
+def test_retina_up_with_the_emulator_answers_the_readme_questions(database_url: str, tmp_path: Path) -> None:
+    """No Ollama, no GPU: `retina up --ollama-emulator`, then `retina ask` with an image and --think works,
+    and both the banner and the answer say that the answer is canned."""
+    store_port, gateway_port = free_port(), free_port()
+    state = tmp_path / "state"
+    env = clean_env(DATABASE_URL=database_url, RETINA_STATE_DIR=str(state), OLLAMA_URL="http://127.0.0.1:9")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), "grey").save(photo)
+    args = ("up", "--store-port", str(store_port), "--gateway-port", str(gateway_port), "--ollama-emulator")
+    with retina(*args, env=env) as (process, output):
+        output.wait_for("Press Ctrl-C to stop.", timeout=60)
+        banner = "".join(output.lines)
+        assert "EMULATOR: answers are canned, no model runs" in banner, banner
+        assert "5 models, 3 see images, 2 think; qwen3-vl does both" in banner
+        ask_env = {"PATH": os.environ.get("PATH", ""), "RETINA_STATE_DIR": str(state)}
+        for question in (
+            ["What is in this picture?", "-i", str(photo), "-m", "llava"],
+            ["Which animal?", "-i", str(photo), "-m", "qwen3-vl", "--think", "high"],
+        ):
+            ask = subprocess.run(
+                [sys.executable, "-m", "cli.main", "ask", *question],
+                cwd=ROOT,
+                env=ask_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert ask.returncode == 0, ask.stderr
+            assert CANNED_NOTICE in ask.stdout, ask.stdout
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0, "".join(output.lines)
+
+
+async def test_the_banner_counts_a_real_ollamas_models_as_the_gateway_detects_them() -> None:
+    """Old and new capability signals both count (gemma3 here has only `vision.block_count`)."""
+    async with TestServer(OllamaEmulator(default_models()).make_app()) as server:
+        url = str(server.make_url("")).rstrip("/")
+        report = await probe_ollama(url)
+    assert report == OllamaReport(True, models=5, vision=2, thinking=1)
+    assert describe(url, report, emulated=False) == [f"{url}  answered: 5 models, 2 can see images"]
+    no_vision = describe(url, OllamaReport(True, models=1), emulated=False)
+    assert "ollama pull llava" in no_vision[1]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (("up", "--gateway-port", "{free}", "--store-port", "{busy}"), "--store-port"),
+        (("up", "--store-port", "{free}", "--gateway-port", "{busy}"), "--gateway-port"),
+        (("vision-gateway", "--host", "127.0.0.1", "--port", "{busy}"), "--port"),
+        (("image-store", "--host", "127.0.0.1", "--port", "{busy}"), "--port"),
+    ],
+)
+def test_a_busy_port_is_one_line_naming_it_its_holder_and_the_flag(
+    database_url: str, tmp_path: Path, command: tuple[str, ...], flag: str
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        args = [arg.format(busy=busy, free=free_port()) for arg in command]
+        env = clean_env(
+            DATABASE_URL=database_url,
+            SERVICE_TOKENS=SERVICE_TOKEN,
+            IMAGE_SIGNING_KEYS=SIGNING_KEY,
+            IMAGE_STORAGE_PATH=str(tmp_path / "images"),
+            RETINA_STATE_DIR=str(tmp_path / "state"),
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {busy} on 127.0.0.1" in lines[0]
+    assert f"already in use by {Path('/proc/self/comm').read_text().strip()} (pid {os.getpid()})" in lines[0]
+    assert lines[0].endswith(f"pick another with {flag} PORT")
+    assert "Traceback" not in result.stdout
+
+
+async def test_serve_turns_a_port_taken_after_the_check_into_the_same_line() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        with pytest.raises(PortInUse, match=rf"port {busy} on 127\.0\.0\.1 \(x\).*pick another with --x-port PORT"):
+            await serve([ServiceSpec("x", web.Application(), "127.0.0.1", busy, "--x-port")], shutdown_timeout=1)
+
+
+def test_retina_up_starts_quietly_logs_to_a_file_and_repeats_the_banner_on_enter(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """A fresh start (no migration applied yet): at most 15 lines before the banner, migrations in one;
+    a request's log line goes to <state>/retina.log, not the terminal; Enter prints the banner again."""
+    store_port, gateway_port = free_port(), free_port()
+    state = tmp_path / "state"
+    env = clean_env(DATABASE_URL=empty_database_url, RETINA_STATE_DIR=str(state), OLLAMA_URL="http://127.0.0.1:9")
+    args = ("up", "--store-port", str(store_port), "--gateway-port", str(gateway_port))
+    with retina(*args, env=env, stdin=subprocess.PIPE) as (process, output):
+        output.wait_for("Press Ctrl-C to stop.", timeout=60)
+        before = output.lines[: next(i for i, line in enumerate(output.lines) if "retina is up" in line)]
+        assert len(before) <= 15, "".join(before)
+        assert any(line.startswith("migrations: applied 6 (0001_chat_schema") for line in before), before
+        assert not any("yoyo" in line or "Warning" in line for line in before), "".join(before)
+        log_file = state / "retina.log"
+        assert f"logs            {log_file}" in "".join(output.lines)
+
+        photo = io.BytesIO()
+        Image.new("RGB", (32, 24), "teal").save(photo, "PNG")
+        body, content_type = multipart([("file", photo.getvalue(), "photo.png", "image/png")])
+        upload = urllib.request.Request(
+            f"http://127.0.0.1:{store_port}/api/images",
+            data=body,
+            headers={"Authorization": f"Bearer {_token(state)}", "X-User-Id": "alice", "Content-Type": content_type},
+        )
+        with urllib.request.urlopen(upload, timeout=10) as response:  # noqa: S310 - loopback test URL
+            assert response.status == 201
+        deadline = time.monotonic() + 10
+        while "image_stored" not in log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "image_stored" in log_file.read_text()
+        assert not any("image_stored" in line for line in output.lines)
+
+        printed = len(output.lines)
+        assert process.stdin is not None
+        process.stdin.write("\n")
+        process.stdin.flush()
+        deadline = time.monotonic() + 10
+        while sum("retina is up" in line for line in output.lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("retina is up" in line for line in output.lines[printed:]), "".join(output.lines[printed:])
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0, "".join(output.lines)
+
+
+def _token(state: Path) -> str:
+    secrets = (state / "local.env").read_text().splitlines()
+    return next(line.split("=", 1)[1] for line in secrets if line.startswith("SERVICE_TOKENS="))

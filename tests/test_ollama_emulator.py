@@ -12,9 +12,15 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,8 +31,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.ollama_emulator import (
+from cli.ollama_emulator import (
     BUSY_MESSAGE,
+    CANNED_NOTICE,
     MISSING_VISION_DATA,
     UNKNOWN_IMAGE_FORMAT,
     EmulatedModel,
@@ -34,7 +41,9 @@ from tests.ollama_emulator import (
     OllamaEmulator,
     _go_decode_quantums,
     go_base64_decode,
+    showcase_models,
 )
+from tests.conftest import ROOT
 
 CREATED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,8}[1-9])?Z")
 METRICS = (
@@ -622,3 +631,38 @@ def test_fast_path_and_go_port_agree(text: str) -> None:
     except GoBase64Error as exc:
         actual = exc.offset
     assert actual == expected
+
+
+def test_the_emulator_runs_from_any_directory_and_prints_its_address(tmp_path: Path) -> None:
+    """`python -m cli.ollama_emulator` outside the checkout (PYTHONPATH stands in for an installed retina)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.ollama_emulator", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(canned answers", first)
+        assert found, first + (process.stderr.read() if process.poll() is not None and process.stderr else "")
+        with urllib.request.urlopen(found.group(1) + "/api/tags", timeout=5) as response:  # noqa: S310 - loopback
+            names = [model["name"] for model in json.load(response)["models"]]
+        assert {"llava:latest", "qwen3-vl:latest"} <= set(names)
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_one_showcase_model_sees_and_thinks_and_every_reply_says_it_is_canned() -> None:
+    models = {model.name: model for model in showcase_models()}
+    assert models["qwen3-vl:latest"].vision
+    assert models["qwen3-vl:latest"].thinking
+    assert models["llava:latest"].vision
+    assert all(model.reply.startswith(CANNED_NOTICE) for model in models.values())

@@ -15,8 +15,8 @@ import jsonschema
 import ollama
 import pytest
 
-from tests.ollama_emulator import OllamaEmulator
-from tests.ollama_structured import schema_instance
+from cli.ollama_emulator import OllamaEmulator
+from cli.ollama_structured import schema_instance
 
 HI = [{"role": "user", "content": "hi"}]
 WORDS = ["grey", "cat"]

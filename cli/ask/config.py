@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cli.env_file import local_env_path, read_env_file, state_dir
 from services.vision_gateway.settings import GatewaySettings
@@ -32,6 +33,8 @@ class AskConfig:
     gateway_url: str
     token: str
     user_id: str
+    # When the URL is only the default guess: where local.env was looked for and what to set instead.
+    url_hint: str = ""
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}", "X-User-Id": self.user_id}
@@ -59,8 +62,10 @@ def load_config(
         or _first_token(local.get("SERVICE_TOKENS"))
     )
     if not token:
+        looked = _where_we_looked(local_env, environ, found=local_env.exists(), missing="token")
         raise MissingToken(
-            f"no token: set RETINA_TOKEN (or SERVICE_TOKENS), or run `retina up`, which writes {local_env}"
+            f"no token: {looked}; run `retina ask` in the directory where `retina up` runs, set "
+            "RETINA_STATE_DIR to that directory's var/, or set RETINA_TOKEN (or SERVICE_TOKENS) and RETINA_GATEWAY_URL"
         )
     port = environ.get("VISION_GATEWAY_PORT", "").strip() or DEFAULT_GATEWAY_PORT
     url = (
@@ -70,4 +75,15 @@ def load_config(
         or f"http://127.0.0.1:{port}"
     )
     user = user_id or environ.get("RETINA_USER_ID", "").strip() or DEFAULT_USER
-    return AskConfig(gateway_url=url, token=token, user_id=user)
+    guessed = not (gateway_url or environ.get("RETINA_GATEWAY_URL", "").strip() or local.get("RETINA_GATEWAY_URL"))
+    hint = ""
+    if guessed:
+        looked = _where_we_looked(local_env, environ, found=local_env.exists(), missing="gateway URL")
+        hint = f"that URL is only the default: {looked}; set RETINA_GATEWAY_URL or RETINA_STATE_DIR"
+    return AskConfig(gateway_url=url, token=token, user_id=user, url_hint=hint)
+
+
+def _where_we_looked(local_env: Path, environ: Mapping[str, str], *, found: bool, missing: str) -> str:
+    origin = "from RETINA_STATE_DIR" if environ.get("RETINA_STATE_DIR") else "./var of the current directory"
+    state = f"has no {missing}" if found else "does not exist"
+    return f"looked for `retina up`'s local.env at {local_env} ({origin}), which {state}"

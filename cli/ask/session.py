@@ -95,13 +95,15 @@ class AskSession:
                 return await self._relay(response)
         except aiohttp.ClientConnectorError as exc:
             self.progress.finish()
-            self.renderer.status(f"retina ask: cannot reach the gateway at {self.config.gateway_url}: {exc.os_error}")
+            self.renderer.status(
+                f"retina ask: cannot reach the gateway at {self.config.gateway_url}: {exc.os_error}{self._url_hint()}"
+            )
             return ExitCode.UNREACHABLE
         except aiohttp.ConnectionTimeoutError:  # a ServerTimeoutError too: it must be caught first
             self.progress.finish()
             self.renderer.status(
                 f"retina ask: cannot reach the gateway at {self.config.gateway_url}: "
-                f"no connection within {self.connect_timeout:g} s"
+                f"no connection within {self.connect_timeout:g} s{self._url_hint()}"
             )
             return ExitCode.UNREACHABLE
         except aiohttp.ServerTimeoutError:  # only raised with a silence timeout set (sock_read)
@@ -139,6 +141,10 @@ class AskSession:
             if self._handle(event):
                 break
         return self._outcome()
+
+    def _url_hint(self) -> str:
+        """Where the URL came from, when it is only the default (e.g. run outside the checkout)."""
+        return f" ({self.config.url_hint})" if self.config.url_hint else ""
 
     def _handle(self, event: dict[str, Any]) -> bool:
         """Render one event; True when it is the final one."""

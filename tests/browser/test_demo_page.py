@@ -16,13 +16,13 @@ from typing import Any
 from aiohttp.test_utils import unused_port
 from PIL import Image
 
+from cli.ollama_emulator import OllamaEmulator
 from services.image_store.app import create_app as create_store
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import SERVICE_TOKEN
 from tests.image_store.images import SKIMAGE_DATA, photo
-from tests.ollama_emulator import OllamaEmulator
 
 LONG_REPLY = " ".join(f"word{n}" for n in range(400))
 

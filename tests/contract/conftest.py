@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from cli.ollama_emulator import OllamaEmulator
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import SERVICE_TOKEN
-from tests.ollama_emulator import OllamaEmulator
 
 
 @dataclass

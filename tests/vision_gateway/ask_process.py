@@ -120,7 +120,12 @@ class AskProcess:
                 os.close(fd)
 
 
-async def run_piped(args: list[str], env: dict[str, str], timeout: float = 30.0) -> tuple[int, str, str]:  # noqa: ASYNC109
+async def run_piped(
+    args: list[str],
+    env: dict[str, str],
+    timeout: float = 30.0,  # noqa: ASYNC109
+    cwd: Path = ROOT,
+) -> tuple[int, str, str]:
     """`retina ask` with stdout and stderr redirected (not terminals), without blocking the event loop."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -128,7 +133,7 @@ async def run_piped(args: list[str], env: dict[str, str], timeout: float = 30.0)
         "cli.main",
         "ask",
         *args,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -19,12 +19,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from cli.ollama_emulator import OllamaEmulator
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import ROOT, SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import photo
-from tests.ollama_emulator import OllamaEmulator
 
 
 @dataclass
@@ -74,7 +74,7 @@ def emulator_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         [
             sys.executable,
             "-m",
-            "tests.ollama_emulator",
+            "cli.ollama_emulator",
             "--port",
             str(port),
             "--chunk-delay",

@@ -152,9 +152,29 @@ async def test_a_wrong_token_exits_3(stack: Stack, tmp_path: Path) -> None:
 async def test_a_missing_token_exits_3_and_says_where_to_put_one(tmp_path: Path) -> None:
     code, out, err = await run_piped(["What is this?", "-m", "llava"], ask_env(tmp_path / "empty"))
     assert code == 3, err
-    assert "no token: set RETINA_TOKEN" in err
-    assert str(tmp_path / "empty" / "local.env") in err
+    assert f"looked for `retina up`'s local.env at {tmp_path / 'empty' / 'local.env'} (from RETINA_STATE_DIR)" in err
+    assert "which does not exist" in err
+    assert "set RETINA_STATE_DIR" in err
+    assert "RETINA_TOKEN" in err
     assert out == ""
+
+
+async def test_outside_the_checkout_it_says_where_it_looked_and_which_variable_to_set(tmp_path: Path) -> None:
+    """No RETINA_STATE_DIR, run from a directory with no ./var: the token from the banner is set, the URL is
+    only the default guess; when nothing answers there, the line says where local.env was looked for."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = ask_env(tmp_path, RETINA_TOKEN=SERVICE_TOKEN, VISION_GATEWAY_PORT=str(closed_port_url().rsplit(":", 1)[1]))
+    del env["RETINA_STATE_DIR"]
+    code, _, err = await run_piped(["What is this?", "-m", "llava"], env, cwd=elsewhere)
+    assert code == 5, err
+    assert f"local.env at {elsewhere / 'var' / 'local.env'} (./var of the current directory)" in err, err
+    assert "set RETINA_GATEWAY_URL or RETINA_STATE_DIR" in err
+
+    del env["RETINA_TOKEN"]
+    code, _, err = await run_piped(["What is this?", "-m", "llava"], env, cwd=elsewhere)
+    assert code == 3, err
+    assert f"local.env at {elsewhere / 'var' / 'local.env'} (./var of the current directory)" in err, err
 
 
 async def test_an_unreadable_image_is_a_usage_error(tmp_path: Path) -> None:

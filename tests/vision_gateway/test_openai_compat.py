@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli.ollama_emulator import OllamaEmulator
 from services.vision_gateway.openai_compat import handlers as openai_handlers
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import photo
-from tests.ollama_emulator import OllamaEmulator
 from tests.vision_gateway.conftest import Stack
 
 LLAVA_REPLY = OllamaEmulator().find("llava").reply

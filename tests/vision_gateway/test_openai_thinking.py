@@ -10,7 +10,7 @@ import asyncpg
 import openai
 import pytest
 
-from tests.ollama_emulator import OllamaEmulator
+from cli.ollama_emulator import OllamaEmulator
 from tests.vision_gateway.conftest import Stack
 
 QWEN = OllamaEmulator().find("qwen3")

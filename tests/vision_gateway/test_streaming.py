@@ -11,8 +11,8 @@ import aiohttp
 import asyncpg
 import pytest
 
+from cli.ollama_emulator import EmulatedModel, OllamaEmulator
 from tests.conftest import auth_headers
-from tests.ollama_emulator import EmulatedModel, OllamaEmulator
 from tests.vision_gateway.conftest import Stack, ask, big_photo, read_sse
 
 LLAVA_REPLY = OllamaEmulator().find("llava").reply

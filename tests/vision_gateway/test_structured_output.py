@@ -1,7 +1,7 @@
 """`format`, `keep_alive` and `options` over HTTP: accepted ones reach Ollama, refused ones write nothing.
 
 A real photo is asked about with a JSON Schema; the streamed chunks and the stored answer must both
-be JSON valid against it (the emulator writes what a grammar-bound model writes: tests/ollama_structured.py).
+be JSON valid against it (the emulator writes what a grammar-bound model writes: cli/ollama_structured.py).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import aiohttp
 import asyncpg
 import pytest
 
+from cli.ollama_emulator import OllamaEmulator
 from tests.conftest import auth_headers
-from tests.ollama_emulator import OllamaEmulator
 from tests.vision_gateway.conftest import SseResult, Stack, ask, read_sse
 from tests.vision_gateway.test_faults import expect_refusal
 

@@ -19,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from cli.ollama_emulator import OllamaEmulator
 from common.errors import UpstreamUnavailable
 from services.image_store.http.handlers import IMAGE_SERVICE_KEY
 from services.image_store.settings import load_image_store_settings
@@ -29,7 +30,6 @@ from tests.conftest import auth_headers
 from tests.fast_clock import FastClockLoop
 from tests.image_store.conftest import photo, temp_files
 from tests.image_store.s3_support import CREDENTIALS, REGION, Fault, FaultProxy, MotoServer
-from tests.ollama_emulator import OllamaEmulator
 from tests.slow_client import assert_timed_out, multipart, request_head, slow_post
 from tests.vision_gateway.conftest import Stack, big_photo, read_sse
 

@@ -1,4 +1,8 @@
-"""An Ollama server emulator that speaks Ollama's real HTTP wire protocol, for tests and benchmarks.
+"""An Ollama server emulator that speaks Ollama's real HTTP wire protocol.
+
+Used by the tests, the benchmarks and `retina up --ollama-emulator` (a newcomer without a GPU can
+try the whole stack; every answer is canned and says so).
+
 
 Why it exists: the gateway must be tested against what Ollama *actually* sends, including the awkward
 parts a hand-written fake tends to smooth over. The facts below come from Ollama's Go source
@@ -41,10 +45,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 from PIL import Image
 
-from tests.ollama_structured import structured_reply
+from cli.ollama_structured import structured_reply
 
 __all__ = [
     "BUSY_MESSAGE",
+    "CANNED_NOTICE",
     "GO_ENGINE_IMAGE_FORMATS",
     "MID_STREAM_ERROR",
     "MISSING_VISION_DATA",
@@ -58,6 +63,7 @@ __all__ = [
     "default_models",
     "go_base64_decode",
     "go_json",
+    "showcase_models",
 ]
 
 CapabilityStyle = Literal["modern", "projector", "families_mllama", "vision_block_count", "none"]
@@ -218,7 +224,8 @@ def parse_go_duration(text: str) -> float:
         if number is None:
             raise ValueError(f"time: invalid duration {quoted}")
         rest = rest[number.end() :]
-        unit = re.match(r"[^\d.]*", rest).group(0)
+        unit_match = re.match(r"[^\d.]*", rest)
+        unit = unit_match.group(0) if unit_match else ""
         rest = rest[len(unit) :]
         if not unit:
             raise ValueError(f"time: missing unit in duration {quoted}")
@@ -403,6 +410,38 @@ def default_models() -> list[EmulatedModel]:
             modified_at=datetime(2026, 2, 14, 10, 0, 0, tzinfo=pdt),
         ),
     ]
+
+
+CANNED_NOTICE = "[canned answer from the Ollama emulator: no model ran]"
+
+
+def showcase_models() -> list[EmulatedModel]:
+    """What `retina up --ollama-emulator` and `python -m cli.ollama_emulator` offer a person trying retina.
+
+    Every reply starts with CANNED_NOTICE, so nobody mistakes it for a model's answer. `qwen3-vl`
+    both sees images and thinks, so every README example (`-m llava`, `-m qwen3-vl --think high`
+    with images) works against it.
+    """
+    pdt = timezone(timedelta(hours=-7))
+    models = [
+        *(model for model in default_models() if not model.embedding),
+        EmulatedModel(
+            "qwen3-vl:latest",
+            vision=True,
+            thinking=True,
+            tools=True,
+            family="qwen3vl",
+            parameter_size="8.8B",
+            quantization_level="Q4_K_M",
+            size=6_141_022_144,
+            reply="The pictures show a small grey cat on a sunny windowsill.",
+            thinking_reply="Two images are attached; I compare what each one shows before answering.",
+            modified_at=datetime(2026, 5, 1, 12, 0, 0, tzinfo=pdt),
+        ),
+    ]
+    for model in models:
+        model.reply = f"{CANNED_NOTICE} {model.reply}"
+    return models
 
 
 # ---- recordings ------------------------------------------------------------------------------------
@@ -1074,7 +1113,7 @@ class OllamaEmulator:
             return self._fail(record, 400, f"{model.full_name} does not support tools")
         if self.status_sequence:
             scripted = self.status_sequence.pop(0)
-            status, message = scripted if isinstance(scripted, tuple) else (scripted, None)
+            status, message = scripted if isinstance(scripted, tuple) else (scripted, "")
             return self._fail(record, status, message or _SCHEDULER_ERRORS.get(status, BUSY_MESSAGE))
         await self._pause(request, self.first_token_delay)
         self._mark_loaded(model, decoded.keep_alive)
@@ -1267,25 +1306,55 @@ class OllamaEmulator:
         record.lines.append(payload)
 
 
-def main() -> None:
-    """Run the emulator as a process (benchmarks, manual `retina up` sessions without Ollama)."""
+async def start_emulator(emulator: OllamaEmulator, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Serve `emulator` on host:port (0: a free port); returns the runner and the base URL it listens on."""
+    runner = web.AppRunner(emulator.make_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound = int(runner.addresses[0][1]) if runner.addresses else port
+    shown = f"[{host}]" if ":" in host else host
+    return runner, f"http://{shown}:{bound}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the emulator as a process (benchmarks, manual `retina up` sessions without Ollama).
+
+    `python -m cli.ollama_emulator` works from any directory once retina is installed; it prints the
+    address it listens on (useful with `--port 0`), then serves until Ctrl-C.
+    """
     import argparse
 
-    parser = argparse.ArgumentParser(description="Ollama protocol emulator")
+    parser = argparse.ArgumentParser(
+        prog="python -m cli.ollama_emulator", description="Ollama protocol emulator (canned answers)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--port", type=int, default=11434, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--profile", choices=["modern", "legacy"], default="modern")
     parser.add_argument("--chunk-delay", type=float, default=0.0)
     parser.add_argument("--first-token-delay", type=float, default=0.0)
     parser.add_argument("--reply-words", type=int, default=0, help="replace replies with N words")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     emulator = OllamaEmulator(
-        version_profile=args.profile, chunk_delay=args.chunk_delay, first_token_delay=args.first_token_delay
+        showcase_models(),
+        version_profile=args.profile,
+        chunk_delay=args.chunk_delay,
+        first_token_delay=args.first_token_delay,
     )
     if args.reply_words:
         for model in emulator.models:
             model.reply = " ".join(f"word{i}" for i in range(args.reply_words))
-    web.run_app(emulator.make_app(), host=args.host, port=args.port, print=None, access_log=None)
+
+    async def run() -> None:
+        runner, url = await start_emulator(emulator, args.host, args.port)
+        names = ", ".join(model.name.removesuffix(":latest") for model in emulator.models)
+        print(f"Ollama emulator listening on {url} (canned answers; models: {names}). Ctrl-C to stop.", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ def schema_instance(schema: Any, words: list[str], depth: int = 0) -> Any:
 
 
 def _object(schema: dict[str, Any], words: list[str], depth: int) -> dict[str, Any]:
-    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    found_properties, found_required = schema.get("properties"), schema.get("required")
+    properties: dict[str, Any] = found_properties if isinstance(found_properties, dict) else {}
+    required: list[Any] = found_required if isinstance(found_required, list) else []
     names = [*properties, *(r for r in required if isinstance(r, str) and r not in properties)]
     return {
         name: schema_instance(properties.get(name, {}), words[index % len(words) :] or words, depth + 1)
