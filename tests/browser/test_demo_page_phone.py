@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from cli.ollama_emulator import OllamaEmulator
 from tests.browser.test_demo_page import answer_text, start_stack
 from tests.conftest import SERVICE_TOKEN
 from tests.image_store.images import SKIMAGE_DATA
-from tests.ollama_emulator import OllamaEmulator
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "demo-phone.png"
 
