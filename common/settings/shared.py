@@ -4,17 +4,23 @@ vision-gateway must agree on with the image-store (it forwards uploads to it).""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import field_validator, model_validator
 
 from common.settings.base import EnvSettings, setting
-from common.settings.kinds import Directory, OneOf, PostgresUrl, SecretCsv
+from common.settings.kinds import Directory, OneOf, PostgresUrl, SecretCsv, split_csv
 
 BOTH = "both services"
 UPLOADS = "uploads (both services: set them alike)"
 # The repository's migrations; the container image sets MIGRATIONS_PATH to its own copy.
 SOURCE_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+# Formats the image-store knows how to validate and re-encode. SVG is deliberately absent: it is
+# a document that can carry script, not a raster image.
+SUPPORTED_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
+DEFAULT_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 
 
 class DatabaseSettings(EnvSettings):
@@ -136,9 +142,17 @@ class UploadClockSettings(EnvSettings):
 
 class UploadSettings(UploadClockSettings):
     """Read by both services: the gateway relays multipart uploads to the image-store, and its
-    timeouts towards the store are derived from the store's clocks, so both must agree."""
+    timeouts towards the store are derived from the store's clocks, so both must agree; its demo
+    page offers only the types the store accepts."""
 
     section: ClassVar[str] = UPLOADS
+
+    allowed_types: frozenset[str] = setting(
+        "IMAGE_ALLOWED_TYPES",
+        DEFAULT_IMAGE_TYPES,
+        doc="Accepted types, detected from the bytes: any of " + ", ".join(SUPPORTED_IMAGE_TYPES) + ". "
+        "SVG is never accepted.",
+    )
 
     upload_enabled: bool = setting(
         "IMAGE_UPLOAD_ENABLED",
@@ -158,6 +172,22 @@ class UploadSettings(UploadClockSettings):
         "/api/images",
         doc="Path prefix of the image routes (the vision-gateway uses it to reach the image-store too).",
     )
+
+    @field_validator("allowed_types", mode="before")
+    @classmethod
+    def _known_raster_types(cls, value: Any) -> frozenset[str]:
+        types = tuple(mime.lower() for mime in split_csv(value))
+        problems = []
+        for mime in types:
+            if mime == "image/svg+xml":
+                problems.append(": image/svg+xml is never allowed (SVG can carry script)")
+            elif mime not in SUPPORTED_IMAGE_TYPES:
+                problems.append(f": unknown type {mime!r}; supported: " + ", ".join(SUPPORTED_IMAGE_TYPES))
+        if not types:
+            problems.append("must name at least one type")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return frozenset(types)
 
     @field_validator("serve_endpoint")
     @classmethod

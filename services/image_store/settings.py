@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Secret, field_validator, model_validator
@@ -14,10 +14,6 @@ from common.settings.base import EnvSettings, load, setting
 from common.settings.kinds import OneOf, Origins, WritableDirectory, split_csv
 from common.settings.shared import CommonSettings, UploadSettings
 
-# Formats the image-store knows how to validate and re-encode. SVG is deliberately absent: it is
-# a document that can carry script, not a raster image.
-SUPPORTED_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "image/gif")
-DEFAULT_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 CROSS_ORIGIN_RESOURCE_POLICIES: tuple[str, ...] = ("same-origin", "same-site", "cross-origin")
 STORAGE_BACKENDS: tuple[str, ...] = ("filesystem", "s3")
 SERVE_MODES: tuple[str, ...] = ("proxy", "redirect")
@@ -145,12 +141,6 @@ class ImageStoreSettings(BrowserSettings, StorageBackendSettings, UploadSettings
         le=36500,
         doc="Days an image is kept before clean-up deletes it; 0 keeps images forever.",
     )
-    allowed_types: frozenset[str] = setting(
-        "IMAGE_ALLOWED_TYPES",
-        DEFAULT_IMAGE_TYPES,
-        doc="Accepted types, detected from the bytes: any of " + ", ".join(SUPPORTED_IMAGE_TYPES) + ". "
-        "SVG is never accepted.",
-    )
     signing_keys: SecretKeys = setting(
         "IMAGE_SIGNING_KEYS",
         doc="HMAC keys for signed image URLs, comma-separated, at least 32 characters each. The first signs; "
@@ -245,22 +235,6 @@ class ImageStoreSettings(BrowserSettings, StorageBackendSettings, UploadSettings
         le=30 * 86400,
         doc="Files without a database row younger than this are left alone (uploads in progress).",
     )
-
-    @field_validator("allowed_types", mode="before")
-    @classmethod
-    def _known_raster_types(cls, value: Any) -> frozenset[str]:
-        types = tuple(mime.lower() for mime in split_csv(value))
-        problems = []
-        for mime in types:
-            if mime == "image/svg+xml":
-                problems.append(": image/svg+xml is never allowed (SVG can carry script)")
-            elif mime not in SUPPORTED_IMAGE_TYPES:
-                problems.append(f": unknown type {mime!r}; supported: " + ", ".join(SUPPORTED_IMAGE_TYPES))
-        if not types:
-            problems.append("must name at least one type")
-        if problems:
-            raise ValueError("\n".join(problems))
-        return frozenset(types)
 
     @field_validator("signing_keys")
     @classmethod

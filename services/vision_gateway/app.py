@@ -48,7 +48,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.add_subapp("/v1", v1)
     add_conversation_routes(app)
     if settings.demo_page_enabled:
-        add_demo_routes(app)
+        add_demo_routes(app, settings.allowed_types)
     # Browsers call the API directly only in deployments without a chat backend in front.
     enable_cors(
         app,

@@ -31,9 +31,19 @@ PAGE_HEADERS = {
 }
 
 
-async def demo_page(request: web.Request) -> web.FileResponse:
-    del request
-    return web.FileResponse(DEMO_DIR / "index.html", headers={**PAGE_HEADERS, "Content-Type": "text/html"})
+DEMO_PAGE_KEY = web.AppKey("demo_page", bytes)
+# index.html's file picker names this placeholder; the page is served with the types the store accepts.
+ACCEPT_PLACEHOLDER = 'accept="IMAGE_ALLOWED_TYPES"'
+
+
+def render_page(allowed_types: frozenset[str]) -> bytes:
+    """index.html with the file picker offering only IMAGE_ALLOWED_TYPES (read once, at start-up)."""
+    page = (DEMO_DIR / "index.html").read_text()
+    return page.replace(ACCEPT_PLACEHOLDER, f'accept="{",".join(sorted(allowed_types))}"').encode()
+
+
+async def demo_page(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[DEMO_PAGE_KEY], headers={**PAGE_HEADERS, "Content-Type": "text/html"})
 
 
 async def demo_asset(request: web.Request) -> web.FileResponse:
@@ -44,6 +54,7 @@ async def demo_asset(request: web.Request) -> web.FileResponse:
     return web.FileResponse(DEMO_DIR / name, headers={**PAGE_HEADERS, "Content-Type": content_type})
 
 
-def add_demo_routes(app: web.Application) -> None:
+def add_demo_routes(app: web.Application, allowed_types: frozenset[str]) -> None:
+    app[DEMO_PAGE_KEY] = render_page(allowed_types)
     app.router.add_get("/demo", demo_page, name="demo")
     app.router.add_get("/demo/{name}", demo_asset, name="demo_asset")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import auth_headers
@@ -85,6 +86,25 @@ async def test_demo_page_and_its_assets_when_enabled(stack: Stack) -> None:
     for name in ("secret.txt", "..%2Fdemo.py", "index.html.bak"):
         missing = await client.get(f"/demo/{name}")
         assert missing.status == 404, name
+
+
+@pytest.mark.parametrize(
+    ("allowed", "offered"),
+    [
+        (None, "image/jpeg,image/png,image/webp"),
+        ("image/png", "image/png"),
+        ("image/gif, image/PNG", "image/gif,image/png"),
+    ],
+)
+async def test_the_demo_file_picker_offers_only_the_types_the_store_accepts(
+    stack: Stack, allowed: str | None, offered: str
+) -> None:
+    """IMAGE_ALLOWED_TYPES is the store's rule; the page's file picker names exactly those types."""
+    overrides = {"DEMO_PAGE_ENABLED": "true", **({"IMAGE_ALLOWED_TYPES": allowed} if allowed else {})}
+    client = await stack.make_gateway(**overrides)
+    html = await (await client.get("/demo")).text()
+    assert f'id="file-input" type="file" accept="{offered}"' in html
+    assert "IMAGE_ALLOWED_TYPES" not in html
 
 
 async def test_gateway_cors_preflight_for_listed_origins_only(stack: Stack) -> None:
