@@ -147,12 +147,6 @@ class UploadSettings(UploadClockSettings):
 
     section: ClassVar[str] = UPLOADS
 
-    allowed_types: frozenset[str] = setting(
-        "IMAGE_ALLOWED_TYPES",
-        DEFAULT_IMAGE_TYPES,
-        doc="Accepted types, detected from the bytes: any of " + ", ".join(SUPPORTED_IMAGE_TYPES) + ". "
-        "SVG is never accepted.",
-    )
 
     upload_enabled: bool = setting(
         "IMAGE_UPLOAD_ENABLED",
@@ -166,6 +160,12 @@ class UploadSettings(UploadClockSettings):
         ge=1,
         le=1024,
         doc="Largest accepted upload in MiB (checked while streaming, and from Content-Length up front).",
+    )
+    allowed_types: frozenset[str] = setting(
+        "IMAGE_ALLOWED_TYPES",
+        DEFAULT_IMAGE_TYPES,
+        doc="Accepted types, detected from the bytes: any of " + ", ".join(SUPPORTED_IMAGE_TYPES) + ". "
+        "SVG is never accepted.",
     )
     serve_endpoint: str = setting(
         "IMAGE_SERVE_ENDPOINT",
