@@ -23,6 +23,7 @@ from services.vision_gateway.image_store_client import ImageMeta
 if TYPE_CHECKING:
     from services.vision_gateway.chat.policy import ModelChoice
     from services.vision_gateway.chat.service import ChatService
+    from services.vision_gateway.settings import GatewaySettings
 
 
 class Ask:
@@ -32,6 +33,10 @@ class Ask:
         self.uploaded: list[ImageMeta] = []
         self.turn: OpenTurn | None = None
         self._early: tuple[str, Any, ModelChoice] | None = None
+
+    @property
+    def settings(self) -> GatewaySettings:
+        return self._service.settings
 
     @property
     def uploaded_ids(self) -> list[uuid.UUID]:

@@ -97,7 +97,9 @@ async def _image_id(ask: Ask, part: ImagePart) -> uuid.UUID:
     if part.image_id is not None:
         return part.image_id
     assert part.data is not None  # a part is an ID or bytes (mapping.image_part)
-    return await ask.upload(_chunks(part.data), filename=None, content_type=part.media_type, max_images=2**31)
+    # The whole request's images (history included) were counted against VISION_MAX_IMAGES_PER_REQUEST.
+    limit = ask.settings.max_images_per_request
+    return await ask.upload(_chunks(part.data), filename=None, content_type=part.media_type, max_images=limit)
 
 
 async def _chunks(data: bytes) -> Any:
