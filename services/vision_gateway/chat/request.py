@@ -94,8 +94,6 @@ def has_text(value: str) -> bool:
 class Rule:
     """An annotation that validates a raw JSON value by `check` and states its JSON Schema."""
 
-    field = ""  # set by the model for error messages
-
     def check(self, value: Any, field: str) -> Any:
         raise NotImplementedError
 
