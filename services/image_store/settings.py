@@ -30,6 +30,7 @@ class S3Settings:
     bucket: str
     region: str | None
     prefix: str  # "" or ends with "/"
+    operation_timeout_seconds: float  # one call as a whole: its retries and its body included
 
 
 class StorageBackendSettings(EnvSettings):
@@ -56,6 +57,15 @@ class StorageBackendSettings(EnvSettings):
     s3_bucket: str = setting("S3_BUCKET", "", doc="Bucket (must exist). Required with IMAGE_STORAGE_BACKEND=s3.")
     s3_region: str | None = setting("S3_REGION", None, doc="The bucket's region.", shown="us-east-1")
     s3_prefix: str = setting("S3_PREFIX", "", doc="Keys go under this prefix (e.g. retina/images).")
+    s3_operation_timeout_seconds: float = setting(
+        "S3_OPERATION_TIMEOUT_SECONDS",
+        10.0,
+        ge=0.5,
+        le=300.0,
+        doc="Longest one S3 call may take, retries and the object's bytes included (an upload's PUT, a read "
+        "of stored bytes); then the request gets 503 storage_unavailable with Retry-After. No database "
+        "connection is held meanwhile.",
+    )
 
     @field_validator("s3_prefix")
     @classmethod
@@ -78,7 +88,9 @@ class StorageBackendSettings(EnvSettings):
 
     @property
     def s3(self) -> S3Settings:
-        return S3Settings(self.s3_endpoint_url, self.s3_bucket, self.s3_region, self.s3_prefix)
+        return S3Settings(
+            self.s3_endpoint_url, self.s3_bucket, self.s3_region, self.s3_prefix, self.s3_operation_timeout_seconds
+        )
 
 
 class BrowserSettings(EnvSettings):

@@ -2,16 +2,19 @@
 
 `MotoServer` runs `python -m moto.server` as a subprocess on a free port: the app talks to it
 with SigV4 over HTTP exactly as to S3. `BlobView` lets a test look at and tamper with what a
-backend stored (a directory tree or a bucket) through one set of methods.
+backend stored (a directory tree or a bucket) through one set of methods. In front of moto,
+`FaultProxy` answers chosen requests with errors and `StallingProxy` stops moving bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -226,3 +229,102 @@ class FaultProxy:
             drop = ("content-length", "transfer-encoding")
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in drop}
             return web.Response(status=upstream.status, body=payload, headers=out)
+
+
+class StallingProxy:
+    """A TCP proxy in front of moto that can stop making progress, as a partition or a wedged load
+    balancer does: `stall()` and it still accepts connections and keeps every one open, but moves
+    no byte in either direction (what it has not read stays in the kernel's buffers) until
+    `resume()`. It runs on its own thread and event loop, so it keeps working while a test blocks
+    its own loop (a sync readiness wait, a subprocess)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="stalling-proxy", daemon=True)
+        self._flowing: asyncio.Event | None = None
+        self._server: asyncio.Server | None = None
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+
+    def stall(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._set_flowing(False), self._loop).result(timeout=10)
+
+    def resume(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._set_flowing(True), self._loop).result(timeout=10)
+
+    def close(self) -> None:
+        """Drop every connection (bytes held back are never delivered) and stop the thread."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _set_flowing(self, flowing: bool) -> None:
+        assert self._flowing is not None
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        accepting = asyncio.current_task()
+        if accepting is not None:  # cancelled by close() if it is still waiting for the stall to end
+            self._pumps.add(accepting)
+            accepting.add_done_callback(self._pumps.discard)
+        assert self._flowing is not None
+        try:
+            await self._flowing.wait()  # a stalled proxy accepts, but does not even connect onwards
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except (OSError, asyncio.CancelledError):  # asyncio logs a cancelled connection handler as an error
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pump(source, sink))
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        assert self._flowing is not None
+        try:
+            while True:
+                await self._flowing.wait()
+                data = await source.read(64 * 1024)
+                await self._flowing.wait()  # a stall that began during the read holds these bytes
+                if not data:
+                    break
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            sink.close()
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._pumps):
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.transport.abort()

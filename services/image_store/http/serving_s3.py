@@ -3,6 +3,8 @@
 The handler has already checked access and answered If-None-Match/If-Match; this module only
 moves bytes. proxy: the replica streams the object (or the requested byte range) through with
 the same headers as a file; the object store's failure before the first byte is a JSON 503.
+Waiting on S3, for the answer and for every chunk of its body, counts against one deadline
+(S3_OPERATION_TIMEOUT_SECONDS); a stall after the first byte cuts the response short.
 redirect: a 302 to a short-lived presigned URL whose response headers S3 sets from the presign
 parameters, so the bytes never pass through the replica.
 """
@@ -102,7 +104,7 @@ async def _proxy(
         await response.prepare(request)
         try:
             with unavailable_on_failure("stream"):
-                async for chunk in body.iter_chunks(STREAM_CHUNK):
+                async for chunk in body.chunks(STREAM_CHUNK):
                     await response.write(chunk)
         except StorageUnavailable:
             # The status line is sent already; a connection cut short before Content-Length

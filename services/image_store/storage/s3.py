@@ -5,6 +5,9 @@ seekable file); publishing streams that file to `<S3_PREFIX><ab/cd/sha256>`:
 - with a checksum the server verifies, and without overwriting (`s3_upload`);
 - retried with exponential backoff by botocore's "standard" retry mode (every call here is
   idempotent: the key is the content hash); what still fails becomes `StorageUnavailable` (503).
+
+Every call, its retries and the object's bytes included, ends within `S3_OPERATION_TIMEOUT_SECONDS`
+(`s3_client.s3_call`); a listing is bounded page by page, a read by `ObjectBody`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import structlog
 from botocore.exceptions import ClientError
@@ -25,13 +28,21 @@ from botocore.exceptions import ClientError
 from services.image_store.settings import S3Settings
 from services.image_store.storage.backend import ReceivedFile, StoredObject, sha256_of_key
 from services.image_store.storage.filesystem import ImageStorage, OpTimer, _no_timer
-from services.image_store.storage.s3_client import ABSENT, ALREADY_THERE, error_code, unavailable_on_failure
+from services.image_store.storage.s3_client import (
+    ABSENT,
+    ALREADY_THERE,
+    ObjectBody,
+    error_code,
+    s3_call,
+    unavailable_on_failure,
+)
 from services.image_store.storage.s3_upload import HASH_CHUNK, MULTIPART_THRESHOLD, PART_SIZE, S3Uploader
 
 if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
     from types_aiobotocore_s3 import S3Client
 
 log = structlog.get_logger("retina.image_store.s3")
+T = TypeVar("T")
 
 
 class _Range(TypedDict, total=False):
@@ -62,9 +73,14 @@ class S3BlobStore:
         self.bucket = settings.bucket
         self.prefix = settings.prefix
         self.scratch = scratch
+        self.deadline_seconds = settings.operation_timeout_seconds
         self._timer = timer
         self.uploader = S3Uploader(
-            client, settings.bucket, multipart_threshold=multipart_threshold, part_size=part_size
+            client,
+            settings.bucket,
+            deadline_seconds=settings.operation_timeout_seconds,
+            multipart_threshold=multipart_threshold,
+            part_size=part_size,
         )
         self.page_size = 1000  # ListObjectsV2's maximum; tests lower it to cross page boundaries
 
@@ -102,7 +118,7 @@ class S3BlobStore:
     # ---- reading, deleting, listing --------------------------------------------------------
 
     async def exists(self, key: str) -> bool:
-        with unavailable_on_failure("head"):
+        async with s3_call("head", self.deadline_seconds):
             try:
                 await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
             except ClientError as exc:
@@ -113,7 +129,7 @@ class S3BlobStore:
 
     async def size_of(self, key: str) -> int | None:
         """The stored object's length (HEAD), or None when there is none."""
-        with unavailable_on_failure("head"):
+        async with s3_call("head", self.deadline_seconds):
             try:
                 answer = await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
             except ClientError as exc:
@@ -123,15 +139,22 @@ class S3BlobStore:
         return int(answer["ContentLength"])
 
     async def delete(self, key: str) -> bool:
-        with self._timer("delete"), unavailable_on_failure("delete"):
-            await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        with self._timer("delete"):
+            async with s3_call("delete", self.deadline_seconds):
+                await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
         return True
 
     @contextlib.asynccontextmanager
-    async def open_object(self, key: str, byte_range: tuple[int, int] | None = None) -> AsyncIterator[Any]:
-        """The object's body stream (a byte range when given, inclusive ends); None when missing."""
+    async def open_object(
+        self, key: str, byte_range: tuple[int, int] | None = None
+    ) -> AsyncIterator[ObjectBody | None]:
+        """The object's bytes (a byte range when given, inclusive ends); None when missing.
+
+        Reading them shares the call's deadline: what the GET left of it (`ObjectBody`).
+        """
         extra: _Range = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
-        with unavailable_on_failure("get"):
+        started = time.monotonic()
+        async with s3_call("get", self.deadline_seconds):
             try:
                 answer = await self.client.get_object(Bucket=self.bucket, Key=self.object_key(key), **extra)
             except ClientError as exc:
@@ -141,13 +164,16 @@ class S3BlobStore:
         if answer is None:
             yield None
             return
+        left = self.deadline_seconds - (time.monotonic() - started)
         async with answer["Body"] as body:
-            yield body
+            yield ObjectBody(body, left, self.deadline_seconds)
 
     async def presigned_get(self, key: str, *, expires_in: int, response_headers: dict[str, str]) -> str:
         """A URL the client fetches directly; S3 answers with these Response* header overrides."""
         params = {"Bucket": self.bucket, "Key": self.object_key(key), **response_headers}
-        url: str = await self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        # Signing is local, but finding credentials may ask the instance metadata service.
+        async with s3_call("presign", self.deadline_seconds):
+            url: str = await self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
         return url
 
     async def sha256_of(self, key: str) -> str | None:
@@ -156,40 +182,49 @@ class S3BlobStore:
             if body is None:
                 return None
             with unavailable_on_failure("read"):
-                async for chunk in body.iter_chunks(HASH_CHUNK):
+                async for chunk in body.chunks(HASH_CHUNK):
                     await asyncio.to_thread(digest.update, chunk)
         return digest.hexdigest()
 
     async def list_objects(self) -> AsyncIterator[StoredObject]:
         """ListObjectsV2 pages (1,000 keys each) in key order; foreign keys under the prefix are skipped."""
         paginator = self.client.get_paginator("list_objects_v2")
-        with unavailable_on_failure("list"):
-            pages = paginator.paginate(
-                Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": self.page_size}
-            )
-            async for page in pages:
-                for item in page.get("Contents", []):
-                    key = item["Key"][len(self.prefix) :]
-                    if _KEY_PATTERN.match(key):
-                        yield StoredObject(key, int(item["Size"]), item["LastModified"].timestamp())
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": self.page_size}
+        )
+        async for page in self._pages("list", pages):
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix) :]
+                if _KEY_PATTERN.match(key):
+                    yield StoredObject(key, int(item["Size"]), item["LastModified"].timestamp())
+
+    async def _pages(self, operation: str, pages: AsyncIterable[T]) -> AsyncIterator[T]:
+        """A paginated listing, each page a call with its own deadline (never held across a yield)."""
+        iterator = aiter(pages)
+        while True:
+            async with s3_call(operation, self.deadline_seconds):
+                page = await anext(iterator, None)
+            if page is None:
+                return
+            yield page
 
     async def remove_stale_uploads(self, older_than_seconds: float) -> int:
         """Local temp files plus multipart uploads a crashed process never completed or aborted."""
         removed = await self.scratch.remove_stale_uploads(older_than_seconds)
         cutoff = time.time() - older_than_seconds
         paginator = self.client.get_paginator("list_multipart_uploads")
-        with unavailable_on_failure("list_uploads"):
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for upload in page.get("Uploads", []):
-                    if upload["Initiated"].timestamp() < cutoff:
+        async for page in self._pages("list_uploads", paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < cutoff:
+                    async with s3_call("abort_upload", self.deadline_seconds):
                         await self.client.abort_multipart_upload(
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
-                        removed += 1
+                    removed += 1
         return removed
 
     async def check_ready(self) -> None:
-        with unavailable_on_failure("head_bucket"):
+        async with s3_call("head_bucket", self.deadline_seconds):
             await self.client.head_bucket(Bucket=self.bucket)
 
     def describe(self) -> str:

@@ -4,6 +4,9 @@ A file up to `multipart_threshold` goes as a single PutObject (the server checks
 content address, and its MD5); a larger one as a multipart upload with Content-MD5 on every part,
 read one part at a time and aborted on any failure. `If-None-Match: *` is sent until the server
 refuses it; the caller holds the blob's lock and has checked HEAD, which covers such servers.
+
+Each call to S3 (the PutObject with its body, every part, the completion, the abort) is bounded
+by `deadline_seconds` as a whole, retries included (`s3_client.deadline`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import IO, TYPE_CHECKING, TypedDict
 import structlog
 from botocore.exceptions import ClientError
 
-from services.image_store.storage.s3_client import error_code
+from services.image_store.storage.s3_client import deadline, error_code
 
 if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
     from types_aiobotocore_s3 import S3Client
@@ -46,11 +49,13 @@ class S3Uploader:
         client: S3Client,
         bucket: str,
         *,
+        deadline_seconds: float,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
     ) -> None:
         self.client = client
         self.bucket = bucket
+        self.deadline_seconds = deadline_seconds
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.conditional_put = True  # cleared if the server refuses If-None-Match
@@ -76,15 +81,16 @@ class S3Uploader:
         while True:
             stream = await asyncio.to_thread(open, temp, "rb")
             try:
-                await self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=object_key,
-                    Body=stream,
-                    ChecksumSHA256=checksum,
-                    ContentMD5=md5,
-                    ContentType="application/octet-stream",
-                    **self._if_none_match(),
-                )
+                async with deadline(self.deadline_seconds):
+                    await self.client.put_object(
+                        Bucket=self.bucket,
+                        Key=object_key,
+                        Body=stream,
+                        ChecksumSHA256=checksum,
+                        ContentMD5=md5,
+                        ContentType="application/octet-stream",
+                        **self._if_none_match(),
+                    )
                 return
             except ClientError as exc:
                 if not self._refused_conditional(exc):
@@ -101,26 +107,34 @@ class S3Uploader:
         return False
 
     async def _put_multipart(self, temp: Path, object_key: str) -> None:
-        """Parts read one at a time (memory bounded by the part size); aborted on any failure."""
-        created = await self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=object_key, ContentType="application/octet-stream"
-        )
+        """Parts read one at a time (memory bounded by the part size); aborted on any failure.
+
+        The abort has a deadline of its own and survives the caller's cancellation (a client that
+        went away); an upload it could not abort is removed by the stale-upload clean-up.
+        """
+        async with deadline(self.deadline_seconds):
+            created = await self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=object_key, ContentType="application/octet-stream"
+            )
         upload_id = created["UploadId"]
         try:
             parts = await self._upload_parts(temp, object_key, upload_id)
-            await self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=object_key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **self._if_none_match(),
-            )
+            async with deadline(self.deadline_seconds):
+                await self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=object_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **self._if_none_match(),
+                )
         except BaseException:
             with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
-                )
+                await asyncio.shield(self._abort(object_key, upload_id))
             raise
+
+    async def _abort(self, object_key: str, upload_id: str) -> None:
+        async with deadline(self.deadline_seconds):
+            await self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
 
     async def _upload_parts(self, temp: Path, object_key: str, upload_id: str) -> list[CompletedPartTypeDef]:
         parts: list[CompletedPartTypeDef] = []
@@ -131,14 +145,15 @@ class S3Uploader:
                 if not data:
                     return parts
                 number = len(parts) + 1
-                answer = await self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=object_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=io.BytesIO(data),  # aiohttp sends a buffer in chunks; raw bytes in one write
-                    ContentMD5=md5,
-                )
+                async with deadline(self.deadline_seconds):
+                    answer = await self.client.upload_part(
+                        Bucket=self.bucket,
+                        Key=object_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=io.BytesIO(data),  # aiohttp sends a buffer in chunks; raw bytes in one write
+                        ContentMD5=md5,
+                    )
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
         finally:
             await asyncio.to_thread(stream.close)
