@@ -48,6 +48,7 @@ def test_every_migration_has_a_rollback() -> None:
         "0004_stream_recovery",
         "0005_image_change_notify",
         "0006_message_thinking",
+        "0007_blob_deletions",
     ]
     for mid in ids:
         assert (MIGRATIONS / f"{mid}.rollback.sql").is_file(), mid
@@ -102,6 +103,7 @@ def test_upgrade_keeps_existing_messages(empty_database_url: str) -> None:
         "0004_stream_recovery",
         "0005_image_change_notify",
         "0006_message_thinking",
+        "0007_blob_deletions",
     ]
 
     with psycopg.connect(empty_database_url) as conn:
@@ -129,7 +131,8 @@ def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> No
             "INSERT INTO images (owner_id, blob_sha256, message_id) VALUES ('alice', %s, %s)",
             ("ab" * 32, message),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS, count=5).rolled_back == [
+    assert rollback_last(empty_database_url, MIGRATIONS, count=6).rolled_back == [
+        "0007_blob_deletions",
         "0006_message_thinking",
         "0005_image_change_notify",
         "0004_stream_recovery",
@@ -145,6 +148,7 @@ def test_rollback_after_images_exist_then_reapply(empty_database_url: str) -> No
         "0004_stream_recovery",
         "0005_image_change_notify",
         "0006_message_thinking",
+        "0007_blob_deletions",
     ]
     assert apply_migrations(empty_database_url, MIGRATIONS).applied == [], "idempotent at head"
 
@@ -159,7 +163,8 @@ def test_stream_recovery_rolls_back_with_interrupted_rows(empty_database_url: st
             "VALUES (%s, 'assistant', 'half an answer', 'interrupted', now())",
             (conversation,),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS, count=3).rolled_back == [
+    assert rollback_last(empty_database_url, MIGRATIONS, count=4).rolled_back == [
+        "0007_blob_deletions",
         "0006_message_thinking",
         "0005_image_change_notify",
         "0004_stream_recovery",
@@ -172,6 +177,7 @@ def test_stream_recovery_rolls_back_with_interrupted_rows(empty_database_url: st
         "0004_stream_recovery",
         "0005_image_change_notify",
         "0006_message_thinking",
+        "0007_blob_deletions",
     ]
 
 
@@ -184,10 +190,13 @@ def test_thinking_rolls_back_without_touching_the_answers(empty_database_url: st
             "VALUES (%s, 'assistant', 'Four.', 'Two and two.', 'complete')",
             (conversation,),
         )
-    assert rollback_last(empty_database_url, MIGRATIONS, count=1).rolled_back == ["0006_message_thinking"]
+    assert rollback_last(empty_database_url, MIGRATIONS, count=2).rolled_back == [
+        "0007_blob_deletions",
+        "0006_message_thinking",
+    ]
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("SELECT content, status FROM messages").fetchall() == [("Four.", "complete")]
-    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0006_message_thinking"]
+    assert apply_migrations(empty_database_url, MIGRATIONS).applied == ["0006_message_thinking", "0007_blob_deletions"]
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("SELECT content, thinking FROM messages").fetchall() == [("Four.", None)]
 
@@ -210,12 +219,14 @@ def test_cli_migrate_and_rollback(empty_database_url: str) -> None:
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == (
         "applied: 0001_chat_schema, 0002_image_support, 0003_message_streams, 0004_stream_recovery,"
-        " 0005_image_change_notify, 0006_message_thinking"
+        " 0005_image_change_notify, 0006_message_thinking, 0007_blob_deletions"
     )
     again = run_cli("migrate", env=env)
     assert again.stdout.strip() == "applied: nothing (already at head)"
     back = run_cli("migrate", "--rollback", env=env)
     assert back.returncode == 0, back.stderr
+    assert back.stdout.strip() == "rolled back: 0007_blob_deletions"
+    back = run_cli("migrate", "--rollback", env=env)
     assert back.stdout.strip() == "rolled back: 0006_message_thinking"
     back = run_cli("migrate", "--rollback", env=env)
     assert back.stdout.strip() == "rolled back: 0005_image_change_notify"

@@ -124,6 +124,7 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
             ):
                 yield
         finally:
+            await service.close()
             await decoder.close()
 
 

@@ -52,6 +52,15 @@ class BlobInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class BlobState:
+    """What an upload must know of a blob to record a row for it (see uploads.py)."""
+
+    recorded: bool  # an image_blobs row exists
+    deletion_id: int | None  # the newest deletion of its object on record (None: none)
+    deleting: bool  # that deletion's DELETE may still land
+
+
+@dataclass(frozen=True, slots=True)
 class StorageStats:
     images: int
     blobs: int

@@ -1,9 +1,11 @@
 """All SQL of the image-store.
 
-Every operation that can create or remove a blob's file takes a transaction-scoped advisory
-lock on the blob's hash first. It serialises "upload of these bytes" against "deletion of the
-last image using these bytes" even when the blob row does not exist yet, so a file that a row
-points to is never removed.
+Every transaction that creates or removes a blob row, or starts the deletion of a blob's bytes,
+takes a transaction-scoped advisory lock on the blob's hash first. It serialises "upload of these
+bytes" against "deletion of the last image using these bytes" even when the blob row does not
+exist yet. No such transaction waits on the storage backend: bytes are written before and deleted
+after it, and `image_blob_deletions` tells an upload whether a deletion may still remove bytes it
+wrote (uploads.py, deletion.py), so a file that a row points to is never removed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import datetime
 import asyncpg
 
 from common.db import Connection, connection, required_row
-from services.image_store.models import BlobInfo, ImageRow, StorageStats
+from services.image_store.models import BlobInfo, BlobState, ImageRow, StorageStats
 
 _IMAGE_COLUMNS = """
     i.id, i.owner_id, b.sha256, b.mime_type, b.size_bytes, b.width, b.height, b.storage_key,
@@ -97,6 +99,80 @@ class ImageRepository:
                     owner_id,
                 )
             )
+
+    # ---- deletions of blobs' bytes (the order is explained in uploads.py and deletion.py) -------
+
+    async def blob_state(self, sha256: str) -> BlobState:
+        """The blob as an upload sees it before writing its bytes (no lock, no transaction)."""
+        async with connection(self._pool) as conn:
+            return await self.blob_state_locked(conn, sha256)
+
+    @staticmethod
+    async def blob_state_locked(conn: Connection, sha256: str) -> BlobState:
+        """The same, read in the caller's transaction (which holds the blob's lock)."""
+        record = required_row(
+            await conn.fetchrow(
+                """
+                SELECT EXISTS (SELECT 1 FROM image_blobs WHERE sha256 = $1) AS recorded,
+                       d.deletion_id,
+                       coalesce(d.in_flight_until > clock_timestamp(), false) AS deleting
+                  FROM (VALUES (1)) AS one (x)
+                  LEFT JOIN image_blob_deletions d ON d.sha256 = $1
+                """,
+                sha256,
+            )
+        )
+        return BlobState(record["recorded"], record["deletion_id"], record["deleting"])
+
+    @staticmethod
+    async def start_deletion(conn: Connection, sha256: str, settle_seconds: float) -> int:
+        """Record that the blob's bytes are about to be deleted; they may be until `settle_seconds`
+        from now unless `finish_deletion` says sooner. Returns this deletion's ID (new every time)."""
+        deletion_id: int = await conn.fetchval(
+            """
+            INSERT INTO image_blob_deletions AS d (sha256, deletion_id, started_at, in_flight_until)
+            VALUES ($1, nextval('image_blob_deletion_ids'), clock_timestamp(),
+                    clock_timestamp() + make_interval(secs => $2))
+            ON CONFLICT (sha256) DO UPDATE
+               SET deletion_id = excluded.deletion_id,
+                   started_at = excluded.started_at,
+                   in_flight_until = excluded.in_flight_until
+            RETURNING deletion_id
+            """,
+            sha256,
+            settle_seconds,
+        )
+        return deletion_id
+
+    async def finish_deletion(self, sha256: str, deletion_id: int) -> None:
+        """The DELETE answered: uploads of these bytes need not wait for it any longer."""
+        async with connection(self._pool) as conn:
+            await conn.execute(
+                "UPDATE image_blob_deletions SET in_flight_until = NULL WHERE sha256 = $1 AND deletion_id = $2",
+                sha256,
+                deletion_id,
+            )
+
+    @staticmethod
+    async def forget_deletions(conn: Connection, sha256: str) -> None:
+        """The blob is recorded again (its bytes written after any deletion settled)."""
+        await conn.execute("DELETE FROM image_blob_deletions WHERE sha256 = $1", sha256)
+
+    @staticmethod
+    async def prune_deletions(conn: Connection, older_than_seconds: float, limit: int) -> None:
+        """Drop settled deletion records older than any upload can have been looking at them."""
+        await conn.execute(
+            """
+            DELETE FROM image_blob_deletions WHERE sha256 IN (
+                SELECT sha256 FROM image_blob_deletions
+                 WHERE started_at < clock_timestamp() - make_interval(secs => $1)
+                   AND (in_flight_until IS NULL OR in_flight_until < clock_timestamp())
+                 ORDER BY started_at LIMIT $2
+                   FOR UPDATE SKIP LOCKED)
+            """,
+            older_than_seconds,
+            limit,
+        )
 
     async def blob_exists(self, conn: Connection, sha256: str) -> bool:
         return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM image_blobs WHERE sha256 = $1)", sha256))

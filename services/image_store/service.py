@@ -45,7 +45,10 @@ class ImageService:
         self.decoder = decoder
         self.signer = signer
         self.metrics = metrics
-        self._remover = BlobRemover(repository, storage, self.row_cache)
+        # A deletion's DELETE gives up after one S3 deadline; the second covers a request in transit.
+        self._remover = BlobRemover(
+            repository, storage, self.row_cache, settle_seconds=2 * settings.s3_operation_timeout_seconds
+        )
         self._uploads = ImageUploads(settings, repository, storage, decoder, metrics, self._remover)
         self._lookup = ImageLookup(settings, repository, storage, signer, metrics, self.row_cache)
 
@@ -110,3 +113,15 @@ class ImageService:
     async def delete_image_and_maybe_blob(self, image_id: uuid.UUID | None, sha256: str, owner_id: str | None) -> bool:
         """See BlobRemover.delete_image_and_maybe_blob (retention clean-up calls it here)."""
         return await self._remover.delete_image_and_maybe_blob(image_id, sha256, owner_id)
+
+    async def delete_blob_and_images(self, sha256: str, key: str, *, bytes_present: bool) -> int:
+        """See BlobRemover.delete_blob_and_images (integrity repair calls it here)."""
+        return await self._remover.delete_blob_and_images(sha256, key, bytes_present=bytes_present)
+
+    async def remove_bytes_if_unreferenced(self, sha256: str, key: str) -> bool:
+        """See BlobRemover.remove_bytes_if_unreferenced (integrity repair of orphans calls it here)."""
+        return await self._remover.remove_bytes_if_unreferenced(sha256, key)
+
+    async def close(self) -> None:
+        """At shutdown: background removals of bytes an upload wrote and did not record finish."""
+        await self._remover.close()

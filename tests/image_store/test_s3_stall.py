@@ -2,11 +2,15 @@
 balancer), against the image-store as operators run it (`retina image-store`, a real process).
 
 A StallingProxy sits between the store and moto. Expected: every S3 call gives up after
-S3_OPERATION_TIMEOUT_SECONDS and the request answers 503 storage_unavailable with Retry-After.
+S3_OPERATION_TIMEOUT_SECONDS and the request answers 503 storage_unavailable with Retry-After;
+no database transaction or pooled connection waits on S3, so requests that need no S3 keep
+answering; an upload whose client has gone is abandoned and records nothing, even once S3
+answers again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +22,7 @@ import pytest
 
 from tests.conftest import auth_headers
 from tests.image_store.conftest import form, png, row_counts
-from tests.image_store.s3_support import MotoServer, StallingProxy
+from tests.image_store.s3_support import BlobView, MotoServer, StallingProxy, key_of
 from tests.image_store.store_process import store_process
 
 pytestmark = pytest.mark.parametrize("storage_backend", ["s3"], indirect=True)
@@ -106,6 +110,44 @@ async def test_a_stalled_upload_answers_503_in_time_and_records_nothing(
     assert temp_files(store_env) == []
 
 
+async def test_requests_without_s3_keep_answering_while_uploads_are_stuck(
+    store: str,
+    proxy: StallingProxy,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Connection,
+    blobs: BlobView,
+    store_env: dict[str, str],
+) -> None:
+    (status, _, first), _ = await post_image(http, store, png(40, 40))
+    assert status == 201, first
+    proxy.stall()
+    uploads = [asyncio.ensure_future(post_image(http, store, png(41 + n, 41))) for n in range(6)]
+    try:
+        await asyncio.sleep(0.5)  # received, decoded, and now waiting on S3
+        assert not any(upload.done() for upload in uploads), "the uploads are stuck on S3, not refused earlier"
+        for _ in range(3):
+            listed = await timed_get(http, f"{store}/api/images")
+            meta = await timed_get(http, f"{store}/api/images/{first['id']}/meta")
+            assert listed[0] == 200, listed
+            assert listed[1] < PROMPT, f"listing took {listed[1]:.2f} s during the stall"
+            assert meta[0] == 200, meta
+            assert meta[1] < PROMPT, f"metadata took {meta[1]:.2f} s during the stall"
+            assert await idle_in_transaction(db) == 0, "no transaction is held across an S3 call"
+            await asyncio.sleep(0.1)
+        answers = await asyncio.gather(*uploads)
+    finally:
+        for upload in uploads:
+            upload.cancel()
+        await asyncio.gather(*uploads, return_exceptions=True)
+    for answer, took in answers:
+        assert storage_unavailable(answer), answer
+        assert took < DEADLINE + MARGIN, f"answered after {took:.1f} s"
+    assert await row_counts(db) == (1, 1), "the stalled uploads recorded nothing"
+    assert temp_files(store_env) == []
+    proxy.close()
+    assert blobs.keys() == [key_of(first["sha256"])]
+
+
 async def test_stalled_read_answers_503_in_time(store: str, proxy: StallingProxy, http: aiohttp.ClientSession) -> None:
     (status, _, record), _ = await post_image(http, store, png(50, 50))
     assert status == 201, record
@@ -124,3 +166,27 @@ async def test_stalled_read_answers_503_in_time(store: str, proxy: StallingProxy
     proxy.resume()
     served = await timed_get(http, f"{store}/api/images/{record['id']}")
     assert served[0] == 200, "the store serves again as soon as S3 does"
+
+
+async def test_an_upload_whose_client_left_during_a_stall_records_nothing(
+    store: str, proxy: StallingProxy, db: asyncpg.Connection, blobs: BlobView, store_env: dict[str, str]
+) -> None:
+    proxy.stall()
+    async with aiohttp.ClientSession() as impatient:
+        with pytest.raises(asyncio.TimeoutError):
+            await impatient.post(
+                f"{store}/api/images",
+                data=form(png(60, 60)),
+                headers=auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=0.5),
+            )
+    # The object store comes back after the client has gone: nothing may complete the upload now.
+    await asyncio.sleep(0.3)
+    proxy.resume()
+    await asyncio.sleep(DEADLINE + 0.5)
+    assert await row_counts(db) == (0, 0), "an upload its client gave up on is abandoned"
+    assert temp_files(store_env) == []
+    # A request the stalled connection had already carried may still reach the bucket: that
+    # object has no row, and the integrity check reports it as an orphan after the grace period.
+    for key in blobs.keys():  # noqa: SIM118 - BlobView.keys() lists the bucket; it is no dict
+        assert await db.fetchval("SELECT count(*) FROM image_blobs WHERE storage_key = $1", key) == 0

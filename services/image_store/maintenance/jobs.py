@@ -175,17 +175,14 @@ class MaintenanceService:
 
     async def _repair(self, report: IntegrityReport) -> None:
         """Rows whose bytes are gone or wrong go (their images 404 anyway); orphan files go."""
+        # Through the service's deletion steps (deletion.py): no transaction waits on storage, and
+        # an upload of the same bytes at the same moment keeps its bytes.
         for key in [*report.missing_files, *report.checksum_mismatches]:
-            sha256 = sha256_of_key(key)
-            async with self._repo.blob_transaction(sha256) as conn:
-                report.images_removed += await self._repo.delete_blob_and_images(conn, sha256)
-            if key in report.checksum_mismatches:
-                await self._storage.delete(key)
+            report.images_removed += await self._service.delete_blob_and_images(
+                sha256_of_key(key), key, bytes_present=key in report.checksum_mismatches
+            )
         for key in report.orphan_files:
-            sha256 = sha256_of_key(key)
-            async with self._repo.blob_transaction(sha256) as conn:
-                if not await self._repo.blob_exists(conn, sha256):
-                    await self._storage.delete(key)
+            await self._service.remove_bytes_if_unreferenced(sha256_of_key(key), key)
 
     async def run_once(self) -> bool:
         """One elected round of clean-up and a quick integrity check; False if another replica ran it.

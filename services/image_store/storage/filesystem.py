@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -102,7 +103,10 @@ class ImageStorage:
         return ReceivedFile(path=dest, size_bytes=size, sha256=digest.hexdigest())
 
     async def publish(self, temp: Path, key: str) -> None:
-        """Atomically move a complete, fsynced temp file to its content address."""
+        """Atomically put a complete, fsynced temp file at its content address.
+
+        The temp file stays where it is (a second name for it is renamed into place): an upload
+        that a deletion of the same bytes raced publishes it again (uploads.py)."""
         final = self.path_for(key)
         with self._timer("rename"):
             try:
@@ -172,13 +176,32 @@ def _files_in(leaf: Path) -> list[StoredObject]:
 
 def _publish_sync(temp: Path, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(temp, final)
+    staged = temp.with_name(f"{temp.name}.publishing-{uuid.uuid4().hex[:8]}")
+    try:
+        _second_name(temp, staged)
+        os.replace(staged, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        raise
     # Make the rename itself durable.
     fd = os.open(final.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _second_name(temp: Path, staged: Path) -> None:
+    """A hard link; a durable copy on file systems without them (some network shares)."""
+    try:
+        os.link(temp, staged)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        shutil.copyfile(temp, staged)
+        with staged.open("rb+") as copy:
+            os.fsync(copy.fileno())
 
 
 def file_sha256(path: Path) -> str:

@@ -7,7 +7,8 @@ seekable file); publishing streams that file to `<S3_PREFIX><ab/cd/sha256>`:
   idempotent: the key is the content hash); what still fails becomes `StorageUnavailable` (503).
 
 Every call, its retries and the object's bytes included, ends within `S3_OPERATION_TIMEOUT_SECONDS`
-(`s3_client.s3_call`); a listing is bounded page by page, a read by `ObjectBody`.
+(`s3_client.s3_call`); a listing is bounded page by page, a read by `ObjectBody`. Callers hold no
+database connection while they wait on these (see uploads.py and deletion.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A file up to `multipart_threshold` goes as a single PutObject (the server checks its SHA-256, the
 content address, and its MD5); a larger one as a multipart upload with Content-MD5 on every part,
 read one part at a time and aborted on any failure. `If-None-Match: *` is sent until the server
-refuses it; the caller holds the blob's lock and has checked HEAD, which covers such servers.
+refuses it; then an overwrite can only put the same bytes back (the key is their SHA-256).
 
 Each call to S3 (the PutObject with its body, every part, the completion, the abort) is bounded
 by `deadline_seconds` as a whole, retries included (`s3_client.deadline`).
@@ -99,7 +99,8 @@ class S3Uploader:
                 await asyncio.to_thread(stream.close)
 
     def _refused_conditional(self, exc: ClientError) -> bool:
-        """Servers without conditional writes answer 501; fall back to HEAD-then-put under the lock."""
+        """Servers without conditional writes answer 501; then put unconditionally (at worst the same
+        bytes replace themselves: the key is their hash)."""
         if self.conditional_put and error_code(exc) in {"NotImplemented", "501"}:
             log.warning("s3_conditional_put_unsupported", bucket=self.bucket)
             self.conditional_put = False
