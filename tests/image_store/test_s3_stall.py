@@ -133,6 +133,9 @@ async def test_requests_without_s3_keep_answering_while_uploads_are_stuck(
             assert meta[0] == 200, meta
             assert meta[1] < PROMPT, f"metadata took {meta[1]:.2f} s during the stall"
             assert await idle_in_transaction(db) == 0, "no transaction is held across an S3 call"
+            ready = await timed_get(http, f"{store}/readyz")
+            assert ready[0] == 200, "the replica stays in its Service: what needs no S3 is served"
+            assert ready[1] < PROMPT, f"readiness took {ready[1]:.2f} s during the stall"
             await asyncio.sleep(0.1)
         answers = await asyncio.gather(*uploads)
     finally:

@@ -84,6 +84,7 @@ class S3BlobStore:
             part_size=part_size,
         )
         self.page_size = 1000  # ListObjectsV2's maximum; tests lower it to cross page boundaries
+        self._bucket_answered = False
 
     def object_key(self, key: str) -> str:
         return f"{self.prefix}{key}"
@@ -225,8 +226,18 @@ class S3BlobStore:
         return removed
 
     async def check_ready(self) -> None:
+        """Ready once the bucket has answered (a wrong bucket, endpoint or credentials: never).
+
+        After that, an outage of the object store does not make the replica unready: every replica
+        would fail together and leave the Service with no endpoint at all, while a ready replica
+        answers what needs S3 with a prompt 503 storage_unavailable and serves everything else
+        (listings, metadata, HEAD, 304s), which needs only the database.
+        """
+        if self._bucket_answered:
+            return
         async with s3_call("head_bucket", self.deadline_seconds):
             await self.client.head_bucket(Bucket=self.bucket)
+        self._bucket_answered = True
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} (S3_BUCKET, S3_PREFIX)"
