@@ -147,7 +147,6 @@ class UploadSettings(UploadClockSettings):
 
     section: ClassVar[str] = UPLOADS
 
-
     upload_enabled: bool = setting(
         "IMAGE_UPLOAD_ENABLED",
         True,
