@@ -26,8 +26,11 @@ from cli.ollama_emulator import CANNED_NOTICE, OllamaEmulator, default_models
 from cli.ollama_probe import OllamaReport, describe, probe_ollama
 from cli.ports import PortInUse
 from cli.runner import ServiceSpec, serve
+from common.migrations import migration_ids
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
 from tests.slow_client import multipart
+
+MIGRATION_COUNT = len(migration_ids(ROOT / "migrations"))  # a fresh database gets every one
 
 
 def free_port() -> int:
@@ -116,7 +119,7 @@ def test_retina_up_on_a_bare_machine_serves_both_services(tmp_path: Path) -> Non
         elapsed = output.wait_for("Press Ctrl-C to stop.", timeout=60)
         banner = "".join(output.lines)
         # One line (the migrations), the banner's blank line, the banner: no warnings, no log lines.
-        assert banner.splitlines()[0].startswith("migrations: applied 6 "), banner
+        assert banner.splitlines()[0].startswith(f"migrations: applied {MIGRATION_COUNT} "), banner
         assert banner.splitlines()[2].startswith("retina is up"), banner
         assert "XDG_RUNTIME_DIR" not in banner
         assert f"http://127.0.0.1:{store_port}" in banner
@@ -367,7 +370,9 @@ def test_retina_up_starts_quietly_logs_to_a_file_and_repeats_the_banner_on_enter
         output.wait_for("Press Ctrl-C to stop.", timeout=60)
         before = output.lines[: next(i for i, line in enumerate(output.lines) if "retina is up" in line)]
         assert len(before) <= 15, "".join(before)
-        assert any(line.startswith("migrations: applied 6 (0001_chat_schema") for line in before), before
+        assert any(line.startswith(f"migrations: applied {MIGRATION_COUNT} (0001_chat_schema") for line in before), (
+            before
+        )
         assert not any("yoyo" in line or "Warning" in line for line in before), "".join(before)
         log_file = state / "retina.log"
         assert f"logs            {log_file}" in "".join(output.lines)
