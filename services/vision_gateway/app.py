@@ -76,13 +76,16 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     try:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
             registry, repository, pending = _install_services(app, session, metrics, preparer)
-            dsn = app[SETTINGS_KEY].database_url.get_secret_value()
+            common = app[SETTINGS_KEY]
+            dsn = common.database_url.get_secret_value()
             sweep_after = settings.stream_sweep_after_seconds
-            liveness = StreamLiveness(dsn, registry.held, interval=sweep_after / 3)
+            liveness = StreamLiveness(
+                dsn, registry.held, interval=sweep_after / 3, transaction_pooler=common.transaction_pooler
+            )
             # Left in reverse order: answers waiting for the database get their last attempts while
             # their rows are still kept alive, and before the pool closes.
             async with (
-                listen_for_stops(registry, dsn) as listening,
+                listen_for_stops(registry, common.direct_url) as listening,
                 liveness.running(),
                 pending.running(),
                 sweeping(repository, metrics, liveness, after_seconds=sweep_after),

@@ -24,6 +24,7 @@ import asyncpg
 import structlog
 
 from common.background import in_background
+from common.db import connect
 from common.pg_listen import listening
 from services.vision_gateway.repository import STOP_CHANNEL, touch_streams
 
@@ -124,8 +125,11 @@ class StreamLiveness:
     so after an outage that kept every replica from touching, none sweeps before all had a chance.
     """
 
-    def __init__(self, dsn: str, held: Callable[[], Collection[uuid.UUID]], *, interval: float) -> None:
+    def __init__(
+        self, dsn: str, held: Callable[[], Collection[uuid.UUID]], *, interval: float, transaction_pooler: bool = False
+    ) -> None:
         self._dsn = dsn
+        self._transaction_pooler = transaction_pooler  # DATABASE_URL is a transaction pooler: no statement cache
         self._held = held
         self.interval = interval
         # A touch (or connect) slower than this failed; at least 1 s, so a tiny interval still works.
@@ -146,7 +150,9 @@ class StreamLiveness:
         started = loop.time()
         try:
             if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+                self._conn = await connect(
+                    self._dsn, transaction_pooler=self._transaction_pooler, connect_timeout=self._timeout
+                )
             await touch_streams(self._conn, self._held(), within=self._timeout)
         except Exception as exc:  # noqa: BLE001 - any failure: not alive as far as others can see
             log.warning("stream_liveness_failed", error=repr(exc))
