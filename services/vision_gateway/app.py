@@ -29,6 +29,7 @@ from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.openai_compat.handlers import RETINA_HEADERS, create_openai_app
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.settings import GatewaySettings
+from services.vision_gateway.stop_catchup import StopCatchUp
 from services.vision_gateway.streams import StreamLiveness, StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
 
@@ -84,8 +85,10 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             )
             # Left in reverse order: answers waiting for the database get their last attempts while
             # their rows are still kept alive, and before the pool closes.
+            catch_up = StopCatchUp(registry, repository.ended_streams)
             async with (
-                listen_for_stops(registry, common.direct_url) as listening,
+                catch_up.running(),
+                listen_for_stops(registry, common.direct_url, catch_up.on_listener_state) as listening,
                 liveness.running(),
                 pending.running(),
                 sweeping(repository, metrics, liveness, after_seconds=sweep_after),

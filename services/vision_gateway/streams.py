@@ -82,6 +82,10 @@ class StreamRegistry:
         if self._held[message_id] <= 0:
             del self._held[message_id]
 
+    def live_ids(self) -> list[uuid.UUID]:
+        """The streams running on this replica right now (stop_catchup.py)."""
+        return list(self._streams)
+
     def held(self) -> list[uuid.UUID]:
         """The rows this replica keeps alive right now."""
         return list(self._held)
@@ -108,12 +112,16 @@ class StreamRegistry:
             log.warning("bad_stop_notification", payload=text[:64])
 
 
-def listen_for_stops(registry: StreamRegistry, dsn: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+def listen_for_stops(
+    registry: StreamRegistry, dsn: str, on_state: Callable[[bool], None] | None = None
+) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
     """A LISTEN connection for stop requests for the app's lifetime; the event is set while listening.
 
-    Start-up waits up to 5 s for it; readiness reports it when the database does not allow that.
+    `dsn` is DATABASE_DIRECT_URL when set (LISTEN needs a session of its own). Start-up waits up to
+    5 s for it; readiness reports it when the database does not allow that. `on_state` hears every
+    connect and disconnect (stop_catchup.py makes up for stops missed meanwhile).
     """
-    return listening(dsn, STOP_CHANNEL, registry._on_notify)
+    return listening(dsn, STOP_CHANNEL, registry._on_notify, on_state)
 
 
 class StreamLiveness:
