@@ -9,14 +9,20 @@ elsewhere in the suite are marked `pgbouncer` and run through it too.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 
 from common.settings import SettingsError, load_database_settings
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.settings import load_gateway_settings
+from tests.conftest import ROOT
 from tests.pgbouncer import PgBouncer
 
 pytestmark = pytest.mark.postgres_paths
@@ -42,7 +48,6 @@ async def test_the_pooler_really_is_in_transaction_mode(pgbouncer: PgBouncer, da
         pool.terminate()
 
 
-@pytest.mark.usefixtures("pgbouncer")
 async def test_settings_require_the_direct_url_with_a_transaction_pooler(service_env: dict[str, str]) -> None:
     env = {**service_env, "DATABASE_POOLER": "transaction"}
     env.pop("DATABASE_DIRECT_URL", None)
@@ -56,3 +61,29 @@ async def test_settings_require_the_direct_url_with_a_transaction_pooler(service
         load_database_settings(wrong)
     assert "DATABASE_POOLER must be one of none, transaction, got 'session'" in failure.value.problems
     assert load_database_settings(service_env).direct_url == service_env["DATABASE_URL"]
+
+
+def test_migrate_uses_the_direct_url(empty_database_url: str) -> None:
+    """DATABASE_URL names a pooler that is not even there: `retina migrate` never touches it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"postgresql://retina@127.0.0.1:{sock.getsockname()[1]}/retina"
+    env = {
+        **os.environ,
+        "DATABASE_URL": closed,
+        "DATABASE_POOLER": "transaction",
+        "DATABASE_DIRECT_URL": empty_database_url,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("applied: 0001"), result.stdout
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT to_regclass('messages') IS NOT NULL").fetchone() == (True,)
