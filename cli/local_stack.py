@@ -148,7 +148,7 @@ def run_local_stack(
 
     store_settings = load_or_exit(load_image_store_settings, env)
     gateway_settings = load_or_exit(load_gateway_settings, env)
-    result = apply_migrations(env["DATABASE_URL"], store_settings.common.migrations_path)
+    result = apply_migrations(store_settings.common.direct_url, store_settings.common.migrations_path)
     log.info("migrations_applied", applied=result.applied)
     if log_file is not None:  # with --verbose, yoyo's own lines and the one above said it
         print(migrations_summary(result.applied), flush=True)

@@ -100,7 +100,7 @@ def _percent(text: str) -> float:
 def _database_settings() -> tuple[str, Path]:
     """What `retina migrate` needs (no service tokens or keys: it serves nothing)."""
     settings = load_database_settings(os.environ)
-    return settings.database_url.get_secret_value(), settings.migrations_path
+    return settings.direct_url, settings.migrations_path
 
 
 def _migrate(rollback: bool) -> int:

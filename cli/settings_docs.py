@@ -15,7 +15,14 @@ from pathlib import Path
 
 from common.settings import docs
 from common.settings.base import EnvSettings
-from common.settings.shared import CommonSettings, DatabaseSettings, PoolSettings, UploadClockSettings, UploadSettings
+from common.settings.shared import (
+    CommonSettings,
+    DatabaseSettings,
+    PoolerSettings,
+    PoolSettings,
+    UploadClockSettings,
+    UploadSettings,
+)
 from services.image_store.settings import BrowserSettings, ImageStoreSettings, StorageBackendSettings
 from services.vision_gateway.settings import FallbackSettings, GatewaySettings, ImageCountSettings
 
@@ -24,6 +31,7 @@ COMMAND = "python -m cli.settings_docs"
 # Documentation order; each group contributes the fields it declares itself.
 GROUPS: tuple[type[EnvSettings], ...] = (
     DatabaseSettings,
+    PoolerSettings,
     PoolSettings,
     CommonSettings,
     UploadSettings,

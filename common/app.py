@@ -68,6 +68,7 @@ async def _database_pool(app: web.Application) -> AsyncIterator[None]:
         settings.database_url.get_secret_value(),
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
+        transaction_pooler=settings.transaction_pooler,
     ) as pool:
         app[POOL_KEY] = pool
         readiness = app[READINESS_KEY]

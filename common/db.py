@@ -52,22 +52,50 @@ async def _reset_on_release(conn: asyncpg.Connection) -> None:
         await conn.execute(query)
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pool `reset=` hook behind a transaction pooler: between transactions the client has no
+    server session of its own, so there is nothing to reset (and the reset query would run on
+    whichever server connection the pooler picks)."""
+    del conn
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     """jsonb columns round-trip as Python objects instead of strings."""
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+def session_options(*, transaction_pooler: bool) -> dict[str, Any]:
+    """asyncpg connect options for a connection through DATABASE_URL.
+
+    Behind a transaction pooler (DATABASE_POOLER=transaction) consecutive transactions of one
+    client connection run on different server connections, so a named prepared statement made on
+    one is unknown (or already exists) on the next: asyncpg's statement cache is turned off and it
+    prepares unnamed statements instead, which live only as long as the protocol exchange. Every
+    connection to DATABASE_URL is made with these options (the pool, the gateway's liveness
+    connection); session state (LISTEN, session advisory locks) goes to DATABASE_DIRECT_URL.
+    """
+    return {"statement_cache_size": 0} if transaction_pooler else {}
+
+
+async def connect(dsn: str, *, transaction_pooler: bool = False, connect_timeout: float = 60) -> asyncpg.Connection:
+    """One connection of its own (not the pool's) to `dsn`, with `session_options`."""
+    return await asyncpg.connect(dsn, timeout=connect_timeout, **session_options(transaction_pooler=transaction_pooler))
+
+
 @asynccontextmanager
-async def open_pool(dsn: str, *, min_size: int, max_size: int) -> AsyncIterator[asyncpg.Pool]:
+async def open_pool(
+    dsn: str, *, min_size: int, max_size: int, transaction_pooler: bool = False
+) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
         connection_class=_Connection,
-        reset=_reset_on_release,
+        reset=_no_reset if transaction_pooler else _reset_on_release,
         command_timeout=30,
+        **session_options(transaction_pooler=transaction_pooler),
         # Idle connections are returned to Postgres; many replicas must share max_connections.
         max_inactive_connection_lifetime=120,
     )
@@ -121,6 +149,25 @@ async def connection(pool: asyncpg.Pool, *, stateless: bool = False) -> AsyncIte
         if is_database_unavailable(exc):
             raise DatabaseUnavailable() from exc
         raise
+
+
+@asynccontextmanager
+async def direct_connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own for session state (a session advisory lock) for the block's lifetime;
+    closing it ends the session and everything held in it. Unreachable: DatabaseUnavailable."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise DatabaseUnavailable() from exc
+        raise
+    try:
+        yield conn
+    finally:
+        try:
+            await conn.close(timeout=2)
+        except Exception:  # noqa: BLE001 - a connection that cannot close cleanly is cut
+            conn.terminate()
 
 
 async def pending_migrations(conn: Connection, migrations_path: Path) -> list[str]:

@@ -18,6 +18,7 @@ from services.image_store.imaging.decode_pool import worker_processes
 from services.image_store.settings import ImageStoreSettings, load_image_store_settings
 from services.vision_gateway.settings import GatewaySettings, load_gateway_settings
 from tests.image_store.s3_support import MotoServer
+from tests.pgbouncer import INSTALL_HINT, PgBouncer, find_pgbouncer
 from tests.postgres import DatabaseFactory, embedded_server, server_gone, without_password
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,9 +140,60 @@ def base_env(database_url: str, storage: Path) -> dict[str, str]:
     }
 
 
+# ---- PgBouncer in transaction mode in front of the suite's server -------------------------------
+# A test marked `pgbouncer` runs twice: with the services straight on PostgreSQL ("direct") and with
+# DATABASE_URL through a real PgBouncer in pool_mode=transaction ("pgbouncer"; DATABASE_POOLER=
+# transaction, DATABASE_DIRECT_URL the server). Whatever a test does with `database_url` or `db`
+# itself still goes straight to the server.
+
+ROUTES = ("direct", "pgbouncer")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("pgbouncer") and "database_route" in metafunc.fixturenames:
+        metafunc.parametrize("database_route", ROUTES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+    """One PgBouncer per test process; without the package the test skips (fails in CI, which installs it)."""
+    binary = find_pgbouncer()
+    if binary is None:
+        reason = f"pgbouncer is not installed: {INSTALL_HINT}"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{reason} (.ci/run installs it, so in CI this is a failure)")
+        pytest.skip(reason)
+    bouncer = PgBouncer(binary, postgres_admin_url, tmp_path_factory.mktemp("pgbouncer"))
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
 @pytest.fixture
-def service_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    return base_env(database_url, tmp_path / "images")
+def database_route(request: pytest.FixtureRequest) -> str:
+    """How the services reach PostgreSQL: "direct" unless the test is marked `pgbouncer`."""
+    return str(getattr(request, "param", "direct"))
+
+
+def route_env(route: str, database_url: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The database variables of a service on `route` to `database_url`."""
+    if route == "direct":
+        return {"DATABASE_URL": database_url}
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    return {
+        "DATABASE_URL": bouncer.pooled(database_url),
+        "DATABASE_POOLER": "transaction",
+        "DATABASE_DIRECT_URL": database_url,
+    }
+
+
+@pytest.fixture
+def service_env(
+    database_url: str, tmp_path: Path, database_route: str, request: pytest.FixtureRequest
+) -> dict[str, str]:
+    return {**base_env(database_url, tmp_path / "images"), **route_env(database_route, database_url, request)}
 
 
 @pytest.fixture

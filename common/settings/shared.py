@@ -23,7 +23,53 @@ SUPPORTED_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp
 DEFAULT_IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp")
 
 
-class DatabaseSettings(EnvSettings):
+# How the services reach PostgreSQL: directly, or through a pooler in transaction mode.
+POOLERS: tuple[str, ...] = ("none", "transaction")
+
+
+class PoolerSettings(EnvSettings):
+    """Whether DATABASE_URL goes through a transaction pooler, and the direct URL for what a
+    pooler cannot carry (a group of its own so its rule is reported beside other errors)."""
+
+    section: ClassVar[str] = BOTH
+
+    database_pooler: Annotated[str, OneOf(POOLERS)] = setting(
+        "DATABASE_POOLER",
+        "none",
+        doc="none: DATABASE_URL reaches PostgreSQL itself (or a session-mode pooler). transaction: "
+        "DATABASE_URL is a pooler in transaction mode (PgBouncer pool_mode=transaction); pooled "
+        "connections then keep no session state (no prepared-statement cache) and DATABASE_DIRECT_URL is "
+        "required. See docs/deployment.md.",
+    )
+    database_direct_url: PostgresUrl | None = setting(
+        "DATABASE_DIRECT_URL",
+        None,
+        doc="PostgreSQL URL that bypasses the pooler: one connection per process for LISTEN (stream stops, "
+        "image row-cache invalidation) and session advisory locks (maintenance), and what `retina migrate` "
+        "and `retina maintenance` use. Required with DATABASE_POOLER=transaction; empty means DATABASE_URL.",
+        shown="DATABASE_URL",
+    )
+
+    @model_validator(mode="after")
+    def _direct_url_with_pooler(self) -> PoolerSettings:
+        if self.database_pooler == "transaction" and self.database_direct_url is None:
+            raise ValueError(
+                "DATABASE_DIRECT_URL is required when DATABASE_POOLER=transaction (LISTEN, session locks and "
+                "migrations cannot go through a transaction pooler)"
+            )
+        return self
+
+    @property
+    def transaction_pooler(self) -> bool:
+        return self.database_pooler == "transaction"
+
+    @property
+    def separate_direct_url(self) -> str | None:
+        """DATABASE_DIRECT_URL when it is set (None: DATABASE_URL serves for everything)."""
+        return self.database_direct_url.get_secret_value() if self.database_direct_url else None
+
+
+class DatabaseSettings(PoolerSettings):
     """All `retina migrate` needs (it serves nothing, so no tokens or keys)."""
 
     section: ClassVar[str] = BOTH
@@ -40,6 +86,12 @@ class DatabaseSettings(EnvSettings):
         doc="Directory of yoyo migrations (set in the container image; defaults to ./migrations of the source tree).",
         shown="./migrations",
     )
+
+    @property
+    def direct_url(self) -> str:
+        """Where session state may live (LISTEN, session locks, migrations): the direct URL if set."""
+        url = self.database_direct_url or self.database_url
+        return url.get_secret_value()
 
 
 class PoolSettings(EnvSettings):

@@ -105,7 +105,7 @@ async def _image_service(app: web.Application) -> AsyncIterator[None]:
         row_cache = ImageRowCache(settings.row_cache_entries, settings.row_cache_ttl_seconds)
         service = ImageService(
             settings,
-            ImageRepository(app[POOL_KEY]),
+            ImageRepository(app[POOL_KEY], direct_url=settings.separate_direct_url),
             storage,
             decoder,
             UrlSigner(settings.signing_keys.get_secret_value(), settings.signed_url_ttl_seconds),
@@ -132,5 +132,4 @@ def _row_cache_listener(settings: ImageStoreSettings, row_cache: ImageRowCache) 
     """The cache is only trusted while change notifications can reach it; none kept, none needed."""
     if settings.row_cache_entries == 0:
         return contextlib.nullcontext()
-    database_url = settings.common.database_url.get_secret_value()
-    return listening(database_url, IMAGE_CHANGE_CHANNEL, row_cache.on_notify, row_cache.set_listening)
+    return listening(settings.common.direct_url, IMAGE_CHANGE_CHANNEL, row_cache.on_notify, row_cache.set_listening)

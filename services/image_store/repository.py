@@ -17,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 
-from common.db import Connection, connection, required_row
+from common.db import Connection, connection, direct_connection, required_row
 from services.image_store.models import BlobInfo, BlobState, ImageRow, StorageStats
 
 _IMAGE_COLUMNS = """
@@ -32,8 +32,12 @@ def _row(record: asyncpg.Record) -> ImageRow:
 
 
 class ImageRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """`direct_url` (DATABASE_DIRECT_URL) is where session advisory locks are taken when it is set:
+    behind a transaction pooler a pooled connection has no session of its own to hold one."""
+
+    def __init__(self, pool: asyncpg.Pool, *, direct_url: str | None = None) -> None:
         self._pool = pool
+        self._direct_url = direct_url
 
     @asynccontextmanager
     async def blob_transaction(self, sha256: str) -> AsyncIterator[Connection]:
@@ -343,8 +347,13 @@ class ImageRepository:
 
     @asynccontextmanager
     async def try_maintenance_lock(self, lock_id: int) -> AsyncIterator[bool]:
-        """Session advisory lock so one replica at a time runs maintenance."""
-        async with connection(self._pool) as conn:
+        """Session advisory lock so one replica at a time runs maintenance.
+
+        On a connection of its own to DATABASE_DIRECT_URL when that is set (opened for the round,
+        closed after it: the lock goes with it), otherwise on a pooled connection.
+        """
+        session = direct_connection(self._direct_url) if self._direct_url else connection(self._pool)
+        async with session as conn:
             locked = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
             try:
                 yield bool(locked)

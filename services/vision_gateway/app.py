@@ -29,6 +29,7 @@ from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.openai_compat.handlers import RETINA_HEADERS, create_openai_app
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.settings import GatewaySettings
+from services.vision_gateway.stop_catchup import StopCatchUp
 from services.vision_gateway.streams import StreamLiveness, StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
 
@@ -76,13 +77,18 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     try:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
             registry, repository, pending = _install_services(app, session, metrics, preparer)
-            dsn = app[SETTINGS_KEY].database_url.get_secret_value()
+            common = app[SETTINGS_KEY]
+            dsn = common.database_url.get_secret_value()
             sweep_after = settings.stream_sweep_after_seconds
-            liveness = StreamLiveness(dsn, registry.held, interval=sweep_after / 3)
+            liveness = StreamLiveness(
+                dsn, registry.held, interval=sweep_after / 3, transaction_pooler=common.transaction_pooler
+            )
             # Left in reverse order: answers waiting for the database get their last attempts while
             # their rows are still kept alive, and before the pool closes.
+            catch_up = StopCatchUp(registry, repository.ended_streams)
             async with (
-                listen_for_stops(registry, dsn) as listening,
+                catch_up.running(),
+                listen_for_stops(registry, common.direct_url, catch_up.on_listener_state) as listening,
                 liveness.running(),
                 pending.running(),
                 sweeping(repository, metrics, liveness, after_seconds=sweep_after),

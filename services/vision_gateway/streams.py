@@ -24,6 +24,7 @@ import asyncpg
 import structlog
 
 from common.background import in_background
+from common.db import connect
 from common.pg_listen import listening
 from services.vision_gateway.repository import STOP_CHANNEL, touch_streams
 
@@ -81,6 +82,10 @@ class StreamRegistry:
         if self._held[message_id] <= 0:
             del self._held[message_id]
 
+    def live_ids(self) -> list[uuid.UUID]:
+        """The streams running on this replica right now (stop_catchup.py)."""
+        return list(self._streams)
+
     def held(self) -> list[uuid.UUID]:
         """The rows this replica keeps alive right now."""
         return list(self._held)
@@ -107,12 +112,16 @@ class StreamRegistry:
             log.warning("bad_stop_notification", payload=text[:64])
 
 
-def listen_for_stops(registry: StreamRegistry, dsn: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+def listen_for_stops(
+    registry: StreamRegistry, dsn: str, on_state: Callable[[bool], None] | None = None
+) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
     """A LISTEN connection for stop requests for the app's lifetime; the event is set while listening.
 
-    Start-up waits up to 5 s for it; readiness reports it when the database does not allow that.
+    `dsn` is DATABASE_DIRECT_URL when set (LISTEN needs a session of its own). Start-up waits up to
+    5 s for it; readiness reports it when the database does not allow that. `on_state` hears every
+    connect and disconnect (stop_catchup.py makes up for stops missed meanwhile).
     """
-    return listening(dsn, STOP_CHANNEL, registry._on_notify)
+    return listening(dsn, STOP_CHANNEL, registry._on_notify, on_state)
 
 
 class StreamLiveness:
@@ -124,8 +133,11 @@ class StreamLiveness:
     so after an outage that kept every replica from touching, none sweeps before all had a chance.
     """
 
-    def __init__(self, dsn: str, held: Callable[[], Collection[uuid.UUID]], *, interval: float) -> None:
+    def __init__(
+        self, dsn: str, held: Callable[[], Collection[uuid.UUID]], *, interval: float, transaction_pooler: bool = False
+    ) -> None:
         self._dsn = dsn
+        self._transaction_pooler = transaction_pooler  # DATABASE_URL is a transaction pooler: no statement cache
         self._held = held
         self.interval = interval
         # A touch (or connect) slower than this failed; at least 1 s, so a tiny interval still works.
@@ -146,7 +158,9 @@ class StreamLiveness:
         started = loop.time()
         try:
             if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+                self._conn = await connect(
+                    self._dsn, transaction_pooler=self._transaction_pooler, connect_timeout=self._timeout
+                )
             await touch_streams(self._conn, self._held(), within=self._timeout)
         except Exception as exc:  # noqa: BLE001 - any failure: not alive as far as others can see
             log.warning("stream_liveness_failed", error=repr(exc))

@@ -24,7 +24,7 @@ from tests.deploy.helpers import (
 
 UID = 10001
 STORE, GATEWAY, MIGRATE = "retina-image-store", "retina-vision-gateway", "retina-migrate"
-SECRETS = {"DATABASE_URL", "SERVICE_TOKENS", "IMAGE_SIGNING_KEYS", "IMAGE_STORE_TOKEN"}
+SECRETS = {"DATABASE_URL", "DATABASE_DIRECT_URL", "SERVICE_TOKENS", "IMAGE_SIGNING_KEYS", "IMAGE_STORE_TOKEN"}
 
 
 def workloads(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
 from services.image_store.app import MAINTENANCE_KEY
@@ -91,6 +92,7 @@ async def test_integrity_finds_and_repairs(store_client: TestClient, db: asyncpg
     assert (await maintenance.integrity()).problems == 0
 
 
+@pytest.mark.pgbouncer
 async def test_only_one_replica_runs_maintenance_at_a_time(store_client: TestClient) -> None:
     maintenance = store_client.app[MAINTENANCE_KEY]
     results = await asyncio.gather(*(maintenance.run_once() for _ in range(4)))
@@ -113,6 +115,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.pgbouncer
 async def test_cli_integrity_and_cleanup(store_client: TestClient, blobs: BlobView, store_env: dict[str, str]) -> None:
     await make_integrity_problems(store_client, blobs)
     check = await asyncio.to_thread(run_cli, store_env, "integrity")

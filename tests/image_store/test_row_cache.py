@@ -21,7 +21,8 @@ from services.image_store.row_cache import ImageRowCache
 from tests.conftest import auth_headers
 from tests.image_store.conftest import png, upload
 
-pytestmark = pytest.mark.postgres_paths  # LISTEN/NOTIFY; .ci/run runs these on both kinds of test server
+# LISTEN/NOTIFY: .ci/run runs these on both kinds of test server, and each also through PgBouncer.
+pytestmark = [pytest.mark.postgres_paths, pytest.mark.pgbouncer]
 
 
 def cache_of(client: TestClient) -> ImageRowCache:

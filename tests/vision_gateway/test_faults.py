@@ -233,6 +233,7 @@ async def test_client_disconnect_cancels_upstream_and_stores_stopped(stack: Stac
 
 
 @pytest.mark.postgres_paths
+@pytest.mark.pgbouncer
 async def test_stop_from_another_gateway_replica(stack: Stack, db: asyncpg.Connection) -> None:
     other_replica = await stack.make_gateway()
     stack.emulator.chunk_delay = 0.15

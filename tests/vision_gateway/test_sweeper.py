@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from tests.conftest import ROOT, auth_headers
 from tests.image_store.store_process import free_port
@@ -69,6 +70,7 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=10)
 
 
+@pytest.mark.pgbouncer
 async def test_a_killed_gateway_leaves_no_stream_streaming_for_ever(stack: Stack, db: asyncpg.Connection) -> None:
     for model in stack.emulator.models:
         model.reply = LONG_REPLY
@@ -140,6 +142,7 @@ async def test_stop_on_a_stream_no_replica_runs_is_honest(stack: Stack, db: asyn
     assert foreign.status == 404
 
 
+@pytest.mark.pgbouncer
 async def test_a_live_but_silent_stream_is_not_swept(stack: Stack, db: asyncpg.Connection) -> None:
     """A model loading longer than the sweep threshold: the live stream keeps touching its row."""
     stack.emulator.first_token_delay = 3.5

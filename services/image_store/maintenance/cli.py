@@ -59,14 +59,16 @@ async def _run(
         print(json.dumps({"task": "migrate-storage", **migration.as_dict()}))
         return 1 if migration.problems else 0
     async with (
-        open_pool(settings.common.database_url.get_secret_value(), min_size=1, max_size=2) as pool,
+        # Straight to PostgreSQL when DATABASE_DIRECT_URL is set (always, behind a transaction pooler):
+        # a one-off run needs no pooler.
+        open_pool(settings.common.direct_url, min_size=1, max_size=2) as pool,
         contextlib.AsyncExitStack() as stack,
     ):
         metrics = ImageStoreMetrics(new_registry())
         storage = await stack.enter_async_context(open_blob_store(settings, create_layout=False))
         service = ImageService(
             settings,
-            ImageRepository(pool),
+            ImageRepository(pool),  # already direct when DATABASE_DIRECT_URL is set
             storage,
             # Never started: maintenance does not decode images.
             DecodePool(workers=1, timeout_seconds=1, max_pending=1),

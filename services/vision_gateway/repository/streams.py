@@ -61,6 +61,15 @@ class StreamQueries(PoolQueries):
             )
         return len(records)
 
+    async def ended_streams(self, stream_ids: Collection[uuid.UUID]) -> list[uuid.UUID]:
+        """Which of these streams' rows no longer say `streaming` (closed by another replica)."""
+        async with connection(self._pool, stateless=True) as conn:
+            records = await conn.fetch(
+                "SELECT stream_id FROM messages WHERE stream_id = ANY($1::uuid[]) AND status <> 'streaming'",
+                list(stream_ids),
+            )
+        return [record["stream_id"] for record in records]
+
     async def notify_stop(self, stream_id: uuid.UUID) -> None:
         async with connection(self._pool) as conn:
             await conn.execute("SELECT pg_notify($1, $2)", STOP_CHANNEL, str(stream_id))
