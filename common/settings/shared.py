@@ -47,7 +47,7 @@ class PoolerSettings(EnvSettings):
         doc="PostgreSQL URL that bypasses the pooler: one connection per process for LISTEN (stream stops, "
         "image row-cache invalidation) and session advisory locks (maintenance), and what `retina migrate` "
         "and `retina maintenance` use. Required with DATABASE_POOLER=transaction; empty means DATABASE_URL.",
-        shown="DATABASE_URL",
+        shown="",
     )
 
     @model_validator(mode="after")
