@@ -11,6 +11,7 @@ down for another cooldown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ class BackendRegistry:
         self._cooldown = cooldown_seconds
         self._clock = clock
         self._flights: SingleFlight[str, None] = SingleFlight()
+        self._wake = asyncio.Event()  # set when a backend goes down: the loop plans its probe
         for backend in self.backends:
             metrics.add_backend(backend.label)
 
@@ -71,6 +73,7 @@ class BackendRegistry:
         backend.down_until = self._clock() + self._cooldown
         self._failed(backend, reason, failure)
         self._metrics.up.labels(backend.label).set(0)
+        self._wake.set()
 
     def _mark_up(self, backend: Backend) -> None:
         if not backend.up:
@@ -119,12 +122,15 @@ class BackendRegistry:
         """The background loop: refresh now, then every refresh interval, and at each cooldown's end."""
         next_refresh = self._clock()
         while True:
-            if self._clock() >= next_refresh or self._probe_due():
-                if self._clock() >= next_refresh:
-                    next_refresh = self._clock() + self._refresh_seconds
+            if self._clock() >= next_refresh:
+                next_refresh = self._clock() + self._refresh_seconds
+                await self.refresh()
+            elif self._probe_due():
                 await self.refresh()
             wake = min([next_refresh, *(b.down_until for b in self.backends if b.down_until is not None)])
-            await asyncio.sleep(max(0.01, wake - self._clock()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):  # or sooner: a backend went down, its probe is due earlier
+                await asyncio.wait_for(self._wake.wait(), max(0.01, wake - self._clock()))
 
     def _probe_due(self) -> bool:
         now = self._clock()
