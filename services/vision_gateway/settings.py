@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Annotated, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr, model_validator
 
@@ -64,6 +65,14 @@ class FleetSettings(EnvSettings):
         "or get 503 with Retry-After); then it is probed (/api/tags) and rejoins when it answers. Short by "
         "default: with a single backend it is how long an Ollama restart refuses asks.",
     )
+
+    @model_validator(mode="after")
+    def _one_label_per_backend(self) -> FleetSettings:
+        # Metrics and routing name a backend by host:port: two URLs there would be one backend twice.
+        places = [(parts.hostname, parts.port or parts.scheme) for parts in map(urlsplit, self.explicit_ollama_urls)]
+        if len(set(places)) != len(places):
+            raise ValueError("OLLAMA_URLS names two servers at the same host and port")
+        return self
 
 
 class ImageCountSettings(EnvSettings):
