@@ -9,6 +9,7 @@ the failure tests run them as processes, so a kill is a real one.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -137,6 +138,25 @@ async def test_a_conversation_stays_on_its_backend_for_ten_turns(stack: Stack, f
     assert sample(gateway, "vision_gateway_routing_decisions_total", backend=label(home), decision="affinity_kept") == 9
     others = [e for e in emulators if not turns(e)]
     assert all(e.chats for e in others), "the other conversations were spread over every backend"
+
+
+async def test_a_stream_on_the_second_backend_is_stopped_from_another_replica(stack: Stack, fleet: Fleet) -> None:
+    """Stop and cross-replica stop do not care which backend serves: the stream's backend stops
+    generating, and its count of streams in flight is back to 0."""
+    (a, b), urls = await fleet("llava", "llava,qwen3", chunk_delay=0.1)
+    env = {"OLLAMA_URLS": ",".join(urls), "OLLAMA_REFRESH_SECONDS": "60"}
+    gateway, other_replica = await stack.make_gateway(**env), await stack.make_gateway(**env)
+    response = await ask(gateway, {"message": "hi", "model": "qwen3"})
+    start = json.loads((await response.content.readline())[len(b"data: ") :])
+    assert await response.content.readline() == b"\n"
+    await b.wait_for_chats(1)
+    assert sample(gateway, "vision_gateway_backend_streams_in_flight", backend=label(urls[1])) == 1.0
+    stop = await other_replica.post(f"/api/stream-message/{start['stream_id']}/stop", headers=auth_headers())
+    assert await stop.json() == {"stream_id": start["stream_id"], "stopped": True}
+    assert (await read_sse(response)).events[-1]["done_reason"] == "stopped"
+    await b.wait_for_disconnect(within=5)
+    assert a.chats == []
+    assert sample(gateway, "vision_gateway_backend_streams_in_flight", backend=label(urls[1])) == 0.0
 
 
 # ---- failures: emulator processes ------------------------------------------------------------------
