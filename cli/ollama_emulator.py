@@ -63,6 +63,7 @@ __all__ = [
     "default_models",
     "go_base64_decode",
     "go_json",
+    "pick_models",
     "showcase_models",
 ]
 
@@ -858,6 +859,13 @@ class OllamaEmulator:
         self.models.append(model)
         return model
 
+    def preload(self, name: str, keep_alive: float | None = None) -> None:
+        """Load an installed model as a request with empty messages would (it shows in /api/ps)."""
+        model = self.find(name)
+        if model is None:
+            raise KeyError(f"the emulator has no model {name!r}")
+        self._mark_loaded(model, keep_alive)
+
     # ---- waiting helpers (tests) -----------------------------------------------------------------
 
     def _event(self) -> asyncio.Event:
@@ -1306,6 +1314,20 @@ class OllamaEmulator:
         record.lines.append(payload)
 
 
+def pick_models(names: str) -> list[EmulatedModel]:
+    """The showcase models named in `names` (comma-separated; all of them when empty); a name that is
+    not among them becomes a plain text model answering the canned notice."""
+    showcase = showcase_models()
+    wanted = [part.strip() for part in names.split(",") if part.strip()]
+    if not wanted:
+        return showcase
+    models = []
+    for name in wanted:
+        known = next((model for model in showcase if model.matches(name)), None)
+        models.append(known or EmulatedModel(_canonical(name), reply=f"{CANNED_NOTICE} Hello from {name}."))
+    return models
+
+
 async def start_emulator(emulator: OllamaEmulator, host: str, port: int) -> tuple[web.AppRunner, str]:
     """Serve `emulator` on host:port (0: a free port); returns the runner and the base URL it listens on."""
     runner = web.AppRunner(emulator.make_app(), access_log=None)
@@ -1333,13 +1355,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-delay", type=float, default=0.0)
     parser.add_argument("--first-token-delay", type=float, default=0.0)
     parser.add_argument("--reply-words", type=int, default=0, help="replace replies with N words")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated models this server has (default: the showcase set); a name the showcase set "
+        "lacks becomes a text model, so several emulators can stand for a fleet with different models",
+    )
+    parser.add_argument(
+        "--loaded", default="", help="comma-separated models already in memory at start (listed by /api/ps)"
+    )
     args = parser.parse_args(argv)
     emulator = OllamaEmulator(
-        showcase_models(),
+        pick_models(args.models),
         version_profile=args.profile,
         chunk_delay=args.chunk_delay,
         first_token_delay=args.first_token_delay,
     )
+    for name in filter(None, (part.strip() for part in args.loaded.split(","))):
+        emulator.preload(name)
     if args.reply_words:
         for model in emulator.models:
             model.reply = " ".join(f"word{i}" for i in range(args.reply_words))

@@ -24,7 +24,7 @@ from common.settings.shared import (
     UploadSettings,
 )
 from services.image_store.settings import BrowserSettings, ImageStoreSettings, StorageBackendSettings
-from services.vision_gateway.settings import FallbackSettings, GatewaySettings, ImageCountSettings
+from services.vision_gateway.settings import FallbackSettings, FleetSettings, GatewaySettings, ImageCountSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python -m cli.settings_docs"
@@ -41,6 +41,7 @@ GROUPS: tuple[type[EnvSettings], ...] = (
     BrowserSettings,
     GatewaySettings,
     FallbackSettings,
+    FleetSettings,
     ImageCountSettings,
 )
 SERVICES: tuple[type[EnvSettings], ...] = (ImageStoreSettings, GatewaySettings)

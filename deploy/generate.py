@@ -413,6 +413,39 @@ def gateway_panels() -> list[Panel]:
             description="Requests refused before streaming, by their JSON error code.",
             width=8,
         ),
+        row("Ollama fleet"),
+        panel(
+            "Backends up",
+            [("max by (backend) (vision_gateway_backend_up" + sel() + ")", "{{backend}}")],
+            description="1: takes asks; 0: marked down (connect refused or timed out) until a probe after "
+            "OLLAMA_BACKEND_COOLDOWN_SECONDS answers. RetinaOllamaBackendDown fires after 5 minutes down.",
+            width=6,
+        ),
+        panel(
+            "Streams in flight by backend",
+            [("sum by (backend) (vision_gateway_backend_streams_in_flight" + sel() + ")", "{{backend}}")],
+            description="Open streams per Ollama backend, all replicas; routing keeps them within 1.5x + 1 of the "
+            "least busy backend that has the model.",
+            width=6,
+            stack=True,
+        ),
+        panel(
+            "Backend requests by outcome",
+            [(rate("vision_gateway_backend_requests_total", by="backend, outcome"), "{{backend}} {{outcome}}")],
+            unit="reqps",
+            description="Before the first token: opened (serves the ask), connect_failed (marked down), failed "
+            "(5xx, reset: the ask moved on), refused (Ollama's verdict on the request).",
+            width=6,
+        ),
+        panel(
+            "Routing decisions",
+            [(rate("vision_gateway_routing_decisions_total", by="decision"), "{{decision}}")],
+            unit="ops",
+            description="affinity_kept: a conversation's turn went where its last one ran (prompt cache); "
+            "loaded_preferred: a backend with the model in memory won; least_loaded; failover: an attempt moved to "
+            "the next backend before the first token.",
+            width=6,
+        ),
         row("Stored answers"),
         panel(
             "Final answer writes: saved, queued, saved late, lost",

@@ -666,3 +666,31 @@ def test_one_showcase_model_sees_and_thinks_and_every_reply_says_it_is_canned() 
     assert models["qwen3-vl:latest"].thinking
     assert models["llava:latest"].vision
     assert all(model.reply.startswith(CANNED_NOTICE) for model in models.values())
+
+
+def test_an_emulator_process_has_the_models_it_is_given_and_those_preloaded_are_running(tmp_path: Path) -> None:
+    """`--models` / `--loaded`: one emulator per port stands for one server of a fleet (tests/vision_gateway/
+    test_fleet.py); the official client reads its /api/tags and /api/ps."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "cli.ollama_emulator", "--port", "0", "--models", "llava,Mistral", "--loaded"]
+    process = subprocess.Popen(
+        [*command, "llava"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(canned answers; models: llava, mistral\)", first)
+        assert found, first + (process.stderr.read() if process.poll() is not None and process.stderr else "")
+        with ollama.Client(host=found.group(1)) as client:
+            assert sorted(m.model or "" for m in client.list().models) == ["llava:latest", "mistral:latest"]
+            [running] = client.ps().models
+            assert running.model == "llava:latest"
+            reply = client.chat(model="mistral", messages=HI)
+            assert reply.message.content == f"{CANNED_NOTICE} Hello from Mistral."
+            assert sorted(m.model or "" for m in client.ps().models) == ["llava:latest", "mistral:latest"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()

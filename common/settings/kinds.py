@@ -50,6 +50,14 @@ def _http_url(value: Any) -> Any:
     return value.rstrip("/")
 
 
+def _http_urls(value: Any) -> Any:
+    """A comma-separated list of http(s) URLs, each checked like HttpUrl, duplicates refused."""
+    urls = tuple(_http_url(item) for item in split_csv(value))
+    if len(set(urls)) != len(urls):
+        raise ValueError("names one URL twice")
+    return urls
+
+
 def _origins(value: Any) -> Any:
     """Exact origins (scheme://host[:port]), normalised and deduplicated.
 
@@ -122,6 +130,7 @@ def _directory(path: Path) -> Path:
 Csv = Annotated[tuple[str, ...], BeforeValidator(split_csv)]
 SecretCsv = Annotated[Secret[tuple[str, ...]], BeforeValidator(split_csv)]
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+HttpUrls = Annotated[tuple[str, ...], BeforeValidator(_http_urls)]
 Origins = Annotated[tuple[str, ...], BeforeValidator(_origins)]
 PostgresUrl = Annotated[SecretStr, AfterValidator(_postgres)]
 WritableDirectory = Annotated[Path, AfterValidator(_writable)]

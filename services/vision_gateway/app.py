@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from common.app import POOL_KEY, REGISTRY_KEY, SETTINGS_KEY, create_service_app
+from common.background import in_background
 from common.content_disposition import ignore_aiohttp_disposition_warnings
 from common.health import READINESS_KEY
 from common.http.cors import enable_cors
@@ -20,6 +21,9 @@ from services.vision_gateway.chat.pending import PendingAnswers
 from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
 from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
+from services.vision_gateway.fleet.backend import Backend
+from services.vision_gateway.fleet.fleet import OllamaFleet
+from services.vision_gateway.fleet.registry import BackendRegistry
 from services.vision_gateway.handlers import CHAT_SERVICE_KEY, HISTORY_IMAGES_KEY, add_routes
 from services.vision_gateway.history import HistoryImages
 from services.vision_gateway.image_prep import ImagePreparer
@@ -76,7 +80,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
     try:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
-            registry, repository, pending = _install_services(app, session, metrics, preparer)
+            registry, repository, pending, backends = _install_services(app, session, metrics, preparer)
             common = app[SETTINGS_KEY]
             dsn = common.database_url.get_secret_value()
             sweep_after = settings.stream_sweep_after_seconds
@@ -87,6 +91,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             # their rows are still kept alive, and before the pool closes.
             catch_up = StopCatchUp(registry, repository.ended_streams)
             async with (
+                in_background(backends.run(), name="ollama-backends"),
                 catch_up.running(),
                 listen_for_stops(registry, common.direct_url, catch_up.on_listener_state) as listening,
                 liveness.running(),
@@ -111,20 +116,34 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
 
 def _install_services(
     app: web.Application, session: aiohttp.ClientSession, metrics: GatewayMetrics, preparer: ImagePreparer
-) -> tuple[StreamRegistry, ConversationRepository, PendingAnswers]:
+) -> tuple[StreamRegistry, ConversationRepository, PendingAnswers, BackendRegistry]:
     """Build the upstream clients and the services over them, put the services in app state.
 
-    Returns what the background tasks (stop listener, liveness, pending answers, sweeper) of `_chat_service` work on.
+    Returns what the background tasks (stop listener, liveness, pending answers, sweeper, backend
+    refresh) of `_chat_service` work on.
     """
     settings = app[GATEWAY_SETTINGS_KEY]
-    ollama = OllamaClient(
-        session,
-        settings.ollama_url,
-        retries=settings.upstream_retries,
-        metrics=metrics,
-        connect_timeout=settings.ollama_connect_timeout_seconds,
-        read_timeout=settings.ollama_read_timeout_seconds,
+    backends = BackendRegistry(
+        [
+            Backend(
+                OllamaClient(
+                    session,
+                    url,
+                    retries=settings.upstream_retries,
+                    metrics=metrics,
+                    connect_timeout=settings.ollama_connect_timeout_seconds,
+                    read_timeout=settings.ollama_read_timeout_seconds,
+                ),
+                url,
+                index,
+            )
+            for index, url in enumerate(settings.ollama_urls)
+        ],
+        metrics.fleet,
+        refresh_seconds=settings.ollama_refresh_seconds,
+        cooldown_seconds=settings.ollama_backend_cooldown_seconds,
     )
+    ollama = OllamaFleet(backends, metrics, retries=settings.upstream_retries)
     store = ImageStoreClient(
         session,
         settings.image_store_url,
@@ -165,7 +184,7 @@ def _install_services(
     app[HISTORY_IMAGES_KEY] = HistoryImages(store)
     app[CHAT_SERVICE_KEY] = service
     app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
-    return registry, repository, pending
+    return registry, repository, pending, backends
 
 
 async def _end_open_streams(app: web.Application) -> None:

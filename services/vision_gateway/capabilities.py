@@ -1,4 +1,5 @@
-"""VisionModelService: can this model see? Asked of Ollama once per model per TTL.
+"""VisionModelService: can this model see? Asked of Ollama once per model build (digest) per TTL,
+whichever backends have it; whether a model exists at all is the fleet's listing (fleet/registry.py).
 
 Ollama >= 0.6.4 lists `capabilities`; older servers are read through the signals they did
 have: a projector (`projector_info`, or `clip` in `details.families`), `mllama` in families,
@@ -16,11 +17,14 @@ from cachetools import TTLCache
 
 from common.errors import UnknownModel
 from common.singleflight import SingleFlight
+from services.vision_gateway.fleet.backend import Backend, model_key
+from services.vision_gateway.fleet.fleet import OllamaFleet
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.ollama_client import OllamaClient
 
-# Model names remembered at most (known and unknown); the least recently used go first.
+# Models remembered at most; the least recently used go first.
 MODEL_CACHE_ENTRIES = 1024
+
+Detected = tuple[bool, tuple[str, ...]]  # (can see, capabilities)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,53 +54,58 @@ def detect_vision(show: dict[str, Any]) -> tuple[bool, tuple[str, ...]]:
 class VisionModelService:
     def __init__(
         self,
-        ollama: OllamaClient,
+        fleet: OllamaFleet,
         metrics: GatewayMetrics,
         *,
         ttl_seconds: float,
         detection_enabled: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ollama = ollama
+        self._fleet = fleet
         self._metrics = metrics
         self._detection_enabled = detection_enabled
-        # Bounded: model names come from clients, and every unknown one is remembered (as None).
-        self._cache: TTLCache[str, ModelCapabilities | None] | None = (
+        # Keyed by digest: backends with the same model share one look-up. Bounded all the same.
+        self._cache: TTLCache[str, Detected] | None = (
             TTLCache(MODEL_CACHE_ENTRIES, ttl=ttl_seconds, timer=clock) if ttl_seconds > 0 else None
         )
-        self._flights: SingleFlight[str, ModelCapabilities | None] = SingleFlight()
+        self._flights: SingleFlight[str, Detected | None] = SingleFlight()
 
     async def get(self, model: str) -> ModelCapabilities:
-        """Capabilities of `model`; UnknownModel when Ollama does not have it."""
+        """Capabilities of `model`; UnknownModel when no Ollama backend has it."""
         if not self._detection_enabled:
             return ModelCapabilities(model, True, ("completion", "vision"))
-        key = model.lower()
+        holders = await self._fleet.holders(model)
+        key = model_key(model)
+        # The digest of a backend that is up (another digest elsewhere is another build of the model).
+        digest = next(b.digests.get(key, "") for b in (*(b for b in holders if b.up), *holders))
+        same = [b for b in holders if b.digests.get(key, "") == digest]
+        cache_key = digest or f"name:{key}"
         try:
             if self._cache is None:
-                raise KeyError(key)
-            result = self._cache[key]  # one read: a separate `in` test could see it expire in between
+                raise KeyError(cache_key)
+            result: Detected | None = self._cache[cache_key]  # one read: an `in` test could see it expire between
             self._metrics.capability_cache.labels("hit").inc()
         except KeyError:
             self._metrics.capability_cache.labels("miss").inc()
-            result = await self._flights.run(key, lambda: self._lookup(key, model))
+            result = await self._flights.run(cache_key, lambda: self._lookup(cache_key, model, same))
         if result is None:
             raise UnknownModel(f"model {model!r} is not available on the Ollama server")
         self._metrics.known_models.add(model)
-        return result
+        return ModelCapabilities(model, *result)
 
-    async def _lookup(self, key: str, model: str) -> ModelCapabilities | None:
-        show = await self._ollama.show(model)
-        result = None if show is None else ModelCapabilities(model, *detect_vision(show))
+    async def _lookup(self, cache_key: str, model: str, holders: list[Backend]) -> Detected | None:
+        show = await self._fleet.show(model, holders)
+        if show is None:
+            return None  # removed since the listing: not remembered, the next listing will say
+        result = detect_vision(show)
         if self._cache is not None:
-            self._cache[key] = result
+            self._cache[cache_key] = result
         return result
 
     async def list_models(self) -> list[ModelCapabilities]:
+        """Every model of every backend, once."""
         models = []
-        for entry in await self._ollama.tags():
-            name = str(entry.get("name") or entry.get("model") or "")
-            if not name:
-                continue
+        for name in await self._fleet.model_names():
             try:
                 models.append(await self.get(name))
             except UnknownModel:

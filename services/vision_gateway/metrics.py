@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from common.metrics import HTTP_DURATION_BUCKETS, MetricFactory
+from services.vision_gateway.fleet.metrics import FleetMetrics
 
 # Cold model loads take seconds to minutes, so the top buckets are generous.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
@@ -22,6 +23,7 @@ class GatewayMetrics:
         self._define_stream_metrics(factory)
         self._define_upstream_metrics(factory)
         self._define_outcome_metrics(factory)
+        self.fleet = FleetMetrics(factory)  # per Ollama backend
 
     def _define_stream_metrics(self, m: MetricFactory) -> None:
         self.streams = m.counter("vision_gateway_streams_total", "Streams ended, by outcome.", ["model", "outcome"])

@@ -1,14 +1,16 @@
 """Ollama's native API over one aiohttp ClientSession: /api/show, /api/tags, streaming /api/chat.
 
-Any NDJSON line with an `error` key is a failure, whatever the HTTP status (Ollama <= 0.12.5
-sends runner errors as HTTP 200 + an error line). Connection failures and 5xx are retried only
-before the first chunk has been read; closing the response is what stops Ollama generating.
+One OllamaClient per backend, all over the app's one session; each method is one attempt, and
+the fleet (services/vision_gateway/fleet/) retries it on this backend or the next. Any NDJSON line
+with an `error` key is a failure, whatever the HTTP status (Ollama <= 0.12.5 sends runner errors as
+HTTP 200 + an error line). Connection failures and 5xx are Retryable only before the first chunk
+has been read; closing the response is what stops Ollama generating.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +82,12 @@ class ChatStream:
         self._response = response
         self._first: ChatChunk | None = first
         self.first_chunk_seconds = first_chunk_seconds
+        self.backend = ""  # which Ollama serves it (host:port), set by the fleet
+        self._on_close: Callable[[], None] | None = None
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once, on the first close (the fleet counts the backend's streams so)."""
+        self._on_close = callback
 
     async def chunks(self) -> AsyncIterator[ChatChunk]:
         if self._first is not None:
@@ -110,6 +118,9 @@ class ChatStream:
     def close(self) -> None:
         """Drop the connection: this is what makes Ollama stop generating."""
         self._response.close()
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            callback()
 
 
 class OllamaClient(UpstreamClient):
@@ -132,61 +143,61 @@ class OllamaClient(UpstreamClient):
         self._short_timeout = aiohttp.ClientTimeout(total=max(30.0, connect_timeout), sock_connect=connect_timeout)
 
     async def show(self, model: str) -> dict[str, Any] | None:
-        """Model details, or None when Ollama does not have the model."""
-
-        async def attempt() -> dict[str, Any] | None:
-            url = f"{self._base}/api/show"
-            async with self._exchange("POST", url, json={"model": model}, timeout=self._short_timeout) as response:
-                if response.status == 404:
-                    return None
-                if response.status != 200:
-                    raise await _refused(response, f"Ollama could not describe the model {model!r}")
-                details: dict[str, Any] = await response.json()
-                return details
-
-        return await self._call(attempt)
+        """Model details, or None when Ollama does not have the model. One attempt: the fleet
+        (services/vision_gateway/fleet/) retries, on this backend or the next."""
+        url = f"{self._base}/api/show"
+        async with self._exchange("POST", url, json={"model": model}, timeout=self._short_timeout) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise await _refused(response, f"Ollama could not describe the model {model!r}")
+            details: dict[str, Any] = await response.json()
+            return details
 
     async def tags(self) -> list[dict[str, Any]]:
-        async def attempt() -> list[dict[str, Any]]:
-            async with self._exchange("GET", f"{self._base}/api/tags", timeout=self._short_timeout) as response:
-                body = await response.json()
-                return list(body.get("models") or [])
+        """The installed models (one attempt)."""
+        return await self._models("/api/tags")
 
-        return await self._call(attempt)
+    async def running(self) -> list[dict[str, Any]]:
+        """The models loaded in memory now, /api/ps (one attempt)."""
+        return await self._models("/api/ps")
+
+    async def _models(self, path: str) -> list[dict[str, Any]]:
+        async with self._exchange("GET", f"{self._base}{path}", timeout=self._short_timeout) as response:
+            if response.status != 200:
+                raise await _refused(response, f"Ollama could not list its models ({path})")
+            body = await response.json()
+            models = body.get("models") if isinstance(body, dict) else None
+            return [entry for entry in models or [] if isinstance(entry, dict)]
 
     async def open_chat(self, payload: dict[str, Any], *, request_id: str = "") -> ChatStream:
-        """Send the chat request and read its first line (retrying until then)."""
+        """Send the chat request and read its first line. One attempt: a failure before the first
+        line is Retryable, and the fleet tries again (here or on the next backend)."""
         body = orjson.dumps({**payload, "stream": True})
         headers = {"Content-Type": "application/json"}
         if request_id:
             headers["X-Request-ID"] = request_id
-
-        async def attempt() -> ChatStream:
-            started = time.perf_counter()
-            # Not _exchange: the response stays open after the attempt, as the ChatStream.
-            response = await self._open(
-                "POST", f"{self._base}/api/chat", data=body, headers=headers, timeout=self._timeout
-            )
+        started = time.perf_counter()
+        # Not _exchange: the response stays open after the attempt, as the ChatStream.
+        response = await self._open("POST", f"{self._base}/api/chat", data=body, headers=headers, timeout=self._timeout)
+        try:
+            if response.status == 404:
+                raise UnknownModel(f"Ollama does not have the model {payload.get('model')!r}")
+            if response.status != 200:
+                raise await _refused(response, "Ollama refused the request")
             try:
-                if response.status == 404:
-                    raise UnknownModel(f"Ollama does not have the model {payload.get('model')!r}")
-                if response.status != 200:
-                    raise await _refused(response, "Ollama refused the request")
-                try:
+                line = await response.content.readline()
+                while line is not None and line.strip() == b"" and not response.content.at_eof():
                     line = await response.content.readline()
-                    while line is not None and line.strip() == b"" and not response.content.at_eof():
-                        line = await response.content.readline()
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                    raise Retryable(connection_failure(exc)) from exc
-                if not line.strip():
-                    raise Retryable("it ended its answer before the first chunk")
-                first = parse_line(line)  # an error line raises OllamaStreamError (not retried)
-                return ChatStream(response, first, time.perf_counter() - started)
-            except BaseException:
-                response.close()
-                raise
-
-        return await self._call(attempt)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                raise Retryable(connection_failure(exc)) from exc
+            if not line.strip():
+                raise Retryable("it ended its answer before the first chunk")
+            first = parse_line(line)  # an error line raises OllamaStreamError (not retried)
+            return ChatStream(response, first, time.perf_counter() - started)
+        except BaseException:
+            response.close()
+            raise
 
 
 async def _refused(response: aiohttp.ClientResponse, what: str) -> UpstreamRejected:

@@ -74,6 +74,12 @@ def connection_failures_are_retryable(
         raise Retryable(connection_failure(exc, timeout)) from exc
 
 
+def could_not_connect(failure: Retryable) -> bool:
+    """Whether no connection was made at all (refused, unreachable, no name, connect timeout): the
+    upstream's host is down, as opposed to one that answered badly (a 5xx, a body cut short)."""
+    return isinstance(failure.__cause__, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
 def connection_failure(exc: BaseException, timeout: aiohttp.ClientTimeout | None = None) -> str:
     """What happened to a connection, in words for a client (the exception itself is for the log)."""
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):

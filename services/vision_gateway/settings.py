@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Annotated, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr, model_validator
 
 from common.settings.base import EnvSettings, load, setting
-from common.settings.kinds import Csv, HttpUrl, OneOf, Origins
+from common.settings.kinds import Csv, HttpUrl, HttpUrls, OneOf, Origins
 from common.settings.shared import CommonSettings, UploadSettings
 
 FALLBACK_POLICIES: tuple[str, ...] = ("reject", "fallback_model", "text_only")
@@ -32,6 +33,45 @@ class FallbackSettings(EnvSettings):
     def _model_named_when_needed(self) -> FallbackSettings:
         if self.fallback_policy == "fallback_model" and not self.fallback_model:
             raise ValueError("VISION_FALLBACK_MODEL is required when VISION_FALLBACK_POLICY=fallback_model")
+        return self
+
+
+class FleetSettings(EnvSettings):
+    """Several Ollama servers behind one gateway (services/vision_gateway/fleet/)."""
+
+    section: ClassVar[str] = GATEWAY
+
+    explicit_ollama_urls: HttpUrls = setting(
+        "OLLAMA_URLS",
+        (),
+        doc="Ollama backends, comma-separated: each ask goes to a healthy one that has the model (loaded there "
+        "preferred, then the least busy; a conversation stays where its last turn ran). Empty: OLLAMA_URL alone.",
+        example="http://gpu-a:11434,http://gpu-b:11434",
+    )
+    ollama_refresh_seconds: float = setting(
+        "OLLAMA_REFRESH_SECONDS",
+        10.0,
+        ge=0.1,
+        le=3600.0,
+        doc="Seconds between refreshes of each backend's models (/api/tags) and loaded models (/api/ps); a model "
+        "found on no backend triggers a refresh at once.",
+    )
+    ollama_backend_cooldown_seconds: float = setting(
+        "OLLAMA_BACKEND_COOLDOWN_SECONDS",
+        5.0,
+        ge=0.1,
+        le=3600.0,
+        doc="A backend that refuses or times out a connection gets no asks for this long (they go to the others, "
+        "or get 503 with Retry-After); then it is probed (/api/tags) and rejoins when it answers. Short by "
+        "default: with a single backend it is how long an Ollama restart refuses asks.",
+    )
+
+    @model_validator(mode="after")
+    def _one_label_per_backend(self) -> FleetSettings:
+        # Metrics and routing name a backend by host:port: two URLs there would be one backend twice.
+        places = [(parts.hostname, parts.port or parts.scheme) for parts in map(urlsplit, self.explicit_ollama_urls)]
+        if len(set(places)) != len(places):
+            raise ValueError("OLLAMA_URLS names two servers at the same host and port")
         return self
 
 
@@ -59,12 +99,14 @@ class ImageCountSettings(EnvSettings):
         return self
 
 
-class GatewaySettings(FallbackSettings, ImageCountSettings, UploadSettings, CommonSettings):
+class GatewaySettings(FallbackSettings, FleetSettings, ImageCountSettings, UploadSettings, CommonSettings):
     section: ClassVar[str] = GATEWAY
 
     host: str = setting("VISION_GATEWAY_HOST", "0.0.0.0", doc="Listen address.")  # noqa: S104 - a container listens on all interfaces
     port: int = setting("VISION_GATEWAY_PORT", 8082, ge=1, le=65535, doc="Listen port.")
-    ollama_url: HttpUrl = setting("OLLAMA_URL", "http://127.0.0.1:11434", doc="Ollama's base URL.")
+    ollama_url: HttpUrl = setting(
+        "OLLAMA_URL", "http://127.0.0.1:11434", doc="Ollama's base URL (the one backend when OLLAMA_URLS is empty)."
+    )
     image_store_url: HttpUrl = setting("IMAGE_STORE_URL", "http://127.0.0.1:8081", doc="The image-store's base URL.")
     explicit_image_store_token: SecretStr | None = setting(
         "IMAGE_STORE_TOKEN",
@@ -223,6 +265,11 @@ class GatewaySettings(FallbackSettings, ImageCountSettings, UploadSettings, Comm
         if self.explicit_image_store_token is not None:
             return self.explicit_image_store_token
         return SecretStr(self.service_tokens.get_secret_value()[0])
+
+    @property
+    def ollama_urls(self) -> tuple[str, ...]:
+        """The Ollama backends: OLLAMA_URLS when set (it wins), else OLLAMA_URL as a list of one."""
+        return self.explicit_ollama_urls or (self.ollama_url,)
 
     @property
     def image_cache_bytes(self) -> int:

@@ -222,3 +222,22 @@ def test_values_are_trimmed_and_blank_means_unset(tmp_path: Path) -> None:
     }
     store = load_image_store_settings(env)
     assert (store.port, store.log_level, store.allowed_types) == (9001, "info", {"image/png"})
+
+
+def test_ollama_urls_list_the_backends_and_ollama_url_is_a_list_of_one(tmp_path: Path) -> None:
+    env = {**minimal_env(tmp_path), "OLLAMA_URL": "http://solo:11434"}
+    assert load_gateway_settings(env).ollama_urls == ("http://solo:11434",)
+    fleet = load_gateway_settings({**env, "OLLAMA_URLS": " http://gpu-a:11434/, http://gpu-b:11434 ,"})
+    assert fleet.ollama_urls == ("http://gpu-a:11434", "http://gpu-b:11434"), "OLLAMA_URLS wins, trimmed"
+    assert (fleet.ollama_refresh_seconds, fleet.ollama_backend_cooldown_seconds) == (10.0, 5.0)
+    for value, problem in (
+        (
+            "http://gpu-a:11434,ftp://gpu-b",
+            "OLLAMA_URLS must be an http:// or https:// URL with a host, got 'ftp://gpu-b'",
+        ),
+        ("http://gpu-a:11434,http://gpu-a:11434/", "OLLAMA_URLS names one URL twice"),
+        ("http://gpu-a:11434/one,http://gpu-a:11434/two", "OLLAMA_URLS names two servers at the same host and port"),
+    ):
+        with pytest.raises(SettingsError) as caught:
+            load_gateway_settings({**env, "OLLAMA_URLS": value})
+        assert problem in caught.value.problems

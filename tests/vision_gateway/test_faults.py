@@ -142,17 +142,22 @@ async def test_image_store_down_is_retried_then_503(stack: Stack, db: asyncpg.Co
     assert 'vision_gateway_upstream_retries_total{target="image_store"} 2.0' in metrics
 
 
-async def test_ollama_down_is_retried_then_503(stack: Stack, db: asyncpg.Connection) -> None:
-    gateway = await stack.make_gateway(OLLAMA_URL=closed_port_url())
+async def test_ollama_down_is_503_with_retry_after(stack: Stack, db: asyncpg.Connection) -> None:
+    """Nothing listens at OLLAMA_URL: the backend is marked down (connect refused) for its cooldown,
+    and asks meanwhile are 503 upstream_unavailable with the cooldown's end as Retry-After."""
+    url = closed_port_url()
+    gateway = await stack.make_gateway(OLLAMA_URL=url, OLLAMA_BACKEND_COOLDOWN_SECONDS="20")
     response = await ask(gateway, {"message": "hi", "model": "llava"})
     assert response.status == 503
     body = await response.json()
     assert body["error"]["code"] == "upstream_unavailable"
-    assert "Ollama" in body["error"]["message"]
+    assert body["error"]["message"] == "Ollama is unavailable: could not connect"
     assert_plain(body["error"]["message"])
+    assert 15 <= int(response.headers["Retry-After"]) <= 20
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     metrics = await (await gateway.get("/metrics")).text()
-    assert 'vision_gateway_upstream_retries_total{target="ollama"} 2.0' in metrics
+    backend = url.removeprefix("http://")
+    assert f'vision_gateway_backend_up{{backend="{backend}"}} 0.0' in metrics
 
 
 async def test_ollama_503_before_first_byte_is_retried(stack: Stack) -> None:

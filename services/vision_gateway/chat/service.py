@@ -30,9 +30,9 @@ from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
 from services.vision_gateway.chat.request import ChatRequest, RequestLimits, Think
 from services.vision_gateway.chat.turn import Caller, OpenTurn, PreparedChat, SentMessage, open_turn
+from services.vision_gateway.fleet.fleet import OllamaFleet
 from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.repository import ConversationRepository, StoredMessage
 from services.vision_gateway.settings import GatewaySettings
 from services.vision_gateway.streams import StreamRegistry
@@ -59,7 +59,7 @@ class ChatService:
         self,
         settings: GatewaySettings,
         *,
-        ollama: OllamaClient,
+        ollama: OllamaFleet,
         models: VisionModelService,
         store: ImageStoreClient,
         images: ImageSource,
@@ -181,7 +181,11 @@ class ChatService:
         """Stream the answer to `sink`; returns the outcome. The (partial) answer is always stored."""
         async with turn:
             with self.registry.register(turn.stream_id, turn.caller.user_id, turn.message_id) as live:
-                return await StreamRelay(turn, sink, live, self._writer(turn), self._metrics).run()
+                try:
+                    return await StreamRelay(turn, sink, live, self._writer(turn), self._metrics).run()
+                finally:
+                    # Affinity: the next turn goes where this one ran (its prompt cache is there).
+                    self._ollama.remember(turn.turn.conversation_id, turn.backend)
 
     def _writer(self, turn: OpenTurn) -> AnswerWriter:
         return AnswerWriter(

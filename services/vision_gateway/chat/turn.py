@@ -19,7 +19,8 @@ from typing import Any
 from common.errors import UpstreamRejected
 from services.vision_gateway.chat import events
 from services.vision_gateway.chat.request import ChatRequest
-from services.vision_gateway.ollama_client import ChatStream, OllamaClient, OllamaStreamError
+from services.vision_gateway.fleet.fleet import OllamaFleet
+from services.vision_gateway.ollama_client import ChatStream, OllamaStreamError
 from services.vision_gateway.repository import ConversationRepository, NewTurn
 
 
@@ -106,6 +107,14 @@ class OpenTurn:
             waiter.cancel()
         return self._opening.result() if self._opening.done() else None
 
+    @property
+    def backend(self) -> str | None:
+        """The Ollama backend (host:port) that answers, once its stream opened."""
+        opening = self._opening
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            return opening.result().backend
+        return None
+
     def close(self) -> None:
         _close_opening(self._opening)
 
@@ -124,7 +133,7 @@ class OpenTurn:
 async def open_turn(
     prepared: PreparedChat,
     *,
-    ollama: OllamaClient,
+    ollama: OllamaFleet,
     repository: ConversationRepository,
     grace_seconds: float,
 ) -> OpenTurn:
@@ -134,7 +143,11 @@ async def open_turn(
     starts streaming (and pinging) anyway.
     """
     request, caller = prepared.request, prepared.caller
-    opening = asyncio.create_task(ollama.open_chat(prepared.ollama_payload(), request_id=caller.request_id))
+    opening = asyncio.create_task(
+        ollama.open_chat(
+            prepared.ollama_payload(), request_id=caller.request_id, conversation_id=request.conversation_id
+        )
+    )
     stream_id = uuid.uuid4()
     recording = asyncio.create_task(
         repository.start_turn(

@@ -1,0 +1,137 @@
+"""BackendRegistry: what each Ollama backend has and whether it is up, kept fresh in the background.
+
+Every OLLAMA_REFRESH_SECONDS each backend that is up is asked for its models (/api/tags) and its
+loaded models (/api/ps); `refresh()` does the same at once when an ask names a model no backend
+lists (concurrent callers share one refresh). A backend that refuses or times out a connection,
+here or for an ask, is marked down for OLLAMA_BACKEND_COOLDOWN_SECONDS: no asks go to it, and when
+the cooldown ends the loop probes it (the same refresh); it is up again once the probe answers, or
+down for another cooldown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import aiohttp
+import structlog
+
+from common.errors import ApiError
+from common.failures import failure_detail
+from common.singleflight import SingleFlight
+from services.vision_gateway.fleet.backend import Backend, model_key
+from services.vision_gateway.fleet.metrics import FleetMetrics
+from services.vision_gateway.retry import Retryable, could_not_connect
+
+log = structlog.get_logger("retina.vision_gateway.fleet")
+
+
+class BackendRegistry:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        metrics: FleetMetrics,
+        *,
+        refresh_seconds: float,
+        cooldown_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backends = tuple(backends)
+        self._by_label = {backend.label: backend for backend in self.backends}
+        self._metrics = metrics
+        self._refresh_seconds = refresh_seconds
+        self._cooldown = cooldown_seconds
+        self._clock = clock
+        self._flights: SingleFlight[str, None] = SingleFlight()
+        self._wake = asyncio.Event()  # set when a backend goes down: the loop plans its probe
+        for backend in self.backends:
+            metrics.add_backend(backend.label)
+
+    def get(self, label: str) -> Backend:
+        return self._by_label[label]
+
+    def holders(self, model: str) -> list[Backend]:
+        """Backends whose last listing has `model`, up or not, in configured order."""
+        key = model_key(model)
+        return [backend for backend in self.backends if backend.has(key)]
+
+    def all_listed(self) -> bool:
+        """Every backend has answered /api/tags at least once (so a model none lists is unknown)."""
+        return all(backend.listed for backend in self.backends)
+
+    def retry_after(self) -> int:
+        """Seconds until the first cooldown ends (when a backend is probed again), at least 1."""
+        ends = [b.down_until for b in self.backends if b.down_until is not None]
+        return max(1, math.ceil(min(ends) - self._clock())) if ends else 1
+
+    def mark_down(self, backend: Backend, reason: str, failure: BaseException | None = None) -> None:
+        if backend.up:
+            log.warning("ollama_backend_down", backend=backend.label, reason=reason)
+        backend.down_until = self._clock() + self._cooldown
+        self._failed(backend, reason, failure)
+        self._metrics.up.labels(backend.label).set(0)
+        self._wake.set()
+
+    def _mark_up(self, backend: Backend) -> None:
+        if not backend.up:
+            log.info("ollama_backend_up", backend=backend.label)
+        backend.down_until = None
+        self._failed(backend, "", None)
+        self._metrics.up.labels(backend.label).set(1)
+
+    async def refresh(self) -> None:
+        """Refresh every backend that is up or due for its probe, now (joining a refresh under way)."""
+        await self._flights.run("all", self._refresh_due)
+
+    async def _refresh_due(self) -> None:
+        now = self._clock()
+        due = [b for b in self.backends if b.down_until is None or b.down_until <= now]
+        await asyncio.gather(*(self._refresh(backend) for backend in due))
+
+    async def _refresh(self, backend: Backend) -> None:
+        try:
+            tags = await backend.client.tags()
+            running = await backend.client.running()
+        except Retryable as exc:
+            self._refresh_failed(backend, exc.reason, exc, down=could_not_connect(exc))
+            return
+        except (ApiError, aiohttp.ClientError, ValueError) as exc:  # a 4xx, or a body that is not the JSON expected
+            self._refresh_failed(backend, "it did not list its models", exc, down=False)
+            return
+        backend.take_listing(tags, running)
+        self._mark_up(backend)
+
+    def _refresh_failed(self, backend: Backend, reason: str, failure: BaseException, *, down: bool) -> None:
+        """A backend that cannot be reached is down; one that answers badly keeps its last listing
+        and its asks (they fail over), unless this was the probe of a down one: then it stays down."""
+        if down or not backend.up:
+            self.mark_down(backend, reason, failure)
+            return
+        self._failed(backend, reason, failure)
+        log.warning("ollama_backend_refresh_failed", backend=backend.label, reason=reason)
+
+    @staticmethod
+    def _failed(backend: Backend, reason: str, failure: BaseException | None) -> None:
+        backend.failure = reason
+        backend.failure_detail = failure_detail(failure) if failure is not None else ""
+
+    async def run(self) -> None:
+        """The background loop: refresh now, then every refresh interval, and at each cooldown's end."""
+        next_refresh = self._clock()
+        while True:
+            if self._clock() >= next_refresh:
+                next_refresh = self._clock() + self._refresh_seconds
+                await self.refresh()
+            elif self._probe_due():
+                await self.refresh()
+            wake = min([next_refresh, *(b.down_until for b in self.backends if b.down_until is not None)])
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):  # or sooner: a backend went down, its probe is due earlier
+                await asyncio.wait_for(self._wake.wait(), max(0.01, wake - self._clock()))
+
+    def _probe_due(self) -> bool:
+        now = self._clock()
+        return any(b.down_until is not None and b.down_until <= now for b in self.backends)
