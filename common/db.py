@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -59,12 +59,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
-async def open_pool(dsn: str, *, min_size: int, max_size: int) -> AsyncIterator[asyncpg.Pool]:
+async def open_pool(
+    dsn: str, *, min_size: int, max_size: int, on_connect: Callable[[asyncpg.Connection], None] | None = None
+) -> AsyncIterator[asyncpg.Pool]:
+    """`on_connect` also runs for each new connection (common/tracing adds its query logger there)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if on_connect is not None:
+            on_connect(conn)
+
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init,
         connection_class=_Connection,
         reset=_reset_on_release,
         command_timeout=30,
