@@ -98,3 +98,18 @@ class OtlpReceiver:
             assert time.monotonic() < deadline, f"no span {name!r} arrived; got {self.spans}"
             await asyncio.sleep(0.05)
         return self.named(name, service)[0]
+
+
+# Every variable that could turn tracing on or change it, cleared around tests that set their own.
+OTEL_VARIABLES = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+)

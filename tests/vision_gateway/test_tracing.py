@@ -9,8 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -20,41 +19,22 @@ from common.tracing.config import TracingMisconfigured, tracing_exporters
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import auth_headers
-from tests.otlp_receiver import CLIENT, INTERNAL, SERVER, OtlpReceiver, ReceivedSpan
+from tests.otlp_receiver import (
+    CLIENT,
+    INTERNAL,
+    SERVER,
+    OtlpReceiver,
+    ReceivedSpan,
+)
 from tests.vision_gateway.conftest import Stack, big_photo, read_sse
 
 SECRET_QUESTION = "Is the zebra-violet-quokka in this picture?"
-OTEL_VARIABLES = (
-    "OTEL_SDK_DISABLED",
-    "OTEL_TRACES_EXPORTER",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_SERVICE_NAME",
-    "OTEL_RESOURCE_ATTRIBUTES",
-    "OTEL_TRACES_SAMPLER",
-)
 
 
 @pytest.fixture
-def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in OTEL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def receiver(no_otel_env: None, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> OtlpReceiver:
-    """The receiver, and the environment that points both services at it (set before the stack is built)."""
-    collector = OtlpReceiver()
-    server = await aiohttp_server(collector.make_app())
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", str(server.make_url("")).rstrip("/"))
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
-    return collector
-
-
-@pytest.fixture
-async def traced_stack(receiver: OtlpReceiver, stack: Stack) -> AsyncIterator[Stack]:
+async def traced_stack(otlp_receiver: OtlpReceiver, stack: Stack) -> Stack:
+    """The stack, built after `otlp_receiver` has set the OTEL_* variables it reads at start."""
+    del otlp_receiver
     return stack
 
 
@@ -85,7 +65,7 @@ def _ancestors(span: ReceivedSpan, tree: dict[str, ReceivedSpan]) -> list[Receiv
 
 
 async def test_a_multipart_ask_with_one_image_is_one_trace_across_both_services(
-    traced_stack: Stack, receiver: OtlpReceiver, log_lines: io.StringIO
+    traced_stack: Stack, otlp_receiver: OtlpReceiver, log_lines: io.StringIO
 ) -> None:
     image = big_photo(800, 600)
     form = aiohttp.FormData()
@@ -100,9 +80,9 @@ async def test_a_multipart_ask_with_one_image_is_one_trace_across_both_services(
     assert answer
     assert done["stats"]["completion_tokens"] > 0
 
-    ask = await receiver.wait_for("POST /api/stream-message", "vision_gateway")
-    chat = await receiver.wait_for(f"chat {start['model']}", "vision_gateway")
-    tree = _tree_of(receiver.spans, ask.trace_id)
+    ask = await otlp_receiver.wait_for("POST /api/stream-message", "vision_gateway")
+    chat = await otlp_receiver.wait_for(f"chat {start['model']}", "vision_gateway")
+    tree = _tree_of(otlp_receiver.spans, ask.trace_id)
 
     # One trace: the gateway's request is its root; everything else descends from it, both services.
     assert ask.kind == SERVER
@@ -166,11 +146,11 @@ async def test_a_multipart_ask_with_one_image_is_one_trace_across_both_services(
     assert "first_token" in chat.events
 
     # Never the message, the answer or the image: not in any attribute, not anywhere in what was sent.
-    exported = b"".join(receiver.bodies)
+    exported = b"".join(otlp_receiver.bodies)
     for text in (SECRET_QUESTION, "zebra-violet-quokka", answer.strip()[:40]):
         assert text.encode() not in exported, f"{text!r} was exported"
     assert image[2000:2032] not in exported, "image bytes were exported"
-    assert receiver.content_types == {"application/x-protobuf"}
+    assert otlp_receiver.content_types == {"application/x-protobuf"}
 
     # Every log line written inside the traced requests names the trace and the span it was in.
     records = [json.loads(line) for line in log_lines.getvalue().splitlines() if line.startswith("{")]
@@ -182,7 +162,7 @@ async def test_a_multipart_ask_with_one_image_is_one_trace_across_both_services(
 
 
 async def test_an_incoming_traceparent_is_continued_and_probes_are_not_traced(
-    traced_stack: Stack, receiver: OtlpReceiver
+    traced_stack: Stack, otlp_receiver: OtlpReceiver
 ) -> None:
     """A chat backend that traces passes its traceparent; the gateway's spans join that trace."""
     parent_trace, parent_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -191,9 +171,9 @@ async def test_an_incoming_traceparent_is_continued_and_probes_are_not_traced(
     assert models.status == 200, await models.text()
     probe = await traced_stack.gateway.get("/readyz")
     assert probe.status == 200
-    span = await receiver.wait_for("GET /api/models", "vision_gateway")
+    span = await otlp_receiver.wait_for("GET /api/models", "vision_gateway")
     assert (span.trace_id, span.parent_span_id) == (parent_trace, parent_span)
-    assert not [s for s in receiver.spans if s.name.endswith(("/readyz", "/livez", "/metrics"))]
+    assert not [s for s in otlp_receiver.spans if s.name.endswith(("/readyz", "/livez", "/metrics"))]
 
 
 async def test_without_otel_variables_nothing_is_installed(no_otel_env: None, service_env: dict[str, str]) -> None:
