@@ -45,10 +45,11 @@ def scratch_database(admin_url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def service(command: str, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def service(command: str, port: int, env: dict[str, str], *, root: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """`root`: the checkout whose code runs (another commit's, to compare before and after)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", command, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
+        cwd=root,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

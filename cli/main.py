@@ -19,6 +19,7 @@ from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
 from common.settings import CommonSettings, SettingsError, load_database_settings
 from common.settings.kinds import directories_untouched
+from common.tracing.config import tracing_exporters
 from services.image_store.maintenance.repair_guard import DEFAULT_MAX_MISSING_PERCENT
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.settings import load_gateway_settings
@@ -133,6 +134,7 @@ def _run_service(name: str, host: str | None, port: int | None) -> int:
 
 def _serve(name: str, common: CommonSettings, make_app: Callable[[], web.Application], host: str, port: int) -> int:
     """Logging as configured first (the app logs while it is built), then serve until a signal."""
+    load_or_exit(tracing_exporters, os.environ)  # OTEL_* variables this build cannot honour
     ensure_free(host, port, name, "--port")
     configure_logging(common.log_level, common.log_format)
     spec = ServiceSpec(name, make_app(), host, port)

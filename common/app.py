@@ -24,11 +24,16 @@ from common.http.request_context import (
 )
 from common.metrics import HttpMetrics, build_info, metrics_handler, new_registry
 from common.settings import CommonSettings
+from common.tracing.db import trace_queries
+from common.tracing.http import tracing_middleware
+from common.tracing.setup import Tracing, tracing_from_env
 
 SETTINGS_KEY = web.AppKey("common_settings", CommonSettings)
 REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
 POOL_KEY = web.AppKey("db_pool", asyncpg.Pool)
 AUTH_KEY = web.AppKey("service_auth", ServiceAuth)
+# Present only when the OTEL_* variables turn tracing on (common/tracing).
+TRACING_KEY = web.AppKey("tracing", Tracing)
 
 
 def package_version() -> str:
@@ -42,11 +47,21 @@ def create_service_app(*, service: str, settings: CommonSettings, client_max_siz
     registry = new_registry()
     build_info(registry, service, package_version())
     http_metrics = HttpMetrics(registry)
+    tracing = tracing_from_env(service)
     app = web.Application(
-        # Metrics wrap the error middleware so they count the status the client actually got.
-        middlewares=[request_context_middleware, http_metrics.middleware(), error_middleware],
+        # Metrics wrap the error middleware so they count the status the client actually got; the
+        # request's span (when tracing) wraps everything, so every log line of the request is in it.
+        middlewares=[
+            *([tracing_middleware(tracing)] if tracing else []),
+            request_context_middleware,
+            http_metrics.middleware(),
+            error_middleware,
+        ],
         client_max_size=client_max_size,
     )
+    if tracing is not None:
+        app[TRACING_KEY] = tracing
+        app.cleanup_ctx.append(tracing.running)
     app[SERVICE_NAME_KEY] = service
     app[SETTINGS_KEY] = settings
     app[REGISTRY_KEY] = registry
@@ -69,6 +84,7 @@ async def _database_pool(app: web.Application) -> AsyncIterator[None]:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         transaction_pooler=settings.transaction_pooler,
+        on_connect=trace_queries if TRACING_KEY in app else None,
     ) as pool:
         app[POOL_KEY] = pool
         readiness = app[READINESS_KEY]

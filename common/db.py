@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -85,13 +85,25 @@ async def connect(dsn: str, *, transaction_pooler: bool = False, connect_timeout
 
 @asynccontextmanager
 async def open_pool(
-    dsn: str, *, min_size: int, max_size: int, transaction_pooler: bool = False
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    transaction_pooler: bool = False,
+    on_connect: Callable[[asyncpg.Connection], None] | None = None,
 ) -> AsyncIterator[asyncpg.Pool]:
+    """`on_connect` also runs for each new connection (common/tracing adds its query logger there)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if on_connect is not None:
+            on_connect(conn)
+
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init,
         connection_class=_Connection,
         reset=_no_reset if transaction_pooler else _reset_on_release,
         command_timeout=30,

@@ -12,6 +12,8 @@ import sys
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
+from common.tracing.logs import add_trace_ids
+
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Route structlog and stdlib logging (aiohttp, asyncpg) through one JSON renderer."""
@@ -22,6 +24,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         # Render tracebacks when the event happens; by format time the exception may be gone.
         structlog.processors.format_exc_info,
+        # trace_id/span_id inside a traced request (OTEL_* variables); one ContextVar lookup otherwise.
+        add_trace_ids,
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)

@@ -6,6 +6,7 @@ import os
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,6 +19,7 @@ from services.image_store.imaging.decode_pool import worker_processes
 from services.image_store.settings import ImageStoreSettings, load_image_store_settings
 from services.vision_gateway.settings import GatewaySettings, load_gateway_settings
 from tests.image_store.s3_support import MotoServer
+from tests.otlp_receiver import OTEL_VARIABLES, OtlpReceiver
 from tests.pgbouncer import INSTALL_HINT, PgBouncer, find_pgbouncer
 from tests.postgres import DatabaseFactory, embedded_server, server_gone, without_password
 
@@ -238,3 +240,22 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
         yield server
     finally:
         server.stop()
+
+
+# ---- tracing: a real OTLP/HTTP receiver the services export to (tests/otlp_receiver.py) ----
+
+
+@pytest.fixture
+def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def otlp_receiver(no_otel_env: None, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> OtlpReceiver:
+    """A receiver, and the environment that points the services at it: request it before the apps."""
+    collector = OtlpReceiver()
+    server = await aiohttp_server(collector.make_app())
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", str(server.make_url("")).rstrip("/"))
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # milliseconds: spans arrive while the test waits
+    return collector

@@ -46,10 +46,12 @@ from prometheus_client import Gauge
 
 from common.errors import ApiError, BadRequest, Busy, InvalidImage, StorageUnavailable, UploadDisabled
 from common.rate_limit import RateLimiter
+from common.tracing.spans import traced
 from services.image_store.deletion import BlobRemover
 from services.image_store.filenames import sanitize_filename
 from services.image_store.imaging.decode_pool import DecodePool, DecoderBusy, DecodeTimeout
 from services.image_store.imaging.pipeline import ValidationLimits
+from services.image_store.imaging.trace_attributes import decode_span_attributes
 from services.image_store.metrics import ImageStoreMetrics
 from services.image_store.models import BlobInfo, BlobState, ImageRow
 from services.image_store.repository import ImageRepository
@@ -176,8 +178,10 @@ class ImageUploads:
     async def _process(self, source: Path, processed_path: Path) -> BlobInfo:
         """Validate and re-encode in a decode worker; describes the blob written to `processed_path`."""
         try:
-            with _gauge_inc(self.metrics.decodes_in_flight):
+            with _gauge_inc(self.metrics.decodes_in_flight), traced("image decode") as span:
                 processed = await self.decoder.process(source, processed_path, self.limits)
+                if span is not None:
+                    span.set_attributes(decode_span_attributes(processed))
         except DecoderBusy as exc:
             raise Busy("the server is busy processing images; retry shortly", retry_after=2) from exc
         except DecodeTimeout as exc:

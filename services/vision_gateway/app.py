@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from common.app import POOL_KEY, REGISTRY_KEY, SETTINGS_KEY, create_service_app
+from common.app import POOL_KEY, REGISTRY_KEY, SETTINGS_KEY, TRACING_KEY, create_service_app
 from common.background import in_background
 from common.content_disposition import ignore_aiohttp_disposition_warnings
 from common.health import READINESS_KEY
 from common.http.cors import enable_cors
 from common.http.error_middleware import API_ERROR_OBSERVER_KEY
+from common.tracing.http import client_trace_configs
 from services.vision_gateway.admission import PrepBudget, StreamAdmission
 from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
@@ -79,7 +80,9 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     )
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
     try:
-        async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, raise_for_status=False, trace_configs=client_trace_configs(app.get(TRACING_KEY))
+        ) as session:
             registry, repository, pending, backends = _install_services(app, session, metrics, preparer)
             common = app[SETTINGS_KEY]
             dsn = common.database_url.get_secret_value()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 from PIL import Image
 
+from common.tracing.spans import traced
+
 JPEG_QUALITY = 85
 # Modes thumbnail() resizes as they are (P and 16-bit modes are converted first).
 RESIZABLE_MODES = ("RGB", "RGBA", "L", "LA")
@@ -93,7 +95,10 @@ class ImagePreparer:
         if cached is not None:
             return cached
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._executor, prepare_for_model, data, self.max_edge)
+        with traced("image prepare", {"retina.image.input_bytes": len(data)}) as span:
+            prepared = await loop.run_in_executor(self._executor, prepare_for_model, data, self.max_edge)
+            if span is not None:
+                span.set_attributes({"retina.image.width": prepared.width, "retina.image.height": prepared.height})
         self._remember(sha256, prepared)
         return prepared
 

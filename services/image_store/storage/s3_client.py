@@ -22,8 +22,10 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry.trace import SpanKind
 
 from common.errors import StorageUnavailable
+from common.tracing.spans import traced
 from services.image_store.settings import S3Settings
 
 if TYPE_CHECKING:  # stubs only (types-aiobotocore-s3); nothing to import at run time
@@ -70,7 +72,28 @@ async def s3_client(settings: S3Settings) -> AsyncIterator[S3Client]:
 
 @contextlib.contextmanager
 def unavailable_on_failure(operation: str) -> Iterator[None]:
-    """Transport failures, server errors left after retries and a call's deadline become a clear 503."""
+    """Transport failures, server errors left after retries and a call's deadline become a clear 503.
+
+    Every S3 call goes through here, so here is its span (when the request is traced): retries
+    and backoff inside it, a missing object or an existing key a normal outcome.
+    """
+    attributes = {**_S3_SPAN_ATTRIBUTES, "rpc.method": operation}
+    with (
+        traced(f"S3 {operation}", attributes, kind=SpanKind.CLIENT, expected=_is_expected),
+        _unavailable_on_failure(operation),
+    ):
+        yield
+
+
+_S3_SPAN_ATTRIBUTES = {"rpc.system": "aws-api", "rpc.service": "S3"}
+
+
+def _is_expected(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError) and error_code(exc) in ABSENT | ALREADY_THERE
+
+
+@contextlib.contextmanager
+def _unavailable_on_failure(operation: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:

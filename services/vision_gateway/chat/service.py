@@ -29,6 +29,7 @@ from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
 from services.vision_gateway.chat.request import ChatRequest, RequestLimits, Think
+from services.vision_gateway.chat.trace_span import ask_span
 from services.vision_gateway.chat.turn import Caller, OpenTurn, PreparedChat, SentMessage, open_turn
 from services.vision_gateway.fleet.fleet import OllamaFleet
 from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClient
@@ -181,8 +182,10 @@ class ChatService:
         """Stream the answer to `sink`; returns the outcome. The (partial) answer is always stored."""
         async with turn:
             with self.registry.register(turn.stream_id, turn.caller.user_id, turn.message_id) as live:
+                relay = StreamRelay(turn, sink, live, self._writer(turn), self._metrics)
                 try:
-                    return await StreamRelay(turn, sink, live, self._writer(turn), self._metrics).run()
+                    with ask_span(relay):
+                        return await relay.run()
                 finally:
                     # Affinity: the next turn goes where this one ran (its prompt cache is there).
                     self._ollama.remember(turn.turn.conversation_id, turn.backend)
