@@ -189,10 +189,20 @@ def route_logs_to_file(state_dir: Path) -> Path:
     root = logging.getLogger()
     console = root.handlers[0] if root.handlers else logging.StreamHandler(sys.stdout)
     console.setLevel(logging.WARNING)
+    console.addFilter(_not_ollama_reachability)
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(console.formatter)
     root.handlers[:] = [console, to_file]
     return path
+
+
+# The banner's ollama line says whether Ollama answers (and what to do); the gateway's fleet
+# registry says the same as a warning at start-up. Its lines go to the log file only.
+OLLAMA_REACHABILITY_LOGGER = "retina.vision_gateway.fleet"
+
+
+def _not_ollama_reachability(record: logging.LogRecord) -> bool:
+    return record.name != OLLAMA_REACHABILITY_LOGGER or record.levelno >= logging.ERROR
 
 
 def migrations_summary(applied: list[str]) -> str:
