@@ -29,20 +29,9 @@ from pathlib import Path
 from PIL import Image
 
 from bench._photos import photo
-from bench._stack import TOKEN, free_port, scratch_database, service, store_env
+from bench._stack import TOKEN, cpu_seconds, free_port, scratch_database, service, store_env
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "X-User-Id": "bench"}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> tuple[float, float]:
-    """(utime, stime) of the given processes (fields 14 and 15 of /proc/<pid>/stat)."""
-    user = system = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user += int(fields[11])
-        system += int(fields[12])
-    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def wrk(url: str, headers: dict[str, str], seconds: int) -> int:
