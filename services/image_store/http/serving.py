@@ -44,6 +44,10 @@ def image_headers(row: ImageRow, max_age: int, resource_policy: str = "same-site
     }
 
 
+# Reads of the fallback path (where the event loop has no sendfile).
+CHUNK_BYTES = 256 * 1024
+
+
 def _plain_socket(transport: asyncio.Transport) -> Any:
     """The transport's socket when bytes may be written to it directly (not TLS, nothing queued)."""
     if transport.is_closing() or transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
@@ -151,4 +155,21 @@ class ImageBytesResponse(web.StreamResponse):
             _send_headers(transport, headers)
         sent = _send_now(transport, self._file, self._offset, self._count)
         if sent < self._count:
-            await asyncio.get_running_loop().sendfile(transport, self._file, self._offset + sent, self._count - sent)
+            await self._send_rest(transport, self._offset + sent, self._count - sent)
+
+    async def _send_rest(self, transport: asyncio.Transport, offset: int, count: int) -> None:
+        """What the socket did not take at once: `loop.sendfile` waits for room; uvloop has none
+        (NotImplementedError), so there the rest goes in chunks read off the loop, with aiohttp's
+        flow control between them."""
+        try:
+            await asyncio.get_running_loop().sendfile(transport, self._file, offset, count)
+            return
+        except NotImplementedError:
+            pass
+        end = offset + count
+        while offset < end:
+            chunk = await asyncio.to_thread(os.pread, self._file.fileno(), min(CHUNK_BYTES, end - offset), offset)
+            if not chunk:
+                raise ConnectionResetError("the image file is shorter than announced")
+            await super().write(chunk)
+            offset += len(chunk)
