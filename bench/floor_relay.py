@@ -12,12 +12,15 @@ served from a dict: a floor that "checks and caches" the image. Run by bench/flo
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import time
 import uuid
 from typing import Any
 
 import aiohttp
 import orjson
+import uvloop
 from aiohttp import web
 
 from services.vision_gateway.image_prep import prepare_for_model
@@ -89,7 +92,10 @@ def main() -> None:
     parser.add_argument("--store")
     parser.add_argument("--token", default="")
     args = parser.parse_args()
-    web.run_app(create_app(args.ollama, args.store, args.token), host="127.0.0.1", port=args.port, access_log=None)
+    # The same loop as the gateway's (EVENT_LOOP), so the comparison is of the code, not the loop.
+    loop = uvloop.new_event_loop() if os.environ.get("EVENT_LOOP", "uvloop") == "uvloop" else asyncio.new_event_loop()
+    app = create_app(args.ollama, args.store, args.token)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, loop=loop)
 
 
 if __name__ == "__main__":
