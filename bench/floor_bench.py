@@ -72,6 +72,21 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def store_requests(store: str) -> dict[str, float]:
+    """Requests the image-store answered, by method and route, from its own /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{store}/metrics") as response:
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("http_server_requests_total{") and "/metrics" not in line and "readyz" not in line:
+            labels, value = line.rsplit(" ", 1)
+            key = labels[labels.index("{") + 1 : -1]
+            counts[key] = counts.get(key, 0) + float(value)
+    return counts
+
+
 def cpu_total(pids: set[int]) -> float:
     return sum(cpu_seconds(pids))
 
@@ -164,7 +179,12 @@ def run(admin_url: str, reps: int, streams: int) -> None:
             )
         )
         print(f"load average after: {load_average()}")
+        requests = store_requests(store)
     report(targets, streams)
+    asks = len(targets["gateway, 1 image"].ttft) + WARM_UP_STREAMS
+    print(f"image-store requests per gateway ask about the image ({asks} asks, the floor's one fetch included):")
+    for route, count in sorted(requests.items()):
+        print(f"  {route}: {count / asks:.2f}")
 
 
 def main() -> None:
