@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -46,11 +46,23 @@ def scratch_database(admin_url: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def service(command: str, port: int, env: dict[str, str], *, root: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
-    """`root`: the checkout whose code runs (another commit's, to compare before and after)."""
+    """`retina <command>` as its own process, until its /readyz answers 200.
+
+    `root`: the checkout whose code runs (another commit's, to compare before and after)."""
+    args = ["-m", "cli.main", command, "--host", "127.0.0.1", "--port", str(port)]
+    with python_process(args, port, env, name=command, root=root) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def python_process(
+    args: list[str], port: int, env: dict[str, str] | None = None, *, name: str = "", root: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python <args>` from `root` (the repository's by default), until http://127.0.0.1:<port>/readyz answers 200."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", command, "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, *args],
         cwd=root,
-        env={**os.environ, **env},
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -64,12 +76,41 @@ def service(command: str, port: int, env: dict[str, str], *, root: Path = ROOT) 
             time.sleep(0.1)
     else:
         process.kill()
-        raise RuntimeError(f"{command} did not become ready")
+        raise RuntimeError(f"{name or args} did not become ready")
     try:
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Iterable[int]) -> tuple[float, float]:
+    """(utime, stime) of the given processes (fields 14 and 15 of /proc/<pid>/stat).
+
+    Server CPU per unit of work is what the benchmarks compare: on a shared machine throughput
+    and latency mostly measure the neighbours, a process's own CPU time much less so. A process
+    that has exited counts 0.
+    """
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def database_backend_pids(admin_url: str, database_url: str) -> set[int]:
+    """PostgreSQL backend processes connected to the database of `database_url` (same machine)."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)).fetchall()
+    return {int(row[0]) for row in rows}
 
 
 def rss_bytes(pid: int) -> int:

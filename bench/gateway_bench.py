@@ -71,11 +71,11 @@ async def direct_ttft(session: aiohttp.ClientSession, base: str) -> float:
     return elapsed
 
 
-async def gateway_ttft(session: aiohttp.ClientSession, base: str) -> float:
+async def gateway_ttft(session: aiohttp.ClientSession, base: str, image_ids: tuple[str, ...] = ()) -> float:
+    """Seconds from sending `POST /api/stream-message` to its first chunk event; reads to the end."""
     started = time.perf_counter()
-    async with session.post(
-        f"{base}/api/stream-message", json={"message": "hi", "model": "llava"}, headers=HEADERS
-    ) as response:
+    body = {"message": "hi", "model": "llava", **({"image_ids": list(image_ids)} if image_ids else {})}
+    async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
         assert response.status == 200, await response.text()
         async for line in response.content:
             if line.startswith(b'data: {"type":"chunk"'):

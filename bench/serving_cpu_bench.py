@@ -1,7 +1,10 @@
 """Server CPU per 1,000 requests: nginx, the image-store's /livez, and GET /api/images/{id}.
 
-    BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \
+    BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres [BENCH_EVENT_LOOPS=uvloop,asyncio] \
         .venv/bin/python -m bench.serving_cpu_bench [ROUNDS] [SECONDS]
+
+BENCH_EVENT_LOOPS starts one image-store per loop named (EVENT_LOOP), each compared with its
+own /livez in the same rounds (default: uvloop alone, the services' default).
 
 Why CPU and not requests/s: the machine is shared, so throughput mostly measures the
 neighbours. CPU time the server process itself spent (utime + stime from /proc/<pid>/stat,
@@ -24,25 +27,15 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 from PIL import Image
 
 from bench._photos import photo
-from bench._stack import TOKEN, free_port, scratch_database, service, store_env
+from bench._stack import TOKEN, cpu_seconds, free_port, scratch_database, service, store_env
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "X-User-Id": "bench"}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> tuple[float, float]:
-    """(utime, stime) of the given processes (fields 14 and 15 of /proc/<pid>/stat)."""
-    user = system = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user += int(fields[11])
-        system += int(fields[12])
-    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def wrk(url: str, headers: dict[str, str], seconds: int) -> int:
@@ -95,46 +88,54 @@ def main() -> None:
         sys.exit("this benchmark needs wrk and nginx (apt-get install wrk nginx-light)")
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    # One image-store per loop named, each measured against its own /livez in the same rounds.
+    loops = os.environ.get("BENCH_EVENT_LOOPS", "uvloop").split(",")
     admin_url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     data = sample_jpeg()
     results: dict[str, list[float]] = {}
     kernel: dict[str, list[float]] = {}  # share of the CPU time spent in the kernel (stime)
-    with tempfile.TemporaryDirectory() as raw_tmp, scratch_database(admin_url) as url:
+    with tempfile.TemporaryDirectory() as raw_tmp, scratch_database(admin_url) as url, ExitStack() as stack:
         tmp = Path(raw_tmp)
-        store_port, nginx_port = free_port(), free_port()
-        with service("image-store", store_port, store_env(url, tmp / "images")) as store:
-            base = f"http://127.0.0.1:{store_port}"
+        targets: dict[str, tuple[str, dict[str, str], list[int]]] = {}
+        for loop in loops:
+            port = free_port()
+            env = store_env(url, tmp / "images", EVENT_LOOP=loop)
+            store = stack.enter_context(service("image-store", port, env))
+            base = f"http://127.0.0.1:{port}"
             record = upload(base, data)
-            sha = record["sha256"]
-            nginx, workers = start_nginx(tmp, tmp / "images", nginx_port)
-            targets = {
-                "nginx": (f"http://127.0.0.1:{nginx_port}/{sha[:2]}/{sha[2:4]}/{sha}", {}, workers),
-                "livez": (f"{base}/livez", {}, [store.pid]),
-                "image (token)": (f"{base}/api/images/{record['id']}", HEADERS, [store.pid]),
-                "image (signed URL)": (f"{base}{record['url']}", {}, [store.pid]),
-            }
-            try:
-                for target, headers, _ in targets.values():  # warm up every path once
-                    wrk(target, headers, 1)
-                for _ in range(rounds):
-                    for name, (target, headers, pids) in targets.items():
-                        user_before, system_before = cpu_seconds(pids)
-                        requests = wrk(target, headers, seconds)
-                        user_after, system_after = cpu_seconds(pids)
-                        user, system = user_after - user_before, system_after - system_before
-                        results.setdefault(name, []).append((user + system) * 1000 / requests * 1000)
-                        kernel.setdefault(name, []).append(system / max(user + system, 1e-9))
-            finally:
-                nginx.terminate()
-                nginx.wait(10)
-    print(f"{len(data) / 1024:.0f} KB JPEG, wrk -t2 -c32 -d{seconds}s, {rounds} interleaved rounds")
-    print("server CPU ms per 1,000 requests (each round) | median | median / livez | kernel share")
-    livez = statistics.median(results["livez"])
+            targets[f"{loop}: livez"] = (f"{base}/livez", {}, [store.pid])
+            targets[f"{loop}: image (token)"] = (f"{base}/api/images/{record['id']}", HEADERS, [store.pid])
+            targets[f"{loop}: image (signed URL)"] = (f"{base}{record['url']}", {}, [store.pid])
+        sha = record["sha256"]
+        nginx_port = free_port()
+        nginx, workers = start_nginx(tmp, tmp / "images", nginx_port)
+        targets["nginx"] = (f"http://127.0.0.1:{nginx_port}/{sha[:2]}/{sha[2:4]}/{sha}", {}, workers)
+        served = len((tmp / "images" / sha[:2] / sha[2:4] / sha).read_bytes())
+        try:
+            for target, headers, _ in targets.values():  # warm up every path once
+                wrk(target, headers, 1)
+            for _ in range(rounds):
+                for name, (target, headers, pids) in targets.items():
+                    user_before, system_before = cpu_seconds(pids)
+                    requests = wrk(target, headers, seconds)
+                    user_after, system_after = cpu_seconds(pids)
+                    user, system = user_after - user_before, system_after - system_before
+                    results.setdefault(name, []).append((user + system) * 1000 / requests * 1000)
+                    kernel.setdefault(name, []).append(system / max(user + system, 1e-9))
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+    print(
+        f"{len(data) / 1024:.0f} KiB JPEG uploaded, {served / 1024:.0f} KiB stored and served;"
+        f" wrk -t2 -c32 -d{seconds}s, {rounds} interleaved rounds"
+    )
+    print("server CPU ms per 1,000 requests (each round) | median | median / its livez | kernel share")
     for name, values in results.items():
+        livez = statistics.median(results[f"{name.split(':')[0]}: livez" if ":" in name else f"{loops[0]}: livez"])
         median = statistics.median(values)
         rounds_text = " ".join(f"{v:.0f}" for v in values)
         share = statistics.median(kernel[name]) * 100
-        print(f"{name:20s} {rounds_text} | {median:.0f} | {median / livez:.2f}x | {share:.0f}%")
+        print(f"{name:28s} {rounds_text} | {median:.0f} | {median / livez:.2f}x | {share:.0f}%")
 
 
 if __name__ == "__main__":

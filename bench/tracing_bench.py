@@ -33,9 +33,8 @@ from aiohttp import web
 from PIL import Image
 
 from bench._photos import photo
-from bench._stack import ROOT, free_port, scratch_database, service
+from bench._stack import ROOT, cpu_seconds, free_port, scratch_database, service
 from bench.gateway_bench import HEADERS, emulator_process, gateway_env
-from bench.serving_cpu_bench import cpu_seconds
 from tests.otlp_receiver import OTEL_VARIABLES, OtlpReceiver
 
 CONCURRENCY = 8

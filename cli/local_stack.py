@@ -25,7 +25,7 @@ import structlog
 from cli.env_file import local_env_path, read_env_file, write_env_file
 from cli.ollama_probe import describe, probe_ollama
 from cli.ports import ensure_free
-from cli.runner import ServiceSpec, load_or_exit, serve
+from cli.runner import ServiceSpec, load_or_exit, run_on_loop, serve
 from common.migrations import apply_migrations
 from common.settings import generate_secret
 from common.settings.base import EnvSettings, load
@@ -169,12 +169,9 @@ def run_local_stack(
         print(text, flush=True)
         repeat_on_enter(text)
 
-    asyncio.run(
-        serve(
-            specs,
-            shutdown_timeout=store_settings.common.shutdown_timeout_seconds,
-            on_started=announce,
-        )
+    run_on_loop(
+        serve(specs, shutdown_timeout=store_settings.common.shutdown_timeout_seconds, on_started=announce),
+        store_settings.common.event_loop,
     )
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from cli.ask.command import add_parser as add_ask_parser
 from cli.ask.command import run_ask
 from cli.ports import PortInUse, ensure_free
-from cli.runner import ServiceSpec, load_or_exit, serve
+from cli.runner import ServiceSpec, load_or_exit, run_on_loop, serve
 from common.logging import configure_logging
 from common.migrations import apply_migrations, rollback_last
 from common.settings import CommonSettings, SettingsError, load_database_settings
@@ -138,7 +138,7 @@ def _serve(name: str, common: CommonSettings, make_app: Callable[[], web.Applica
     ensure_free(host, port, name, "--port")
     configure_logging(common.log_level, common.log_format)
     spec = ServiceSpec(name, make_app(), host, port)
-    asyncio.run(serve([spec], shutdown_timeout=common.shutdown_timeout_seconds))
+    run_on_loop(serve([spec], shutdown_timeout=common.shutdown_timeout_seconds), common.event_loop)
     return 0
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -32,6 +32,22 @@ def load_or_exit(loader: Callable[[Mapping[str, str]], S], environ: Mapping[str,
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """`asyncio.run(main)` on the event loop EVENT_LOOP names.
+
+    uvloop took 9 % off the image-store's CPU per image GET in issue 19's profile; `asyncio`
+    keeps the standard library's loop available (EVENT_LOOP=asyncio) for telling a uvloop
+    problem from ours.
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,12 @@ class CommonSettings(PoolSettings, DatabaseSettings):
     log_format: Annotated[str, OneOf(("json", "console"))] = setting(
         "LOG_FORMAT", "json", doc="Log format: json (one JSON object per line), console (for people at a terminal)."
     )
+    event_loop: Annotated[str, OneOf(("uvloop", "asyncio"))] = setting(
+        "EVENT_LOOP",
+        "uvloop",
+        doc="Event loop the service runs on: uvloop (libuv; less CPU per request) or asyncio (the "
+        "standard library's, to rule uvloop out when chasing a problem).",
+    )
     shutdown_timeout_seconds: float = setting(
         "SHUTDOWN_TIMEOUT_SECONDS",
         20.0,

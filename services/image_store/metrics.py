@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from common.metrics import HTTP_DURATION_BUCKETS, SIZE_BUCKETS, STEP_BUCKETS, MetricFactory
+from common.metrics import HTTP_DURATION_BUCKETS, SIZE_BUCKETS, STEP_BUCKETS, MetricFactory, children
 
 UPLOAD_OUTCOMES = (
     "stored",
@@ -70,6 +70,7 @@ class ImageStoreMetrics:
         self.serve_responses = m.counter(
             "image_store_serve_responses_total", "Responses to GET/HEAD of image bytes, by status.", ["status"]
         )
+        self._served = children(self.serve_responses)
         self.missing_files = m.counter(
             "image_store_missing_files_total",
             "Image rows whose file was missing from storage when their bytes were requested.",
@@ -97,3 +98,7 @@ class ImageStoreMetrics:
     def storage_timer(self, operation: str) -> contextlib.AbstractContextManager[Any]:
         """Times one file-system operation (write, rename, delete) into its histogram."""
         return self.storage_ops.labels(operation).time()
+
+    def count_served(self, status: int) -> None:
+        """One response to a GET/HEAD of image bytes (on every image GET: the child is cached)."""
+        self._served(str(status)).inc()

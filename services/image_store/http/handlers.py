@@ -174,7 +174,7 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
 async def count_served(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: the final status of byte responses (200/206/304/416) is known here."""
     if request.match_info.route.name == "image_bytes" and request.method != "OPTIONS":  # not CORS preflights
-        request.app[IMAGE_SERVICE_KEY].metrics.serve_responses.labels(str(response.status)).inc()
+        request.app[IMAGE_SERVICE_KEY].metrics.count_served(response.status)
 
 
 # ---- metadata ----------------------------------------------------------------------------
