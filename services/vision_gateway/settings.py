@@ -54,7 +54,7 @@ class FleetSettings(EnvSettings):
         ge=0.1,
         le=3600.0,
         doc="Seconds between refreshes of each backend's models (/api/tags) and loaded models (/api/ps); a model "
-        "found on no backend triggers a refresh at once.",
+        "found on no backend triggers a refresh at once (at most one such refresh a second).",
     )
     ollama_backend_cooldown_seconds: float = setting(
         "OLLAMA_BACKEND_COOLDOWN_SECONDS",

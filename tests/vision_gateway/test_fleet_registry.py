@@ -1,0 +1,81 @@
+"""The fleet's registry and facade on their own: in-process emulators, a clock the test moves.
+
+What test_fleet.py cannot pin down through a whole gateway: how often the backends are asked for
+their listings, and what a 503 says about when to come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cli.ollama_emulator import OllamaEmulator, pick_models, start_emulator
+from common.errors import UnknownModel
+from services.vision_gateway.fleet.backend import Backend
+from services.vision_gateway.fleet.fleet import OllamaFleet
+from services.vision_gateway.fleet.registry import BackendRegistry
+from services.vision_gateway.metrics import GatewayMetrics
+from services.vision_gateway.ollama_client import OllamaClient
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Made = tuple[list[OllamaEmulator], OllamaFleet]
+MakeFleet = Callable[..., Awaitable[Made]]
+
+
+@pytest.fixture
+async def make_fleet() -> AsyncIterator[MakeFleet]:
+    """make_fleet("llava", "qwen3", clock=..., cooldown=...): one emulator per list, one fleet over them."""
+    runners = []
+    async with aiohttp.ClientSession() as session:
+
+        async def make(*model_lists: str, clock: Clock, cooldown: float = 5.0) -> Made:
+            metrics = GatewayMetrics(CollectorRegistry())
+            emulators, backends = [], []
+            for index, models in enumerate(model_lists):
+                emulator = OllamaEmulator(pick_models(models))
+                runner, url = await start_emulator(emulator, "127.0.0.1", 0)
+                runners.append(runner)
+                emulators.append(emulator)
+                client = OllamaClient(session, url, retries=0, metrics=metrics, connect_timeout=2, read_timeout=5)
+                backends.append(Backend(client, url, index))
+            registry = BackendRegistry(
+                backends, metrics.fleet, refresh_seconds=60, cooldown_seconds=cooldown, clock=clock
+            )
+            await registry.refresh()  # what the background loop does first
+            return emulators, OllamaFleet(registry, metrics, retries=0)
+
+        yield make
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def test_a_flood_of_asks_for_unknown_models_lists_each_backend_once_a_second(make_fleet: MakeFleet) -> None:
+    clock = Clock()
+    emulators, fleet = await make_fleet("llava", "qwen3", clock=clock)
+    assert [e.tags_calls for e in emulators] == [1, 1]
+
+    for n in range(50):
+        with pytest.raises(UnknownModel):
+            await fleet.holders(f"no-such-model-{n}")
+    assert [e.tags_calls for e in emulators] == [2, 2], "one on-demand refresh, not one per ask"
+
+    clock.now += 0.5
+    with pytest.raises(UnknownModel):
+        await fleet.holders("still-none")
+    assert [e.tags_calls for e in emulators] == [2, 2]
+
+    clock.now += 0.5  # a second after the last on-demand refresh: the next one may start
+    emulators[1].add_model(pick_models("gemma3")[0])
+    assert [b.label for b in await fleet.holders("gemma3")] == [fleet.registry.backends[1].label]
+    assert [e.tags_calls for e in emulators] == [3, 3]
