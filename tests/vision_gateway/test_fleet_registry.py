@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cli.ollama_emulator import OllamaEmulator, pick_models, start_emulator
-from common.errors import UnknownModel
+from common.errors import UnknownModel, UpstreamUnavailable
 from services.vision_gateway.fleet.backend import Backend
 from services.vision_gateway.fleet.fleet import OllamaFleet
 from services.vision_gateway.fleet.registry import BackendRegistry
@@ -79,3 +79,19 @@ async def test_a_flood_of_asks_for_unknown_models_lists_each_backend_once_a_seco
     emulators[1].add_model(pick_models("gemma3")[0])
     assert [b.label for b in await fleet.holders("gemma3")] == [fleet.registry.backends[1].label]
     assert [e.tags_calls for e in emulators] == [3, 3]
+
+
+async def test_retry_after_is_when_a_backend_with_the_model_comes_back(make_fleet: MakeFleet) -> None:
+    """Not when some other backend's cooldown ends: coming back then would find the model still down."""
+    clock = Clock()
+    _, fleet = await make_fleet("gemma3", "llava", clock=clock, cooldown=5.0)
+    gemma_server, llava_server = fleet.registry.backends
+    fleet.registry.mark_down(gemma_server, "could not connect")  # back at 1005
+    clock.now += 3
+    fleet.registry.mark_down(llava_server, "could not connect")  # back at 1008
+    with pytest.raises(UpstreamUnavailable) as failure:
+        await fleet.holders("llava")
+    assert failure.value.retry_after == 5
+    with pytest.raises(UpstreamUnavailable) as failure:
+        await fleet.holders("gemma3")
+    assert failure.value.retry_after == 2

@@ -163,8 +163,9 @@ class OllamaFleet:
 
     def _unavailable(self, backends: Sequence[Backend]) -> UpstreamUnavailable:
         """503 upstream_unavailable, saying why the first of `backends` that failed did, with the
-        Retry-After of the first cooldown to end."""
+        Retry-After of the first of their cooldowns to end."""
         failed = next((b for b in backends if b.failure), None)
         reason = failed.failure if failed is not None else "no server that has the model answers"
         detail = f"{failed.label}: {failed.failure_detail}" if failed is not None else None
-        return UpstreamUnavailable(f"{UNAVAILABLE}: {reason}", retry_after=self.registry.retry_after(), detail=detail)
+        retry_after = self.registry.retry_after(backends)
+        return UpstreamUnavailable(f"{UNAVAILABLE}: {reason}", retry_after=retry_after, detail=detail)

@@ -70,9 +70,10 @@ class BackendRegistry:
         """Every backend has answered /api/tags at least once (so a model none lists is unknown)."""
         return all(backend.listed for backend in self.backends)
 
-    def retry_after(self) -> int:
-        """Seconds until the first cooldown ends (when a backend is probed again), at least 1."""
-        ends = [b.down_until for b in self.backends if b.down_until is not None]
+    def retry_after(self, backends: Sequence[Backend]) -> int:
+        """Seconds until the first cooldown among `backends` ends (one of them is probed again), at
+        least 1. Only those that could serve the ask count: another backend's return changes nothing."""
+        ends = [b.down_until for b in backends if b.down_until is not None]
         return max(1, math.ceil(min(ends) - self._clock())) if ends else 1
 
     def mark_down(self, backend: Backend, reason: str, failure: BaseException | None = None) -> None:
