@@ -6,19 +6,25 @@ their listings, and what a 503 says about when to come back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
 from cli.ollama_emulator import OllamaEmulator, pick_models, start_emulator
+from common.db import open_pool
 from common.errors import UnknownModel, UpstreamUnavailable
+from services.vision_gateway.chat.request import ChatRequest
+from services.vision_gateway.chat.turn import Caller, PreparedChat, open_turn
 from services.vision_gateway.fleet.backend import Backend
 from services.vision_gateway.fleet.fleet import OllamaFleet
 from services.vision_gateway.fleet.registry import BackendRegistry
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.ollama_client import OllamaClient
+from services.vision_gateway.ollama_client import ChatStream, OllamaClient
+from services.vision_gateway.repository import ConversationRepository
 
 
 class Clock:
@@ -95,3 +101,44 @@ async def test_retry_after_is_when_a_backend_with_the_model_comes_back(make_flee
     with pytest.raises(UpstreamUnavailable) as failure:
         await fleet.holders("gemma3")
     assert failure.value.retry_after == 2
+
+
+async def test_a_caller_gone_as_the_first_line_arrives_leaves_no_stream_open(
+    make_fleet: MakeFleet, database_url: str, db: Any
+) -> None:
+    """The ask's task is cancelled (its client left) in the very turn of the loop in which Ollama's
+    first line arrives: the opened stream is closed (Ollama stops generating), the backend's count
+    of streams in flight goes back to 0, and the recorded turn is removed again."""
+    (emulator,), fleet = await make_fleet("llava", clock=Clock())
+    emulator.chunk_delay = 0.05
+    for model in emulator.models:
+        model.reply = " ".join(f"word{i}" for i in range(400))  # 20 s of answer
+    [backend] = fleet.registry.backends
+
+    class LeavingFleet(OllamaFleet):
+        asker: asyncio.Task[Any] | None = None
+
+        async def open_chat(self, payload: dict[str, Any], **kwargs: Any) -> ChatStream:
+            stream = await super().open_chat(payload, **kwargs)
+            assert self.asker is not None
+            self.asker.cancel()  # the client leaves now, before the asker has seen the stream
+            return stream
+
+    leaving = LeavingFleet(fleet.registry, GatewayMetrics(CollectorRegistry()), retries=0)
+    prepared = PreparedChat(
+        request=ChatRequest(message="hi", model="llava"),
+        caller=Caller("alice"),
+        model="llava",
+        vision=True,
+        ollama_messages=[{"role": "user", "content": "hi"}],
+        notices=(),
+    )
+    async with open_pool(database_url, min_size=1, max_size=2) as pool:
+        repository = ConversationRepository(pool)
+        asker = asyncio.ensure_future(open_turn(prepared, ollama=leaving, repository=repository, grace_seconds=5))
+        leaving.asker = asker
+        with pytest.raises(asyncio.CancelledError):
+            await asker
+        await emulator.wait_for_disconnect(within=5)
+    assert backend.in_flight == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0

@@ -164,7 +164,10 @@ async def open_turn(
     except TimeoutError:
         pass
     except BaseException as exc:
-        opening.cancel()
+        # Not just cancel(): a caller cancelled in the loop turn in which the first line arrived
+        # finds `opening` done, and the stream it opened must be closed (Ollama stops, and the
+        # backend's count of streams in flight comes down).
+        _close_opening(opening)
         await _undo_recording(recording, repository, new_conversation=request.conversation_id is None)
         if isinstance(exc, OllamaStreamError):  # an error line before any output (Ollama <= 0.12.5: HTTP 200)
             raise UpstreamRejected(f"Ollama failed before answering: {exc.message}") from exc
