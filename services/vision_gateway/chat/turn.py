@@ -69,6 +69,7 @@ class OpenTurn:
         self.turn = turn
         self.stream_id = stream_id
         self._opening = opening
+        self.entered = False  # a relay or abandon() owns it now (else ChatService.admit abandons it)
 
     @property
     def request(self) -> ChatRequest:
@@ -119,6 +120,7 @@ class OpenTurn:
         _close_opening(self._opening)
 
     async def __aenter__(self) -> OpenTurn:
+        self.entered = True
         return self
 
     async def __aexit__(
