@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from cli.ollama_emulator import OllamaEmulator, pick_models, start_emulator
@@ -142,3 +143,31 @@ async def test_a_caller_gone_as_the_first_line_arrives_leaves_no_stream_open(
         await emulator.wait_for_disconnect(within=5)
     assert backend.in_flight == 0
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_backend_listing_garbage_keeps_its_state_and_the_refresh_goes_on(make_fleet: MakeFleet) -> None:
+    """`{"models": 5}` from /api/tags is a listing that failed, not an exception out of the refresh
+    (which would end the background loop, and with it every probe of a backend marked down)."""
+    clock = Clock()
+    (emulator,), fleet = await make_fleet("llava", clock=clock)
+    [backend] = fleet.registry.backends
+
+    async def garbage(_request: web.Request) -> web.Response:
+        return web.json_response({"models": 5})
+
+    bad = web.Application()
+    bad.router.add_get("/api/tags", garbage)
+    runner = web.AppRunner(bad)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        backend.client._base = url  # the same backend, now answering garbage
+        await fleet.registry.refresh()
+        assert backend.up
+        assert backend.has("llava:latest"), "its last listing is kept"
+        assert backend.failure == "it did not list its models"
+    finally:
+        await runner.cleanup()
+    assert emulator.tags_calls == 1
