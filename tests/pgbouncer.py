@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+from tests.ports import free_port, wait_listening
 
 PGBOUNCER = os.environ.get("PGBOUNCER", "/usr/sbin/pgbouncer")
 INSTALL_HINT = "apt-get install pgbouncer (Debian's package; .ci/run installs it), or set PGBOUNCER=/path/to/pgbouncer"
@@ -34,19 +34,13 @@ def find_pgbouncer() -> str | None:
     return shutil.which("pgbouncer")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PgBouncer:
     """One pgbouncer process in transaction mode; `pooled(url)` is a database's URL through it."""
 
     def __init__(self, binary: str, server_url: str, workdir: Path, *, pool_size: int = 20) -> None:
         self._binary = binary
         self._workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         parts = urlsplit(server_url)
         host = parts.hostname or parse_qs(parts.query).get("host", ["127.0.0.1"])[0]
         target = [f"host={host}", f"port={parts.port or 5432}", f"user={unquote(parts.username or 'postgres')}"]
@@ -86,15 +80,7 @@ class PgBouncer:
         command = [self._binary, *(["-u", self._run_as] if self._run_as else []), str(self.config)]
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited at start-up:\n{self.log.read_text()[-2000:]}")
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"pgbouncer did not listen on {self.port} within 10 s:\n{self.log.read_text()[-2000:]}")
+        wait_listening(self._process, self.port, name="pgbouncer", log=self.log)
 
     def pooled(self, database_url: str) -> str:
         """The same database, through the pooler (the user name is ignored: auth_type = any)."""

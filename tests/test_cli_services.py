@@ -28,15 +28,10 @@ from cli.ports import PortInUse
 from cli.runner import ServiceSpec, serve
 from common.migrations import migration_ids
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
+from tests.ports import free_port
 from tests.slow_client import multipart
 
 MIGRATION_COUNT = len(migration_ids(ROOT / "migrations"))  # a fresh database gets every one
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str) -> tuple[int, str]:

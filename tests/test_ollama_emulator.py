@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -633,31 +634,35 @@ def test_fast_path_and_go_port_agree(text: str) -> None:
     assert actual == expected
 
 
-def test_the_emulator_runs_from_any_directory_and_prints_its_address(tmp_path: Path) -> None:
-    """`python -m cli.ollama_emulator` outside the checkout (PYTHONPATH stands in for an installed retina)."""
+@contextlib.contextmanager
+def emulator_cli(cwd: Path, *args: str, shows: str = "") -> Iterator[str]:
+    """`python -m cli.ollama_emulator --port 0 *args` from `cwd`; yields the base URL its first line
+    prints (after `shows` in that line), stops it with Ctrl-C afterwards and insists it exits cleanly."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.ollama_emulator", "--port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = [sys.executable, "-m", "cli.ollama_emulator", "--port", "0", *args]
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
-        found = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(canned answers", first)
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(canned answers" + re.escape(shows), first)
         assert found, first + (process.stderr.read() if process.poll() is not None and process.stderr else "")
-        with urllib.request.urlopen(found.group(1) + "/api/tags", timeout=5) as response:  # noqa: S310 - loopback
-            names = [model["name"] for model in json.load(response)["models"]]
-        assert {"llava:latest", "qwen3-vl:latest"} <= set(names)
+        yield found.group(1)
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(10) == 0
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_the_emulator_runs_from_any_directory_and_prints_its_address(tmp_path: Path) -> None:
+    """`python -m cli.ollama_emulator` outside the checkout (PYTHONPATH stands in for an installed retina)."""
+    with (
+        emulator_cli(tmp_path) as url,
+        urllib.request.urlopen(url + "/api/tags", timeout=5) as response,  # noqa: S310 - loopback
+    ):
+        names = [model["name"] for model in json.load(response)["models"]]
+    assert {"llava:latest", "qwen3-vl:latest"} <= set(names)
 
 
 def test_one_showcase_model_sees_and_thinks_and_every_reply_says_it_is_canned() -> None:
@@ -671,26 +676,14 @@ def test_one_showcase_model_sees_and_thinks_and_every_reply_says_it_is_canned() 
 def test_an_emulator_process_has_the_models_it_is_given_and_those_preloaded_are_running(tmp_path: Path) -> None:
     """`--models` / `--loaded`: one emulator per port stands for one server of a fleet (tests/vision_gateway/
     test_fleet.py); the official client reads its /api/tags and /api/ps."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "cli.ollama_emulator", "--port", "0", "--models", "llava,Mistral", "--loaded"]
-    process = subprocess.Popen(
-        [*command, "llava"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
-        found = re.search(r"listening on (http://127\.0\.0\.1:\d+) \(canned answers; models: llava, mistral\)", first)
-        assert found, first + (process.stderr.read() if process.poll() is not None and process.stderr else "")
-        with ollama.Client(host=found.group(1)) as client:
-            assert sorted(m.model or "" for m in client.list().models) == ["llava:latest", "mistral:latest"]
-            [running] = client.ps().models
-            assert running.model == "llava:latest"
-            reply = client.chat(model="mistral", messages=HI)
-            assert reply.message.content == f"{CANNED_NOTICE} Hello from Mistral."
-            assert sorted(m.model or "" for m in client.ps().models) == ["llava:latest", "mistral:latest"]
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(10) == 0
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+    args = ("--models", "llava,Mistral", "--loaded", "llava")
+    with (
+        emulator_cli(tmp_path, *args, shows="; models: llava, mistral)") as url,
+        ollama.Client(host=url) as client,
+    ):
+        assert sorted(m.model or "" for m in client.list().models) == ["llava:latest", "mistral:latest"]
+        [running] = client.ps().models
+        assert running.model == "llava:latest"
+        reply = client.chat(model="mistral", messages=HI)
+        assert reply.message.content == f"{CANNED_NOTICE} Hello from Mistral."
+        assert sorted(m.model or "" for m in client.ps().models) == ["llava:latest", "mistral:latest"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -24,6 +23,7 @@ from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import ROOT
 from tests.pgbouncer import PgBouncer
+from tests.ports import free_port
 
 pytestmark = pytest.mark.postgres_paths
 
@@ -65,9 +65,7 @@ async def test_settings_require_the_direct_url_with_a_transaction_pooler(service
 
 def test_migrate_uses_the_direct_url(empty_database_url: str) -> None:
     """DATABASE_URL names a pooler that is not even there: `retina migrate` never touches it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = f"postgresql://retina@127.0.0.1:{sock.getsockname()[1]}/retina"
+    closed = f"postgresql://retina@127.0.0.1:{free_port()}/retina"
     env = {
         **os.environ,
         "DATABASE_URL": closed,

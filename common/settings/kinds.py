@@ -46,6 +46,8 @@ class OneOf:
 def _http_url(value: Any) -> Any:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
+        if "@" in str(value):  # user:password@host, however malformed the rest
+            raise ValueError("must be an http:// or https:// URL with a host (value not shown: it holds credentials)")
         raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
     return value.rstrip("/")
 

@@ -168,6 +168,8 @@ class OllamaClient(UpstreamClient):
                 raise await _refused(response, f"Ollama could not list its models ({path})")
             body = await response.json()
             models = body.get("models") if isinstance(body, dict) else None
+            if not isinstance(models, list | None):
+                raise ValueError(f"{path} answered `models` that is not a list")
             return [entry for entry in models or [] if isinstance(entry, dict)]
 
     async def open_chat(self, payload: dict[str, Any], *, request_id: str = "") -> ChatStream:

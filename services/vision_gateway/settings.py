@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Annotated, ClassVar
-from urllib.parse import urlsplit
 
 from pydantic import SecretStr, model_validator
 
 from common.settings.base import EnvSettings, load, setting
 from common.settings.kinds import Csv, HttpUrl, HttpUrls, OneOf, Origins
 from common.settings.shared import CommonSettings, UploadSettings
+from services.vision_gateway.fleet.backend import backend_label
 
 FALLBACK_POLICIES: tuple[str, ...] = ("reject", "fallback_model", "text_only")
 GATEWAY = "vision-gateway"
@@ -54,7 +54,7 @@ class FleetSettings(EnvSettings):
         ge=0.1,
         le=3600.0,
         doc="Seconds between refreshes of each backend's models (/api/tags) and loaded models (/api/ps); a model "
-        "found on no backend triggers a refresh at once.",
+        "found on no backend triggers a refresh at once (at most one such refresh a second).",
     )
     ollama_backend_cooldown_seconds: float = setting(
         "OLLAMA_BACKEND_COOLDOWN_SECONDS",
@@ -69,7 +69,7 @@ class FleetSettings(EnvSettings):
     @model_validator(mode="after")
     def _one_label_per_backend(self) -> FleetSettings:
         # Metrics and routing name a backend by host:port: two URLs there would be one backend twice.
-        places = [(parts.hostname, parts.port or parts.scheme) for parts in map(urlsplit, self.explicit_ollama_urls)]
+        places = [backend_label(url) for url in self.explicit_ollama_urls]
         if len(set(places)) != len(places):
             raise ValueError("OLLAMA_URLS names two servers at the same host and port")
         return self

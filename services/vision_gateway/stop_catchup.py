@@ -4,7 +4,9 @@ A stop is a NOTIFY, and a notification sent while the listener is disconnected i
 is not: a replica asked to stop a stream that no replica confirms within STOP_CONFIRM_SECONDS
 closes the row itself (`interrupted`). So on every (re)connect the listener's owner asks which of
 its live streams' rows no longer say `streaming`, and stops those locally; once at once, and once
-more after the stopper's wait, for a stop sent just before the reconnect.
+more after the stopper's wait, for a stop sent just before the reconnect. Streams already stopping
+(stopped by the first pass and still writing their final answer, or by their owner) are left out:
+each caught-up stop is stopped and logged once.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class StopCatchUp:
 
     async def catch_up(self) -> int:
         """Stop the live streams whose rows were closed elsewhere; returns how many were stopped."""
-        live = self._registry.live_ids()
+        live = self._registry.running_ids()
         if not live:
             return 0
         try:
@@ -52,7 +54,7 @@ class StopCatchUp:
         except Exception as exc:  # noqa: BLE001 - the next reconnect (or the sweeper) tries again
             log.warning("stop_catch_up_failed", error=repr(exc))
             return 0
-        stopped = [stream_id for stream_id in ended if self._registry.stop_local(stream_id)]
+        stopped = [stream_id for stream_id in ended if self._registry.stop_running(stream_id)]
         for stream_id in stopped:
             log.info("missed_stop_caught_up", stream_id=str(stream_id))
         return len(stopped)

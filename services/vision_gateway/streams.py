@@ -43,10 +43,13 @@ class LiveStream:
     stop_reason: str | None = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
+    def stop(self, reason: str) -> bool:
+        """Ask the stream to stop; True when this is the first request (the others change nothing)."""
+        first = self.stop_reason is None
+        if first:
             self.stop_reason = reason
         self.wakeup.set()
+        return first
 
 
 class StreamRegistry:
@@ -82,20 +85,26 @@ class StreamRegistry:
         if self._held[message_id] <= 0:
             del self._held[message_id]
 
-    def live_ids(self) -> list[uuid.UUID]:
-        """The streams running on this replica right now (stop_catchup.py)."""
-        return list(self._streams)
+    def running_ids(self) -> list[uuid.UUID]:
+        """The streams running on this replica right now that nothing has asked to stop (stop_catchup.py)."""
+        return [stream_id for stream_id, live in self._streams.items() if live.stop_reason is None]
 
     def held(self) -> list[uuid.UUID]:
         """The rows this replica keeps alive right now."""
         return list(self._held)
 
     def stop_local(self, stream_id: uuid.UUID, reason: str = "stopped") -> bool:
+        """Stop the stream if it runs here; True when it does (whether or not it was stopping already)."""
         live = self._streams.get(stream_id)
         if live is None:
             return False
         live.stop(reason)
         return True
+
+    def stop_running(self, stream_id: uuid.UUID, reason: str = "stopped") -> bool:
+        """Stop the stream if it runs here; True only when nothing had asked it to stop before."""
+        live = self._streams.get(stream_id)
+        return live is not None and live.stop(reason)
 
     def stop_all(self, reason: str) -> int:
         for live in list(self._streams.values()):

@@ -237,7 +237,18 @@ def test_ollama_urls_list_the_backends_and_ollama_url_is_a_list_of_one(tmp_path:
         ),
         ("http://gpu-a:11434,http://gpu-a:11434/", "OLLAMA_URLS names one URL twice"),
         ("http://gpu-a:11434/one,http://gpu-a:11434/two", "OLLAMA_URLS names two servers at the same host and port"),
+        ("http://gpu-a,http://gpu-a:80/v", "OLLAMA_URLS names two servers at the same host and port"),
+        (
+            "http://gpu-a,ftp://ops:hunter2@gpu-b",
+            "OLLAMA_URLS must be an http:// or https:// URL with a host (value not shown: it holds credentials)",
+        ),
+        (
+            "ops:hunter2@gpu-b:11434",
+            "OLLAMA_URLS must be an http:// or https:// URL with a host (value not shown: it holds credentials)",
+        ),
+        ("https://gpu-a:443,https://GPU-A", "OLLAMA_URLS names two servers at the same host and port"),
     ):
         with pytest.raises(SettingsError) as caught:
             load_gateway_settings({**env, "OLLAMA_URLS": value})
         assert problem in caught.value.problems
+        assert "hunter2" not in str(caught.value.problems)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +24,10 @@ import boto3
 import botocore.config
 from aiohttp import web
 
+from tests.ports import free_port, wait_listening
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "retina-test", "AWS_SECRET_ACCESS_KEY": "retina-test-secret"}
 REGION = "eu-central-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class MotoServer:
@@ -56,15 +50,7 @@ class MotoServer:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **CREDENTIALS},
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moto server exited: {self.log_path.read_text()[-2000:]}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError("moto server did not start listening within 30 s")
+        wait_listening(self.process, self.port, name="moto server", within=30, log=self.log_path)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -23,7 +23,8 @@ import pytest
 
 from tests.conftest import ROOT, auth_headers
 from tests.image_store.conftest import form, png, row_counts
-from tests.image_store.s3_support import BlobView, free_port, key_of
+from tests.image_store.s3_support import BlobView, key_of
+from tests.ports import free_port
 
 pytestmark = pytest.mark.parametrize("storage_backend", ["s3"], indirect=True)
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +23,7 @@ from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.settings import load_gateway_settings
 from tests.conftest import ROOT, SERVICE_TOKEN, auth_headers
 from tests.image_store.conftest import photo
+from tests.ports import free_port, wait_listening
 
 
 @dataclass
@@ -50,9 +49,7 @@ class Stack:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def big_photo(width: int = 2400, height: int = 1800) -> bytes:
@@ -67,9 +64,7 @@ def big_photo(width: int = 2400, height: int = 1800) -> bytes:
 @pytest.fixture
 def emulator_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """The Ollama emulator as its own process, answering slowly with a 400-word reply (a test can kill it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -86,13 +81,7 @@ def emulator_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
-        for _ in range(100):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if process.poll() is not None:
-                pytest.fail("the emulator process exited at start-up")
-            time.sleep(0.05)
+        wait_listening(process, port, name="the emulator process")
         yield process, f"http://127.0.0.1:{port}"
     finally:
         if process.poll() is None:

@@ -321,3 +321,40 @@ async def test_client_gone_before_the_stream_starts_is_recorded_as_stopped(
     row = await db.fetchrow("SELECT status, error FROM messages WHERE role = 'assistant'")
     assert (row["status"], row["error"]) == ("stopped", "client disconnected")
     await stack.emulator.wait_for_disconnect(within=5)
+
+
+async def test_a_handler_cancelled_between_begin_and_relay_closes_the_turn(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    """The client leaves (aiohttp cancels the handler) after the turn was begun but before its relay
+    started: while its images are linked, or while /v1 deletes the copies of its history images.
+    The turn is abandoned as the handler's own abandon() would: Ollama's request closed, the
+    backend's in-flight count back to 0, the row stopped rather than left `streaming`."""
+    from common.app import REGISTRY_KEY
+    from services.vision_gateway.chat import parse_chat_request
+
+    service = stack.gateway.app[CHAT_SERVICE_KEY]
+    for model in stack.emulator.models:
+        model.reply = " ".join(f"word{i}" for i in range(400))
+    stack.emulator.chunk_delay = 0.05
+    begun = asyncio.Event()
+
+    async def handler() -> None:
+        async with service.admit("alice", "") as asking:
+            await asking.begin(parse_chat_request({"message": "hi", "model": "llava"}), grace_seconds=5)
+            begun.set()
+            await asyncio.sleep(30)  # a step after begin() (linking, deleting copies) when the client leaves
+
+    task = asyncio.create_task(handler())
+    await asyncio.wait_for(begun.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await stack.emulator.wait_for_disconnect(within=5)
+    row = await db.fetchrow("SELECT status, error FROM messages WHERE role = 'assistant'")
+    assert (row["status"], row["error"]) == ("stopped", "client disconnected")
+    backend = stack.env["OLLAMA_URL"].removeprefix("http://")
+    in_flight = stack.gateway.app[REGISTRY_KEY].get_sample_value(
+        "vision_gateway_backend_streams_in_flight", {"backend": backend}
+    )
+    assert in_flight == 0.0

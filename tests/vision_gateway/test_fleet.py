@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from aiohttp.test_utils import TestClient
 from cli.ollama_emulator import EmulatedModel, OllamaEmulator, pick_models, start_emulator
 from common.app import REGISTRY_KEY
 from tests.conftest import ROOT, auth_headers
+from tests.ports import free_port, wait_listening
 from tests.vision_gateway.conftest import Stack, ask, read_sse
 
 Fleet = Callable[..., Awaitable[tuple[list[OllamaEmulator], list[str]]]]
@@ -162,12 +162,6 @@ async def test_a_stream_on_the_second_backend_is_stopped_from_another_replica(st
 # ---- failures: emulator processes ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_process(port: int, models: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.ollama_emulator", "--port", str(port), "--models", models, "--loaded", "llava"],
@@ -175,16 +169,13 @@ def start_process(port: int, models: str) -> subprocess.Popen[bytes]:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        if process.poll() is not None:
-            pytest.fail("an emulator process exited at start-up")
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail("an emulator process did not listen in time")
+    try:
+        wait_listening(process, port, name="an emulator process")
+    except RuntimeError:
+        process.kill()
+        process.wait(timeout=10)
+        raise
+    return process
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import ROOT, auth_headers
-from tests.image_store.store_process import free_port
+from tests.ports import free_port
 from tests.vision_gateway.conftest import Stack, ask, read_sse
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(200))

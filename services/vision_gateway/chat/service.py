@@ -101,7 +101,11 @@ class ChatService:
             try:
                 yield ask
             except BaseException:
-                if ask.turn is None and ask.uploaded:
+                if ask.turn is not None and not ask.turn.entered:
+                    # Begun but never relayed (the client left, or a step after begin() failed):
+                    # close Ollama's request (its backend's in-flight count comes down), record the stop.
+                    await asyncio.shield(self.abandon(ask.turn))
+                elif ask.turn is None and ask.uploaded:
                     await asyncio.shield(ask.discard(ask.uploaded_ids))  # a refused request keeps none
                 raise
 
@@ -164,12 +168,15 @@ class ChatService:
         return choice
 
     async def begin(self, prepared: PreparedChat, *, grace_seconds: float) -> OpenTurn:
-        turn = await open_turn(prepared, ollama=self._ollama, repository=self._repository, grace_seconds=grace_seconds)
-        caller = prepared.caller
-        for image_id in prepared.image_ids:
+        return await open_turn(prepared, ollama=self._ollama, repository=self._repository, grace_seconds=grace_seconds)
+
+    async def link_images(self, turn: OpenTurn) -> None:
+        """Tell the image-store which message each image belongs to (after begin(), once the Ask
+        holds the turn: if the client leaves meanwhile, admit() abandons it)."""
+        caller = turn.caller
+        for image_id in turn.prepared.image_ids:
             with contextlib.suppress(ApiError):  # the link is bookkeeping; the turn is recorded either way
                 await self._store.link(image_id, turn.turn.user_message_id, caller.user_id, caller.request_id)
-        return turn
 
     async def abandon(self, turn: OpenTurn) -> None:
         """The client went away before streaming started: close Ollama's request, record the stop."""

@@ -69,6 +69,7 @@ class OpenTurn:
         self.turn = turn
         self.stream_id = stream_id
         self._opening = opening
+        self.entered = False  # a relay or abandon() owns it now (else ChatService.admit abandons it)
 
     @property
     def request(self) -> ChatRequest:
@@ -119,6 +120,7 @@ class OpenTurn:
         _close_opening(self._opening)
 
     async def __aenter__(self) -> OpenTurn:
+        self.entered = True
         return self
 
     async def __aexit__(
@@ -164,7 +166,10 @@ async def open_turn(
     except TimeoutError:
         pass
     except BaseException as exc:
-        opening.cancel()
+        # Not just cancel(): a caller cancelled in the loop turn in which the first line arrived
+        # finds `opening` done, and the stream it opened must be closed (Ollama stops, and the
+        # backend's count of streams in flight comes down).
+        _close_opening(opening)
         await _undo_recording(recording, repository, new_conversation=request.conversation_id is None)
         if isinstance(exc, OllamaStreamError):  # an error line before any output (Ollama <= 0.12.5: HTTP 200)
             raise UpstreamRejected(f"Ollama failed before answering: {exc.message}") from exc

@@ -44,14 +44,14 @@ class OllamaFleet:
     # ---- models -----------------------------------------------------------------------------------
 
     async def holders(self, model: str) -> list[Backend]:
-        """The backends that list `model` (refreshing them all once if none does).
+        """The backends that list `model` (refreshing them all once if none does, at most once a second).
 
         UnknownModel when every backend has listed its models and none has it; 503 when some
         backend could not say (it is down or never answered), or all that have it are down.
         """
         found = self.registry.holders(model)
         if not found:
-            await self.registry.refresh()
+            await self.registry.refresh_on_demand()
             found = self.registry.holders(model)
         if not found and self.registry.all_listed():
             raise UnknownModel(f"model {model!r} is not available on the Ollama server")
@@ -66,7 +66,7 @@ class OllamaFleet:
     async def model_names(self) -> list[str]:
         """Every model some backend lists, each once (as the first backend listing it names it)."""
         if not self.registry.all_listed():
-            await self.registry.refresh()
+            await self.registry.refresh_on_demand()
         if not any(backend.listed for backend in self.registry.backends):
             raise self._unavailable(list(self.registry.backends))
         names: dict[str, str] = {}
@@ -163,8 +163,9 @@ class OllamaFleet:
 
     def _unavailable(self, backends: Sequence[Backend]) -> UpstreamUnavailable:
         """503 upstream_unavailable, saying why the first of `backends` that failed did, with the
-        Retry-After of the first cooldown to end."""
+        Retry-After of the first of their cooldowns to end."""
         failed = next((b for b in backends if b.failure), None)
         reason = failed.failure if failed is not None else "no server that has the model answers"
         detail = f"{failed.label}: {failed.failure_detail}" if failed is not None else None
-        return UpstreamUnavailable(f"{UNAVAILABLE}: {reason}", retry_after=self.registry.retry_after(), detail=detail)
+        retry_after = self.registry.retry_after(backends)
+        return UpstreamUnavailable(f"{UNAVAILABLE}: {reason}", retry_after=retry_after, detail=detail)

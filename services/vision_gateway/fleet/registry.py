@@ -1,8 +1,10 @@
 """BackendRegistry: what each Ollama backend has and whether it is up, kept fresh in the background.
 
 Every OLLAMA_REFRESH_SECONDS each backend that is up is asked for its models (/api/tags) and its
-loaded models (/api/ps); `refresh()` does the same at once when an ask names a model no backend
-lists (concurrent callers share one refresh). A backend that refuses or times out a connection,
+loaded models (/api/ps); `refresh_on_demand()` does the same at once when an ask names a model no
+backend lists (concurrent callers share one refresh, and a new one starts at most once per
+ON_DEMAND_REFRESH_SECONDS: a flood of asks for unknown models costs each backend one listing per
+second, not one per ask). A backend that refuses or times out a connection,
 here or for an ask, is marked down for OLLAMA_BACKEND_COOLDOWN_SECONDS: no asks go to it, and when
 the cooldown ends the loop probes it (the same refresh); it is up again once the probe answers, or
 down for another cooldown.
@@ -28,6 +30,9 @@ from services.vision_gateway.retry import Retryable, could_not_connect
 
 log = structlog.get_logger("retina.vision_gateway.fleet")
 
+# At most one on-demand refresh starts per this many seconds (joining one under way is free).
+ON_DEMAND_REFRESH_SECONDS = 1.0
+
 
 class BackendRegistry:
     def __init__(
@@ -38,6 +43,7 @@ class BackendRegistry:
         refresh_seconds: float,
         cooldown_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        on_demand_seconds: float = ON_DEMAND_REFRESH_SECONDS,
     ) -> None:
         self.backends = tuple(backends)
         self._by_label = {backend.label: backend for backend in self.backends}
@@ -46,6 +52,8 @@ class BackendRegistry:
         self._cooldown = cooldown_seconds
         self._clock = clock
         self._flights: SingleFlight[str, None] = SingleFlight()
+        self._on_demand_seconds = on_demand_seconds
+        self._on_demand_at: float | None = None  # when the last on-demand refresh started
         self._wake = asyncio.Event()  # set when a backend goes down: the loop plans its probe
         for backend in self.backends:
             metrics.add_backend(backend.label)
@@ -62,14 +70,18 @@ class BackendRegistry:
         """Every backend has answered /api/tags at least once (so a model none lists is unknown)."""
         return all(backend.listed for backend in self.backends)
 
-    def retry_after(self) -> int:
-        """Seconds until the first cooldown ends (when a backend is probed again), at least 1."""
-        ends = [b.down_until for b in self.backends if b.down_until is not None]
+    def retry_after(self, backends: Sequence[Backend]) -> int:
+        """Seconds until the first cooldown among `backends` ends (one of them is probed again), at
+        least 1. Only those that could serve the ask count: another backend's return changes nothing."""
+        ends = [b.down_until for b in backends if b.down_until is not None]
         return max(1, math.ceil(min(ends) - self._clock())) if ends else 1
 
     def mark_down(self, backend: Backend, reason: str, failure: BaseException | None = None) -> None:
         if backend.up:
-            log.warning("ollama_backend_down", backend=backend.label, reason=reason)
+            # A warning once it had answered; one never reached yet (start-up before Ollama, `retina up`
+            # on a machine without it, whose banner says so) is logged at info, still with the reason.
+            level = log.warning if backend.listed else log.info
+            level("ollama_backend_down", backend=backend.label, reason=reason)
         backend.down_until = self._clock() + self._cooldown
         self._failed(backend, reason, failure)
         self._metrics.up.labels(backend.label).set(0)
@@ -85,6 +97,17 @@ class BackendRegistry:
     async def refresh(self) -> None:
         """Refresh every backend that is up or due for its probe, now (joining a refresh under way)."""
         await self._flights.run("all", self._refresh_due)
+
+    async def refresh_on_demand(self) -> None:
+        """`refresh()` for an ask whose model no backend lists: joins a refresh under way, and starts
+        one only if the last on-demand one started ON_DEMAND_REFRESH_SECONDS ago or more (else the
+        listings stay as they are: they are that fresh)."""
+        if not len(self._flights):
+            now = self._clock()
+            if self._on_demand_at is not None and now - self._on_demand_at < self._on_demand_seconds:
+                return
+            self._on_demand_at = now
+        await self.refresh()
 
     async def _refresh_due(self) -> None:
         now = self._clock()
