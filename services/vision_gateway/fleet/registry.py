@@ -78,10 +78,7 @@ class BackendRegistry:
 
     def mark_down(self, backend: Backend, reason: str, failure: BaseException | None = None) -> None:
         if backend.up:
-            # A warning once it had answered; one never reached yet (start-up before Ollama, `retina up`
-            # on a machine without it, whose banner says so) is logged at info, still with the reason.
-            level = log.warning if backend.listed else log.info
-            level("ollama_backend_down", backend=backend.label, reason=reason)
+            log.warning("ollama_backend_down", backend=backend.label, reason=reason)
         backend.down_until = self._clock() + self._cooldown
         self._failed(backend, reason, failure)
         self._metrics.up.labels(backend.label).set(0)
