@@ -17,6 +17,7 @@ from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.image_source import ImageSource
 from services.vision_gateway.chat.pending import PendingAnswers
+from services.vision_gateway.chat.progress import AnswerProgress
 from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
 from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
@@ -75,10 +76,10 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60)
     try:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
-            registry, repository, pending = _install_services(app, session, metrics, preparer)
+            registry, repository, pending, progress = _install_services(app, session, metrics, preparer)
             dsn = app[SETTINGS_KEY].database_url.get_secret_value()
             sweep_after = settings.stream_sweep_after_seconds
-            liveness = StreamLiveness(dsn, registry.held, interval=sweep_after / 3)
+            liveness = StreamLiveness(dsn, registry.held, interval=sweep_after / 3, progress=progress)
             # Left in reverse order: answers waiting for the database get their last attempts while
             # their rows are still kept alive, and before the pool closes.
             async with (
@@ -105,10 +106,11 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
 
 def _install_services(
     app: web.Application, session: aiohttp.ClientSession, metrics: GatewayMetrics, preparer: ImagePreparer
-) -> tuple[StreamRegistry, ConversationRepository, PendingAnswers]:
+) -> tuple[StreamRegistry, ConversationRepository, PendingAnswers, AnswerProgress]:
     """Build the upstream clients and the services over them, put the services in app state.
 
-    Returns what the background tasks (stop listener, liveness, pending answers, sweeper) of `_chat_service` work on.
+    Returns what the background tasks (stop listener, liveness and progress saves, pending answers,
+    sweeper) of `_chat_service` work on.
     """
     settings = app[GATEWAY_SETTINGS_KEY]
     ollama = OllamaClient(
@@ -138,6 +140,7 @@ def _install_services(
         keep_seconds=settings.stream_save_queue_seconds,
         max_bytes=settings.stream_save_queue_bytes,
     )
+    progress = AnswerProgress()
     models = VisionModelService(
         ollama, metrics, ttl_seconds=settings.capability_ttl_seconds, detection_enabled=settings.model_detection_enabled
     )
@@ -150,6 +153,7 @@ def _install_services(
         repository=repository,
         registry=registry,
         pending=pending,
+        progress=progress,
         metrics=metrics,
         admission=StreamAdmission(
             max_streams=settings.max_streams_per_user, rate_per_minute=settings.stream_rate_per_minute
@@ -159,7 +163,7 @@ def _install_services(
     app[HISTORY_IMAGES_KEY] = HistoryImages(store)
     app[CHAT_SERVICE_KEY] = service
     app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
-    return registry, repository, pending
+    return registry, repository, pending, progress
 
 
 async def _end_open_streams(app: web.Application) -> None:

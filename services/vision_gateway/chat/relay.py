@@ -49,6 +49,7 @@ class StreamRelay:
         self.label = metrics.model_label(turn.prepared.model)
         self.content: list[str] = []
         self.thinking: list[str] = []
+        self.answer_length = 0  # characters of content and thinking: tells the progress batch it grew
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.chunks = 0
@@ -66,7 +67,7 @@ class StreamRelay:
     async def run(self) -> str:
         in_flight = self.metrics.in_flight.labels(self.label)
         in_flight.inc()
-        self.writer.start_progress(self.answer)
+        self.writer.start_progress(self)
         try:
             await self.sink.send(self.turn.start_event())
             for notice in self.turn.prepared.notices:
@@ -101,10 +102,12 @@ class StreamRelay:
                 if chunk.thinking:
                     self._count_token()
                     self.thinking.append(chunk.thinking)
+                    self.answer_length += len(chunk.thinking)
                     await self.sink.send(events.thinking(chunk.thinking))
                 if chunk.content:
                     self._count_token()
                     self.content.append(chunk.content)
+                    self.answer_length += len(chunk.content)
                     await self.sink.send(events.chunk(chunk.content))
                 if chunk.done:
                     self.upstream_stats = chunk.stats
