@@ -45,10 +45,12 @@ def scratch_database(admin_url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def service(command: str, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def service(command: str, port: int, env: dict[str, str], root: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """`retina <command>` as its own process; `root`: the checkout whose code it runs (another
+    worktree runs a before/after comparison in one benchmark)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", command, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
+        cwd=root,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
