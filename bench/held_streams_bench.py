@@ -15,7 +15,7 @@ WINDOW_SECONDS is measured:
 - chunk delay: how much later than the emulator's 1 s interval each chunk reached the client.
 
 Each LABEL=CHECKOUT is a checkout whose code the gateway runs (e.g. before=/tmp/wt-before, a
-`git worktree add --detach` of the base commit); without any, this checkout ("after") alone. The
+`git worktree add --detach` of the base commit); without any, this checkout ("after") alone (name it too, as after=., to compare it with others). The
 checkouts are measured in turn, their order reversed every round, so machine load hits all alike.
 """
 
@@ -181,8 +181,6 @@ def main() -> None:
     count = int(args.pop(0)) if args and args[0].isdigit() else 2000
     rounds = int(args.pop(0)) if args and args[0].isdigit() else 1
     checkouts = [(a.split("=", 1)[0], Path(a.split("=", 1)[1])) for a in args] or [("after", ROOT)]
-    if not any(label == "after" for label, _ in checkouts):
-        checkouts.append(("after", ROOT))
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     results: dict[str, list[Result]] = {label: [] for label, _ in checkouts}
     for round_ in range(rounds):

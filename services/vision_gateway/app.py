@@ -30,6 +30,7 @@ from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.openai_compat.handlers import RETINA_HEADERS, create_openai_app
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.settings import GatewaySettings
+from services.vision_gateway.sse import HEARTBEAT_KEY, Heartbeat
 from services.vision_gateway.streams import StreamLiveness, StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
 
@@ -80,12 +81,14 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
             dsn = app[SETTINGS_KEY].database_url.get_secret_value()
             sweep_after = settings.stream_sweep_after_seconds
             liveness = StreamLiveness(dsn, registry.held, interval=sweep_after / 3, progress=progress)
+            heartbeat = app[HEARTBEAT_KEY] = Heartbeat(settings.heartbeat_seconds)
             # Left in reverse order: answers waiting for the database get their last attempts while
             # their rows are still kept alive, and before the pool closes.
             async with (
                 listen_for_stops(registry, dsn) as listening,
                 liveness.running(),
                 pending.running(),
+                heartbeat.running(),
                 sweeping(repository, metrics, liveness, after_seconds=sweep_after),
             ):
 

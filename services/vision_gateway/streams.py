@@ -19,7 +19,6 @@ import collections
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
@@ -37,17 +36,32 @@ TOUCH_RETRY_FIRST_SECONDS = 0.5
 TOUCH_STARTUP_WAIT_SECONDS = 5.0
 
 
-@dataclass
 class LiveStream:
-    stream_id: uuid.UUID
-    owner_id: str
-    stop_reason: str | None = None
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    """A stream running on this replica: why it was asked to stop, and who acts on that right away.
+
+    Lean on purpose (a replica holds thousands): no event, no watcher task; whoever waits for a
+    stop (the relay) registers a callback, which `stop()` calls at once.
+    """
+
+    __slots__ = ("_on_stop", "owner_id", "stop_reason", "stream_id")
+
+    def __init__(self, stream_id: uuid.UUID, owner_id: str) -> None:
+        self.stream_id = stream_id
+        self.owner_id = owner_id
+        self.stop_reason: str | None = None
+        self._on_stop: Callable[[], object] | None = None
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        self.wakeup.set()
+        if self._on_stop is not None:
+            self._on_stop()
+
+    def on_stop(self, callback: Callable[[], object] | None) -> None:
+        """Call `callback` when a stop is asked for (now, if it was already); None: no longer."""
+        self._on_stop = callback
+        if callback is not None and self.stop_reason is not None:
+            callback()
 
 
 class StreamRegistry:
