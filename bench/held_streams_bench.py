@@ -15,8 +15,9 @@ WINDOW_SECONDS is measured:
 - chunk delay: how much later than the emulator's 1 s interval each chunk reached the client.
 
 Each LABEL=CHECKOUT is a checkout whose code the gateway runs (e.g. before=/tmp/wt-before, a
-`git worktree add --detach` of the base commit); without any, this checkout ("after") alone (name it too, as after=., to compare it with others). The
-checkouts are measured in turn, their order reversed every round, so machine load hits all alike.
+`git worktree add --detach` of the base commit); without any, this checkout alone ("after"; name
+it too, after=., to compare it with others). The checkouts are measured in turn, their order
+reversed every round, so machine load hits all alike.
 """
 
 from __future__ import annotations
@@ -128,6 +129,16 @@ async def hold(base: str, count: int, measure: asyncio.Future[None], gaps: list[
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def wait_for_final_writes(url: str, seconds: float = 120.0) -> None:
+    """Let the gateway store the closed streams' answers before it is stopped (and the database dropped)."""
+    deadline = time.monotonic() + seconds
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if not (conn.execute("SELECT count(*) FROM messages WHERE status = 'streaming'").fetchone() or (0,))[0]:
+                return
+            time.sleep(0.5)
+
+
 def run_one(label: str, root: Path, admin_url: str, count: int) -> Result:
     reply_words = int(WINDOW_SECONDS + SETTLE_SECONDS + 120)  # streams outlive a slow ramp-up
     with tempfile.TemporaryDirectory() as tmp, scratch_database(admin_url) as url:
@@ -158,6 +169,7 @@ def run_one(label: str, root: Path, admin_url: str, count: int) -> Result:
                 return first, last, held_rss
 
             first, last, held_rss = asyncio.run(main())
+            wait_for_final_writes(url)
     seconds = last.at - first.at
     backend = sum(cpu - first.backend_cpu.get(pid, 0.0) for pid, cpu in last.backend_cpu.items())
     late = [g - CHUNK_INTERVAL for g in gaps] or [0.0]
@@ -191,24 +203,23 @@ def main() -> None:
             results[label].append(result)
             print(f"round {round_ + 1} (load {load:.1f}) {result.line()}", flush=True)
     for label, runs in results.items():
-        median = Result(
+
+        def median(name: str, runs: list[Result] = runs) -> float:
+            return float(statistics.median(getattr(r, name) for r in runs))
+
+        middle = Result(
             label,
             count,
-            *(
-                statistics.median(getattr(r, name) for r in runs)
-                for name in (
-                    "gateway_cpu",
-                    "postgres_cpu",
-                    "commits_per_second",
-                    "updates_per_second",
-                    "kib_per_stream",
-                    "delay_p50_ms",
-                    "delay_p99_ms",
-                )
-            ),
+            median("gateway_cpu"),
+            median("postgres_cpu"),
+            median("commits_per_second"),
+            median("updates_per_second"),
+            median("kib_per_stream"),
+            median("delay_p50_ms"),
+            median("delay_p99_ms"),
             sum(r.gaps for r in runs),
         )
-        print(f"median  {median.line()}")
+        print(f"median  {middle.line()}")
 
 
 if __name__ == "__main__":
