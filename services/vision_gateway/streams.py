@@ -147,15 +147,17 @@ class StreamLiveness:
     Every `interval` one UPDATE touches every row it holds; every `progress.interval` in between,
     one UPDATE saves the text of all streams that grew since their last save. The connection is
     not the pool's (reconnected after any failure), so requests queueing for the pool cannot delay
-    either. The two statements take turns, never overlap: a slow progress save (bounded by the
-    same timeout) delays the next touch by at most that long and never makes it skip a row, so
-    however slow saves get, a held row's `progress_at` stays well within the sweep threshold.
+    either. The two statements take turns, never overlap: a slow progress save (it times out
+    after its interval, or the touch's timeout if shorter) delays the next touch by at most that
+    long and never makes it skip a row, so however slow saves get, a held row's `progress_at`
+    stays within the sweep threshold (touch interval + save timeout + touch timeout: 42 s of 60
+    with the defaults).
     `unbroken_seconds()` is how long every touch has succeeded on time; the sweeper on this replica
     waits for that to reach the sweep threshold, so after an outage that kept every replica from
     touching, none sweeps before all had a chance. Progress saves are best effort: a failed one is
     logged and its streams are tried again at the next interval (and their final writes still
     come); it does not count against liveness. After a save timed out, the next ones take fewer
-    streams (halving per timeout, doubling back per success), oldest save first.
+    streams (halving per timeout, doubling back per success), least recently saved first.
     """
 
     def __init__(
@@ -211,7 +213,9 @@ class StreamLiveness:
         if not rows:
             return 0
         try:
-            written = await save_progress(await self._connection(), rows, within=self._timeout)
+            # Done before the next is due, or it counts as too slow: a touch waits for it at most that long.
+            within = min(self._timeout, self._progress.interval)
+            written = await save_progress(await self._connection(), rows, within=within)
         except Exception as exc:  # noqa: BLE001 - progress is best effort; the next interval and the final write follow
             if isinstance(exc, TimeoutError):  # a database too slow for all: fewer next time, in turn
                 self._save_limit = max(1, len(rows) // 2)
