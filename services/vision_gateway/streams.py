@@ -156,7 +156,8 @@ class StreamLiveness:
     waits for that to reach the sweep threshold, so after an outage that kept every replica from
     touching, none sweeps before all had a chance. Progress saves are best effort: a failed one is
     logged and its streams are tried again at the next interval (and their final writes still
-    come); it does not count against liveness. After a save timed out, the next ones take fewer
+    come); it does not count against liveness, and none is tried while touches fail (they own
+    reconnecting). After a save timed out, the next ones take fewer
     streams (halving per timeout, doubling back per success), least recently saved first.
     """
 
@@ -207,8 +208,8 @@ class StreamLiveness:
 
     async def save_progress_once(self) -> int:
         """Save every stream's text that grew since its last save, in one statement; how many were written."""
-        if self._progress is None:
-            return 0
+        if self._progress is None or not self.touched.is_set():
+            return 0  # the database is not answering touches: they reconnect; saves resume with them
         rows = self._progress.unsaved(self._save_limit)
         if not rows:
             return 0
