@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from cli.ports import PortInUse
+from common.collector import freeze_startup_objects
 from common.memory import return_large_buffers
 from common.settings import SettingsError
 
@@ -89,6 +90,7 @@ async def serve(
                     raise PortInUse(spec.host, spec.port, spec.name, spec.port_flag) from None
                 raise
             log.info("service_started", service=spec.name.replace("-", "_"), host=spec.host, port=spec.port)
+        freeze_startup_objects()  # full collections then walk only what requests made (common/collector.py)
         if on_started is not None:
             await on_started()
         await stop.wait()

@@ -19,6 +19,7 @@ from services.vision_gateway.capabilities import VisionModelService
 from services.vision_gateway.chat import ChatService
 from services.vision_gateway.chat.image_source import ImageSource
 from services.vision_gateway.chat.pending import PendingAnswers
+from services.vision_gateway.chat.progress import AnswerProgress
 from services.vision_gateway.conversation_handlers import CONVERSATION_SERVICE_KEY, add_conversation_routes
 from services.vision_gateway.conversations import ConversationService
 from services.vision_gateway.demo import add_demo_routes
@@ -34,6 +35,7 @@ from services.vision_gateway.ollama_client import OllamaClient
 from services.vision_gateway.openai_compat.handlers import RETINA_HEADERS, create_openai_app
 from services.vision_gateway.repository import ConversationRepository
 from services.vision_gateway.settings import GatewaySettings
+from services.vision_gateway.sse import HEARTBEAT_KEY, Heartbeat
 from services.vision_gateway.stop_catchup import StopCatchUp
 from services.vision_gateway.streams import StreamLiveness, StreamRegistry, listen_for_stops
 from services.vision_gateway.sweeper import sweeping
@@ -83,13 +85,18 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession(
             connector=connector, raise_for_status=False, trace_configs=client_trace_configs(app.get(TRACING_KEY))
         ) as session:
-            registry, repository, pending, backends = _install_services(app, session, metrics, preparer)
+            registry, repository, pending, backends, progress = _install_services(app, session, metrics, preparer)
             common = app[SETTINGS_KEY]
             dsn = common.database_url.get_secret_value()
             sweep_after = settings.stream_sweep_after_seconds
             liveness = StreamLiveness(
-                dsn, registry.held, interval=sweep_after / 3, transaction_pooler=common.transaction_pooler
+                dsn,
+                registry.held,
+                interval=sweep_after / 3,
+                progress=progress,
+                transaction_pooler=common.transaction_pooler,
             )
+            heartbeat = app[HEARTBEAT_KEY] = Heartbeat(settings.heartbeat_seconds)
             # Left in reverse order: answers waiting for the database get their last attempts while
             # their rows are still kept alive, and before the pool closes.
             catch_up = StopCatchUp(registry, repository.ended_streams)
@@ -99,6 +106,7 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
                 listen_for_stops(registry, common.direct_url, catch_up.on_listener_state) as listening,
                 liveness.running(),
                 pending.running(),
+                heartbeat.running(),
                 sweeping(repository, metrics, liveness, after_seconds=sweep_after),
             ):
 
@@ -119,11 +127,11 @@ async def _chat_service(app: web.Application) -> AsyncIterator[None]:
 
 def _install_services(
     app: web.Application, session: aiohttp.ClientSession, metrics: GatewayMetrics, preparer: ImagePreparer
-) -> tuple[StreamRegistry, ConversationRepository, PendingAnswers, BackendRegistry]:
+) -> tuple[StreamRegistry, ConversationRepository, PendingAnswers, BackendRegistry, AnswerProgress]:
     """Build the upstream clients and the services over them, put the services in app state.
 
-    Returns what the background tasks (stop listener, liveness, pending answers, sweeper, backend
-    refresh) of `_chat_service` work on.
+    Returns what the background tasks (stop listener, liveness and progress saves, pending answers,
+    sweeper, backend refresh) of `_chat_service` work on.
     """
     settings = app[GATEWAY_SETTINGS_KEY]
     backends = BackendRegistry(
@@ -166,6 +174,7 @@ def _install_services(
         keep_seconds=settings.stream_save_queue_seconds,
         max_bytes=settings.stream_save_queue_bytes,
     )
+    progress = AnswerProgress()
     models = VisionModelService(
         ollama, metrics, ttl_seconds=settings.capability_ttl_seconds, detection_enabled=settings.model_detection_enabled
     )
@@ -178,6 +187,7 @@ def _install_services(
         repository=repository,
         registry=registry,
         pending=pending,
+        progress=progress,
         metrics=metrics,
         admission=StreamAdmission(
             max_streams=settings.max_streams_per_user, rate_per_minute=settings.stream_rate_per_minute
@@ -187,7 +197,7 @@ def _install_services(
     app[HISTORY_IMAGES_KEY] = HistoryImages(store)
     app[CHAT_SERVICE_KEY] = service
     app[CONVERSATION_SERVICE_KEY] = ConversationService(repository, store, registry)
-    return registry, repository, pending, backends
+    return registry, repository, pending, backends, progress
 
 
 async def _end_open_streams(app: web.Application) -> None:

@@ -17,7 +17,7 @@ from common.http.body_timeout import BodyClocks, BodyReadTimeout, read_limits
 from common.metrics import EVENT_STREAM_KEY
 from services.vision_gateway.chat import ChatService, OpenTurn
 from services.vision_gateway.chat.relay import EventSink
-from services.vision_gateway.sse import EventStream
+from services.vision_gateway.sse import HEARTBEAT_KEY, EventStream
 
 # How long to wait for Ollama before committing to a stream (and pinging while it loads).
 OPEN_GRACE_SECONDS = 1.0
@@ -48,7 +48,7 @@ async def stream_turn(
 ) -> web.StreamResponse:
     """Relay a begun turn as Server-Sent Events; a client gone before the first byte stops the turn."""
     request[EVENT_STREAM_KEY] = True
-    stream = EventStream(heartbeat_seconds=service.settings.heartbeat_seconds, headers=headers)
+    stream = EventStream(heartbeat=request.config_dict[HEARTBEAT_KEY], headers=headers)
     try:
         await stream.prepare(request)
     except BaseException:  # the client left before the stream began; the turn must not stay "streaming"

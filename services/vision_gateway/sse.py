@@ -1,8 +1,10 @@
-"""Server-Sent Events on an aiohttp StreamResponse, with keep-alive pings built in.
+"""Server-Sent Events on an aiohttp StreamResponse, with keep-alive pings.
 
-Like aiohttp-sse's EventSourceResponse, the response object owns the heartbeat: whenever
-nothing has been written for `heartbeat_seconds` it writes a `: ping` comment, so proxies and
-browsers keep a silent stream (a model loading, a database write being retried) open.
+Like aiohttp-sse's EventSourceResponse, a stream is kept alive while silent: whenever nothing has
+been written for SSE_HEARTBEAT_SECONDS a `: ping` comment goes out, so proxies and browsers keep a
+silent stream (a model loading, a database write being retried) open. Not by a timer task per
+stream: the replica's one Heartbeat looks at all its open streams a few times per interval and
+starts a short ping task only for a stream that is due.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from common.background import in_background
 
 SSE_HEADERS = {
     # The charset named, as OpenAI's API does: a client that honours the header (requests'
@@ -34,20 +38,58 @@ class _HeadersWithFirstEvent(web.StreamResponse):
     _send_headers_immediately = False
 
 
-class EventStream:
-    """One SSE response: `send()` events as `data: <json>` lines; pings while idle."""
+class Heartbeat:
+    """The replica's keep-alive clock for all its event streams (one task, not one per stream).
 
-    def __init__(self, *, heartbeat_seconds: float, headers: Mapping[str, str] | None = None) -> None:
+    Every quarter of `seconds` (at least once a second) it pings each stream silent for `seconds`,
+    each ping in a short task of its own, so a client that reads slowly holds up only its own.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._streams: set[EventStream] = set()
+
+    def add(self, stream: EventStream) -> None:
+        self._streams.add(stream)
+
+    def discard(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
+
+    async def _run(self) -> None:
+        period = min(1.0, self.seconds / 4)
+        while True:
+            await asyncio.sleep(period)
+            due = time.monotonic() - self.seconds
+            for stream in self._streams:
+                if stream.last_write <= due:
+                    stream.start_ping()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with in_background(self._run(), name="sse-heartbeat"):
+            yield
+
+
+HEARTBEAT_KEY = web.AppKey("sse_heartbeat", Heartbeat)
+
+
+class EventStream:
+    """One SSE response: `send()` events as `data: <json>` lines; pinged by `heartbeat` while idle."""
+
+    __slots__ = ("_heartbeat", "_lock", "_ping", "last_write", "response")
+
+    def __init__(self, *, heartbeat: Heartbeat | None, headers: Mapping[str, str] | None = None) -> None:
         self.response = _HeadersWithFirstEvent(headers={**SSE_HEADERS, **(headers or {})})
-        self._heartbeat_seconds = heartbeat_seconds
-        self._last_write = time.monotonic()
-        self._keepalive: asyncio.Task[None] | None = None
+        self._heartbeat = heartbeat
+        self.last_write = time.monotonic()
+        self._ping: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     async def prepare(self, request: web.Request) -> None:
         await self.response.prepare(request)
-        self._last_write = time.monotonic()
-        self._keepalive = asyncio.create_task(self._ping_while_idle(), name="sse-keepalive")
+        self.last_write = time.monotonic()
+        if self._heartbeat is not None:
+            self._heartbeat.add(self)
 
     async def send(self, event: Mapping[str, Any]) -> None:
         await self._write(b"data: " + orjson.dumps(event) + b"\n\n")
@@ -62,21 +104,27 @@ class EventStream:
     async def _write(self, data: bytes) -> None:
         async with self._lock:  # a ping never lands inside an event
             await self.response.write(data)
-            self._last_write = time.monotonic()
+            self.last_write = time.monotonic()
 
-    async def _ping_while_idle(self) -> None:
-        while True:
-            idle = time.monotonic() - self._last_write
-            if idle < self._heartbeat_seconds:
-                await asyncio.sleep(self._heartbeat_seconds - idle)
-                continue
-            try:
-                await self.ping()
-            except (ConnectionError, RuntimeError):
-                return  # the client is gone; the next send() tells the relay
+    def start_ping(self) -> None:
+        """Ping in the background, unless a ping is still on its way."""
+        if self._ping is None:
+            self._ping = asyncio.create_task(self._ping_once(), name="sse-ping")
+
+    async def _ping_once(self) -> None:
+        try:
+            await self.ping()
+        except (ConnectionError, RuntimeError):
+            if self._heartbeat is not None:  # the client is gone; the next send() tells the relay
+                self._heartbeat.discard(self)
+        finally:
+            self._ping = None
 
     async def close(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.discard(self)
+        ping, self._ping = self._ping, None
+        if ping is not None:
+            ping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+                await ping

@@ -4,11 +4,12 @@ A stop is a Postgres NOTIFY on a dedicated connection (pooled connections UNLIST
 the listener reconnects with backoff. NOTIFY is a hint, not a queue: the database row says
 whether a stream is still running.
 
-Liveness: the registry knows every `streaming` row this replica still owes a final write (its
-live streams, and finals being written). StreamLiveness touches all of them at once, one
-statement per STREAM_SWEEP_AFTER_SECONDS / 3 on a connection of its own, however many there are
-and however far behind their progress saves are: the sweeper (sweeper.py) closes only rows that
-no replica touches any more.
+Liveness and progress: the registry knows every `streaming` row this replica still owes a final
+write (its live streams, and finals being written). StreamLiveness touches all of them at once,
+one statement per STREAM_SWEEP_AFTER_SECONDS / 3, and in between saves the text so far of every
+stream that grew, one statement per progress interval for all of them (chat/progress.py's
+AnswerProgress says which), both on the one connection of its own: per replica, not per stream.
+The sweeper (sweeper.py) closes only rows that no replica touches any more.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import asyncio
 import collections
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from typing import Protocol
 
 import asyncpg
 import structlog
@@ -26,7 +27,7 @@ import structlog
 from common.background import in_background
 from common.db import connect
 from common.pg_listen import listening
-from services.vision_gateway.repository import STOP_CHANNEL, touch_streams
+from services.vision_gateway.repository import STOP_CHANNEL, ProgressRow, save_progress, touch_streams
 
 log = structlog.get_logger("retina.vision_gateway.streams")
 
@@ -36,20 +37,35 @@ TOUCH_RETRY_FIRST_SECONDS = 0.5
 TOUCH_STARTUP_WAIT_SECONDS = 5.0
 
 
-@dataclass
 class LiveStream:
-    stream_id: uuid.UUID
-    owner_id: str
-    stop_reason: str | None = None
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    """A stream running on this replica: why it was asked to stop, and who acts on that right away.
+
+    Lean on purpose (a replica holds thousands): no event, no watcher task; whoever waits for a
+    stop (the relay) registers a callback, which `stop()` calls at once.
+    """
+
+    __slots__ = ("_on_stop", "owner_id", "stop_reason", "stream_id")
+
+    def __init__(self, stream_id: uuid.UUID, owner_id: str) -> None:
+        self.stream_id = stream_id
+        self.owner_id = owner_id
+        self.stop_reason: str | None = None
+        self._on_stop: Callable[[], object] | None = None
 
     def stop(self, reason: str) -> bool:
         """Ask the stream to stop; True when this is the first request (the others change nothing)."""
         first = self.stop_reason is None
         if first:
             self.stop_reason = reason
-        self.wakeup.set()
+        if self._on_stop is not None:
+            self._on_stop()
         return first
+
+    def on_stop(self, callback: Callable[[], object] | None) -> None:
+        """Call `callback` when a stop is asked for (now, if it was already); None: no longer."""
+        self._on_stop = callback
+        if callback is not None and self.stop_reason is not None:
+            callback()
 
 
 class StreamRegistry:
@@ -133,25 +149,55 @@ def listen_for_stops(
     return listening(dsn, STOP_CHANNEL, registry._on_notify, on_state)
 
 
-class StreamLiveness:
-    """This replica's proof of life: every `interval`, one UPDATE touches every row it holds.
+class ProgressSource(Protocol):
+    """The partial answers this replica has not saved yet (chat/progress.py's AnswerProgress)."""
 
-    The statement runs on a connection of its own (reconnected after any failure), so a pool whose
-    queue is full of progress saves cannot delay it. `unbroken_seconds()` is how long every touch
-    has succeeded on time; the sweeper on this replica waits for that to reach the sweep threshold,
-    so after an outage that kept every replica from touching, none sweeps before all had a chance.
+    interval: float  # seconds between saves: what a crash can lose
+
+    def unsaved(self, limit: int | None = None) -> Sequence[ProgressRow]: ...
+
+    def saved(self, rows: Sequence[ProgressRow]) -> None: ...
+
+
+class StreamLiveness:
+    """This replica's proof of life and its progress saves, on one connection of its own.
+
+    Every `interval` one UPDATE touches every row it holds; every `progress.interval` in between,
+    one UPDATE saves the text of all streams that grew since their last save. The connection is
+    not the pool's (reconnected after any failure), so requests queueing for the pool cannot delay
+    either. The two statements take turns, never overlap: a slow progress save (it times out
+    after its interval, or the touch's timeout if shorter) delays the next touch by at most that
+    long and never makes it skip a row, so however slow saves get, a held row's `progress_at`
+    stays within the sweep threshold (touch interval + save timeout + touch timeout: 42 s of 60
+    with the defaults).
+    `unbroken_seconds()` is how long every touch has succeeded on time; the sweeper on this replica
+    waits for that to reach the sweep threshold, so after an outage that kept every replica from
+    touching, none sweeps before all had a chance. Progress saves are best effort: a failed one is
+    logged and its streams are tried again at the next interval (and their final writes still
+    come); it does not count against liveness, and none is tried while touches fail (they own
+    reconnecting). After a save timed out, the next ones take fewer
+    streams (halving per timeout, doubling back per success), least recently saved first.
     """
 
     def __init__(
-        self, dsn: str, held: Callable[[], Collection[uuid.UUID]], *, interval: float, transaction_pooler: bool = False
+        self,
+        dsn: str,
+        held: Callable[[], Collection[uuid.UUID]],
+        *,
+        interval: float,
+        progress: ProgressSource | None = None,
+        transaction_pooler: bool = False,
     ) -> None:
         self._dsn = dsn
         self._transaction_pooler = transaction_pooler  # DATABASE_URL is a transaction pooler: no statement cache
         self._held = held
+        self._progress = progress
         self.interval = interval
         # A touch (or connect) slower than this failed; at least 1 s, so a tiny interval still works.
         self._timeout = max(1.0, interval)
         self._conn: asyncpg.Connection | None = None
+        # Streams per progress save after one timed out (halved per timeout, doubled per success); None: all.
+        self._save_limit: int | None = None
         self._unbroken_since: float | None = None
         self._last_touch: float | None = None
         self.touched = asyncio.Event()  # set while the last touch succeeded
@@ -166,11 +212,7 @@ class StreamLiveness:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await connect(
-                    self._dsn, transaction_pooler=self._transaction_pooler, connect_timeout=self._timeout
-                )
-            await touch_streams(self._conn, self._held(), within=self._timeout)
+            await touch_streams(await self._connection(), self._held(), within=self._timeout)
         except Exception as exc:  # noqa: BLE001 - any failure: not alive as far as others can see
             log.warning("stream_liveness_failed", error=repr(exc))
             self.touched.clear()
@@ -184,17 +226,53 @@ class StreamLiveness:
         self.touched.set()
         return True
 
+    async def save_progress_once(self) -> int:
+        """Save every stream's text that grew since its last save, in one statement; how many were written."""
+        if self._progress is None or not self.touched.is_set():
+            return 0  # the database is not answering touches: they reconnect; saves resume with them
+        rows = self._progress.unsaved(self._save_limit)
+        if not rows:
+            return 0
+        try:
+            # Done before the next is due, or it counts as too slow: a touch waits for it at most that long.
+            within = min(self._timeout, self._progress.interval)
+            written = await save_progress(await self._connection(), rows, within=within)
+        except Exception as exc:  # noqa: BLE001 - progress is best effort; the next interval and the final write follow
+            if isinstance(exc, TimeoutError):  # a database too slow for all: fewer next time, in turn
+                self._save_limit = max(1, len(rows) // 2)
+            log.warning("progress_save_failed", streams=len(rows), error=repr(exc))
+            await self._close()
+            return 0
+        self._progress.saved(rows)
+        if self._save_limit is not None:
+            self._save_limit = None if self._save_limit >= len(rows) * 2 else self._save_limit * 2
+        return written
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect(
+                self._dsn, transaction_pooler=self._transaction_pooler, connect_timeout=self._timeout
+            )
+        return self._conn
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         retry = TOUCH_RETRY_FIRST_SECONDS
+        next_touch = next_save = loop.time()
         while True:
             started = loop.time()
-            if await self.touch_once():
-                retry = TOUCH_RETRY_FIRST_SECONDS
-                wait = self.interval - (loop.time() - started)
-            else:
-                wait, retry = min(retry, self.interval), min(retry * 2, self.interval)
-            await asyncio.sleep(max(0.0, wait))
+            if started >= next_touch:
+                if await self.touch_once():
+                    retry = TOUCH_RETRY_FIRST_SECONDS
+                    next_touch = started + self.interval
+                else:
+                    next_touch = loop.time() + min(retry, self.interval)
+                    retry = min(retry * 2, self.interval)
+            if self._progress is not None and started >= next_save:
+                next_save = started + self._progress.interval
+                await self.save_progress_once()
+            wake = next_touch if self._progress is None else min(next_touch, next_save)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -270,6 +270,24 @@ async def test_stop_from_another_gateway_replica(stack: Stack, db: asyncpg.Conne
     assert foreign_again.status == 404, "someone else's finished stream stays invisible"
 
 
+async def test_a_stop_while_the_model_loads_ends_the_stream_at_once(stack: Stack, db: asyncpg.Connection) -> None:
+    """No watcher task waits for the stop: the stop itself wakes the relay, before Ollama's first line."""
+    import json
+
+    stack.emulator.first_token_delay = 5.0
+    response = await ask(stack.gateway, {"message": "hi", "model": "llava"})
+    start = json.loads((await response.content.readline())[len(b"data: ") :])
+    assert await response.content.readline() == b"\n"
+    asked_at = asyncio.get_running_loop().time()
+    stop = await stack.gateway.post(f"/api/stream-message/{start['stream_id']}/stop", headers=auth_headers())
+    assert await stop.json() == {"stream_id": start["stream_id"], "stopped": True}
+    rest = await read_sse(response)
+    assert asyncio.get_running_loop().time() - asked_at < 2.0, "ended well before the model's first token"
+    assert (rest.events[-1]["type"], rest.events[-1]["done_reason"]) == ("done", "stopped")
+    assert await db.fetchval("SELECT status FROM messages WHERE role = 'assistant'") == "stopped"
+    await stack.emulator.wait_for_disconnect(within=5)
+
+
 async def test_stop_unknown_or_malformed_stream(stack: Stack) -> None:
     for stream_id in (str(uuid.uuid4()), "not-a-uuid"):
         response = await stack.gateway.post(f"/api/stream-message/{stream_id}/stop", headers=auth_headers())

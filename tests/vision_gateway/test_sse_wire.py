@@ -16,7 +16,7 @@ async def test_headers_leave_with_the_first_event_in_one_write() -> None:
     protocol = mock.Mock(transport=transport, writing_paused=False)
     writer = StreamWriter(protocol, mock.Mock())
     request = make_mocked_request("POST", "/api/stream-message", writer=writer, protocol=protocol, transport=transport)
-    stream = EventStream(heartbeat_seconds=60)
+    stream = EventStream(heartbeat=None)
     await stream.prepare(request)
     assert sent == [], "nothing is sent before the first event"
     await stream.send({"type": "start", "text": "Grüße"})

@@ -244,9 +244,10 @@ async def test_partial_answer_is_saved_while_streaming(
 ) -> None:
     import services.vision_gateway.chat.progress as chat_module
 
-    monkeypatch.setattr(chat_module, "PROGRESS_SAVE_SECONDS", 0.3)
+    monkeypatch.setattr(chat_module, "PROGRESS_SAVE_SECONDS", 0.3)  # read when a gateway starts
+    gateway = await stack.make_gateway()
     stack.emulator.chunk_delay = 0.15
-    response = await ask(stack.gateway, {"message": "hi", "model": "llava"})
+    response = await ask(gateway, {"message": "hi", "model": "llava"})
     seen_while_streaming = ""
     for _ in range(60):
         await asyncio.sleep(0.1)

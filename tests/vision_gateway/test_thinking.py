@@ -209,9 +209,10 @@ async def test_thinking_is_saved_while_it_streams(
 ) -> None:
     import services.vision_gateway.chat.progress as progress
 
-    monkeypatch.setattr(progress, "PROGRESS_SAVE_SECONDS", 0.3)
+    monkeypatch.setattr(progress, "PROGRESS_SAVE_SECONDS", 0.3)  # read when a gateway starts
+    gateway = await stack.make_gateway()
     stack.emulator.chunk_delay = 0.15
-    response = await ask(stack.gateway, {"message": "What is 2+2?", "model": "qwen3", "think": True})
+    response = await ask(gateway, {"message": "What is 2+2?", "model": "qwen3", "think": True})
     seen = None
     for _ in range(60):
         await asyncio.sleep(0.1)

@@ -1,26 +1,25 @@
-"""AnswerWriter: where one stream's answer goes in PostgreSQL, while it streams and when it ends.
+"""Where a stream's answer goes in PostgreSQL: its text so far while it streams, and once when it ends.
 
-While streaming it saves the text so far every PROGRESS_SAVE_SECONDS when it grew: what a crash
-can lose. These saves go through the pool and may fall behind under load; that only risks more
-text on a crash, never the stream: the row is kept alive by the replica's one liveness statement
-(streams.StreamLiveness), which covers it for as long as the registry holds it (the stream, its
-final write, and a final waiting in memory).
+While streaming, the text so far is saved every PROGRESS_SAVE_SECONDS when it grew: what a crash
+can lose. Not by each stream: AnswerProgress is the replica's one book of streams, and the
+replica's StreamLiveness (streams.py) writes all that grew in one statement per interval, on its
+own connection, between its liveness touches (which keep every held row alive, saved or not).
+A save that fails or falls behind only risks more text on a crash, never the stream.
 
 The final write happens once. If PostgreSQL is unreachable it is retried (waits of 0.2 s doubling
 to 2 s, common.retry's `until`) while the next attempt would start within `retry_seconds`; the
 result (saved or not) goes to the client in the final event, so an answer is never lost silently.
 An answer not saved by then is handed to PendingAnswers (pending.py), which stores it when the
 database is back (within STREAM_SAVE_QUEUE_SECONDS): `"saved": false` says what was true when
-the client was told.
+the client was told. A stream leaves the progress book before its final write; a batch already
+on its way cannot overwrite the final answer, as it writes only rows still `streaming`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
@@ -28,14 +27,12 @@ from common.errors import DatabaseUnavailable
 from common.retry import until
 from services.vision_gateway.chat.pending import PendingAnswers, PendingFinal
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.repository import ConversationRepository
+from services.vision_gateway.repository import ConversationRepository, ProgressRow
 
 log = structlog.get_logger("retina.vision_gateway.answers")
 
-# How often the partial answer is written while it streams (what a crash can lose).
+# How often the partial answers are written while they stream (what a crash can lose).
 PROGRESS_SAVE_SECONDS = 2.0
-# How long stopping waits for an in-flight progress save before abandoning it.
-PROGRESS_STOP_SECONDS = 5.0
 RETRY_FIRST_DELAY = 0.2
 RETRY_MAX_DELAY = 2.0
 
@@ -47,13 +44,69 @@ class Answer(NamedTuple):
     thinking: str = ""
 
 
+class AnswerSoFar(Protocol):
+    """A stream's growing answer (StreamRelay): its length is cheap to read, the text is joined on demand."""
+
+    @property
+    def answer_length(self) -> int: ...
+
+    def answer(self) -> Answer: ...
+
+
+class _Tracked:
+    __slots__ = ("saved_length", "source")
+
+    def __init__(self, source: AnswerSoFar) -> None:
+        self.source = source
+        self.saved_length = 0
+
+
+class AnswerProgress:
+    """The replica's streams whose text so far is saved in batches (streams.ProgressSource).
+
+    Per stream it keeps a reference and the length last saved; a stream's text is joined only
+    when it grew, once per interval.
+    """
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = PROGRESS_SAVE_SECONDS if interval is None else interval
+        self._streams: dict[uuid.UUID, _Tracked] = {}
+
+    def track(self, message_id: uuid.UUID, source: AnswerSoFar) -> None:
+        self._streams[message_id] = _Tracked(source)
+
+    def untrack(self, message_id: uuid.UUID) -> None:
+        self._streams.pop(message_id, None)
+
+    def unsaved(self, limit: int | None = None) -> list[ProgressRow]:
+        """The streams whose text grew since their last save (at most `limit`, least recently saved first)."""
+        rows: list[ProgressRow] = []
+        for message_id, tracked in self._streams.items():
+            if tracked.source.answer_length != tracked.saved_length:
+                content, thinking = tracked.source.answer()
+                rows.append(ProgressRow(message_id, content, thinking))
+                if len(rows) == limit:
+                    break
+        return rows
+
+    def saved(self, rows: Sequence[ProgressRow]) -> None:
+        for row in rows:
+            tracked = self._streams.pop(row.message_id, None)
+            if tracked is not None:  # a stream that ended meanwhile has left the book
+                tracked.saved_length = len(row.content) + len(row.thinking)
+                self._streams[row.message_id] = tracked  # to the back: a limited save takes others first
+
+
 class AnswerWriter:
+    """One stream's answer: in the replica's progress batch while it streams, then its final write."""
+
     def __init__(
         self,
         repository: ConversationRepository,
         message_id: uuid.UUID,
         metrics: GatewayMetrics,
         pending: PendingAnswers,
+        progress: AnswerProgress,
         *,
         retry_seconds: float,
     ) -> None:
@@ -61,40 +114,13 @@ class AnswerWriter:
         self._message_id = message_id
         self._metrics = metrics
         self._pending = pending
+        self._progress = progress
         self._retry_seconds = retry_seconds
-        self._progress: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
         self._saved: bool | None = None
 
-    def start_progress(self, answer: Callable[[], Answer]) -> None:
-        self._progress = asyncio.create_task(self._save_progress(answer), name=f"progress-{self._message_id}")
-
-    async def _save_progress(self, answer: Callable[[], Answer]) -> None:
-        # Both parts only grow while streaming, so their combined length tells whether anything is new.
-        saved_length = 0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), PROGRESS_SAVE_SECONDS)
-                return
-            current = answer()
-            length = len(current.content) + len(current.thinking)
-            if length == saved_length:
-                continue
-            try:
-                await self._repository.save_progress(self._message_id, current.content, current.thinking)
-                saved_length = length
-            except Exception as exc:  # noqa: BLE001 - progress is best effort; the final write retries
-                log.warning("progress_save_failed", message_id=str(self._message_id), error=repr(exc))
-
-    async def _stop_progress(self) -> None:
-        self._stopping.set()
-        if self._progress is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._progress), PROGRESS_STOP_SECONDS)
-        except TimeoutError:
-            # A late progress save is harmless: it only updates rows still `streaming`.
-            self._progress.cancel()
+    def start_progress(self, answer: AnswerSoFar) -> None:
+        """Save this stream's text so far with the replica's batch, until its final write."""
+        self._progress.track(self._message_id, answer)
 
     async def finish(self, answer: Answer, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
         """Store the final answer once; True when it is in the database now (else it waits in memory)."""
@@ -105,7 +131,7 @@ class AnswerWriter:
             return await self._finish(answer, status, error, stats)
 
     async def _finish(self, answer: Answer, status: str, error: str | None, stats: dict[str, Any] | None) -> bool:
-        await self._stop_progress()
+        self._progress.untrack(self._message_id)
         policy = until(
             self._retry_seconds,
             retry_on=DatabaseUnavailable,

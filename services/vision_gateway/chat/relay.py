@@ -49,6 +49,7 @@ class StreamRelay:
         self.label = metrics.model_label(turn.prepared.model)
         self.content: list[str] = []
         self.thinking: list[str] = []
+        self.answer_length = 0  # characters of content and thinking: tells the progress batch it grew
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.chunks = 0
@@ -66,12 +67,12 @@ class StreamRelay:
     async def run(self) -> str:
         in_flight = self.metrics.in_flight.labels(self.label)
         in_flight.inc()
-        self.writer.start_progress(self.answer)
+        self.writer.start_progress(self)
         try:
             await self.sink.send(self.turn.start_event())
             for notice in self.turn.prepared.notices:
                 await self.sink.send(notice)
-            upstream = await self.turn.upstream(wake=self.live.wakeup)
+            upstream = await self._upstream()
             if upstream is not None:
                 self.metrics.upstream_ttfc.labels(self.label).observe(upstream.first_chunk_seconds)
                 if await self._pump(upstream):
@@ -91,27 +92,42 @@ class StreamRelay:
             self._record_metrics()
         return self.outcome
 
+    async def _upstream(self) -> ChatStream | None:
+        """Ollama's open stream; None when a stop came first."""
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        self.live.on_stop(wake)
+        try:
+            return await self.turn.upstream(wake=stopped)
+        finally:
+            self.live.on_stop(None)
+
     async def _pump(self, upstream: ChatStream) -> bool:
-        """Relay chunks as they arrive; True once Ollama said done. A stop closes the upstream."""
-        stop_watch = asyncio.create_task(self.live.wakeup.wait())
-        stop_watch.add_done_callback(lambda _: upstream.close())
+        """Relay chunks as they arrive; True once Ollama said done. A stop closes the upstream at once."""
+        self.live.on_stop(upstream.close)
         try:
             async for chunk in upstream.chunks():
                 # Ollama sends thinking and answer in separate lines; relay each as its own event type.
                 if chunk.thinking:
                     self._count_token()
                     self.thinking.append(chunk.thinking)
+                    self.answer_length += len(chunk.thinking)
                     await self.sink.send(events.thinking(chunk.thinking))
                 if chunk.content:
                     self._count_token()
                     self.content.append(chunk.content)
+                    self.answer_length += len(chunk.content)
                     await self.sink.send(events.chunk(chunk.content))
                 if chunk.done:
                     self.upstream_stats = chunk.stats
                     await self._end_completed(chunk.done_reason or "stop")
                     return True
         finally:
-            stop_watch.cancel()
+            self.live.on_stop(None)
         return False  # only a stop ends the loop without done or an error
 
     def _count_token(self) -> None:

@@ -25,7 +25,7 @@ from services.vision_gateway.chat import policy, prompt, thinking
 from services.vision_gateway.chat.ask import Ask
 from services.vision_gateway.chat.image_source import ImageSource
 from services.vision_gateway.chat.pending import PendingAnswers
-from services.vision_gateway.chat.progress import Answer, AnswerWriter
+from services.vision_gateway.chat.progress import Answer, AnswerProgress, AnswerWriter
 from services.vision_gateway.chat.prompt import HistoryEntry
 from services.vision_gateway.chat.relay import EventSink, StreamRelay
 from services.vision_gateway.chat.request import ChatRequest, RequestLimits, Think
@@ -67,6 +67,7 @@ class ChatService:
         repository: ConversationRepository,
         registry: StreamRegistry,
         pending: PendingAnswers,
+        progress: AnswerProgress,
         metrics: GatewayMetrics,
         admission: StreamAdmission,
         budget: PrepBudget,
@@ -81,6 +82,7 @@ class ChatService:
         self._repository = repository
         self.registry = registry
         self._pending = pending
+        self._progress = progress
         self._metrics = metrics
 
     def limits(self, *, blank_message_with_images: bool = False) -> RequestLimits:
@@ -203,6 +205,7 @@ class ChatService:
             turn.message_id,
             self._metrics,
             self._pending,
+            self._progress,
             retry_seconds=self.settings.stream_save_retry_seconds,
         )
 

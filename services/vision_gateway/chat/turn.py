@@ -94,18 +94,14 @@ class OpenTurn:
             image_ids=self.prepared.image_ids,
         )
 
-    async def upstream(self, *, wake: asyncio.Event) -> ChatStream | None:
-        """Ollama's open stream, once its first line arrived; None if `wake` was set first.
+    async def upstream(self, *, wake: asyncio.Future[None]) -> ChatStream | None:
+        """Ollama's open stream, once its first line arrived; None if `wake` was done first.
 
         Raises what opening raised (unavailable, refused, an error line).
         """
-        if self._opening.done():
-            return self._opening.result()
-        waiter = asyncio.ensure_future(wake.wait())
-        try:
-            await asyncio.wait({self._opening, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
+        if not self._opening.done():
+            either: list[asyncio.Future[Any]] = [self._opening, wake]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         return self._opening.result() if self._opening.done() else None
 
     @property

@@ -13,10 +13,11 @@ from services.vision_gateway.repository.records import (
     ConversationSummary,
     DeletedConversation,
     NewTurn,
+    ProgressRow,
     StoredMessage,
     StreamState,
 )
-from services.vision_gateway.repository.streams import StreamQueries, touch_streams
+from services.vision_gateway.repository.streams import StreamQueries, save_progress, touch_streams
 from services.vision_gateway.repository.turns import TurnQueries
 
 __all__ = [
@@ -26,8 +27,10 @@ __all__ = [
     "ConversationSummary",
     "DeletedConversation",
     "NewTurn",
+    "ProgressRow",
     "StoredMessage",
     "StreamState",
+    "save_progress",
     "touch_streams",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -54,6 +54,14 @@ class StreamState:
     owner_id: str
     status: str
     message_id: uuid.UUID
+
+
+class ProgressRow(NamedTuple):
+    """A streaming answer's text so far, as one row of the replica's batched progress save."""
+
+    message_id: uuid.UUID
+    content: str
+    thinking: str
 
 
 @dataclass(frozen=True, slots=True)

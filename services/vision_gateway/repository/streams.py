@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from common.db import Connection, connection
 from services.vision_gateway.repository.records import (
@@ -11,6 +11,7 @@ from services.vision_gateway.repository.records import (
     STOP_CHANNEL,
     SWEEP_LOCK_KEY,
     PoolQueries,
+    ProgressRow,
     StreamState,
 )
 
@@ -78,9 +79,9 @@ class StreamQueries(PoolQueries):
 async def touch_streams(conn: Connection, message_ids: Collection[uuid.UUID], *, within: float) -> int:
     """Mark every row a replica holds as alive, in one statement; returns how many were touched.
 
-    Called on a connection of the replica's own, not the pool's: a queue of progress saves must
-    not delay it. Rows locked right now are skipped, not waited for: whoever holds the lock (a
-    progress save, a final write) is writing that row itself.
+    Called on a connection of the replica's own, not the pool's, between (never during) the
+    replica's batched progress saves. Rows locked right now are skipped, not waited for: whoever
+    holds the lock (a final write, a stop, a sweep) is writing that row itself.
     """
     if not message_ids:
         await conn.execute("SELECT 1", timeout=within)  # still proves the connection works
@@ -98,3 +99,31 @@ async def touch_streams(conn: Connection, message_ids: Collection[uuid.UUID], *,
         timeout=within,
     )
     return touched
+
+
+async def save_progress(conn: Connection, rows: Sequence[ProgressRow], *, within: float) -> int:
+    """The text so far of all a replica's streams that grew, in one statement; returns how many were written.
+
+    Only rows still `streaming` are written, and rows locked right now are skipped: a final write
+    (or a stop, a sweep) that got there first, or is writing now, is never overwritten by the
+    text it already superseded. Skipping also means this statement never waits for a lock.
+    """
+    written: int = await conn.fetchval(
+        """
+        WITH batch AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS b(id, content, thinking)
+        ), held AS (
+            SELECT m.id, batch.content, batch.thinking FROM messages m JOIN batch ON batch.id = m.id
+             WHERE m.status = 'streaming' FOR UPDATE OF m SKIP LOCKED
+        ), written AS (
+            UPDATE messages m SET content = held.content, thinking = nullif(held.thinking, ''), progress_at = now()
+              FROM held WHERE m.id = held.id RETURNING 1
+        )
+        SELECT count(*) FROM written
+        """,
+        [row.message_id for row in rows],
+        [row.content for row in rows],
+        [row.thinking for row in rows],
+        timeout=within,
+    )
+    return written

@@ -114,19 +114,6 @@ class TurnQueries(PoolQueries):
                     [turn.user_message_id, turn.assistant_message_id],
                 )
 
-    async def save_progress(self, message_id: uuid.UUID, content: str, thinking: str = "") -> None:
-        """The answer (and thinking) so far, while it streams: a crash then loses seconds, not the whole answer."""
-        async with connection(self._pool, stateless=True) as conn:
-            await conn.execute(
-                """
-                UPDATE messages SET content = $2, thinking = nullif($3, ''), progress_at = now()
-                 WHERE id = $1 AND status = 'streaming'
-                """,
-                message_id,
-                content,
-                thinking,
-            )
-
     async def finish_turn(
         self,
         message_id: uuid.UUID,
