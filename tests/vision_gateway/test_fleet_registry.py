@@ -54,7 +54,9 @@ async def make_fleet() -> AsyncIterator[MakeFleet]:
                 runner, url = await start_emulator(emulator, "127.0.0.1", 0)
                 runners.append(runner)
                 emulators.append(emulator)
-                client = OllamaClient(session, url, retries=0, metrics=metrics, connect_timeout=2, read_timeout=5)
+                client = OllamaClient(
+                    session, url, retries=0, metrics=metrics, connect_timeout=2, read_timeout=5, list_timeout=2
+                )
                 backends.append(Backend(client, url, index))
             registry = BackendRegistry(
                 backends, metrics.fleet, refresh_seconds=60, cooldown_seconds=cooldown, clock=clock
