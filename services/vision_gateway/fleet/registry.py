@@ -83,7 +83,8 @@ class BackendRegistry:
     def mark_down(self, backend: Backend, reason: str, failure: BaseException | None = None) -> None:
         if backend.up:
             log.warning("ollama_backend_down", backend=backend.label, reason=reason)
-        backend.down_until = self._clock() + self._cooldown
+        backend.down_at = self._clock()
+        backend.down_until = backend.down_at + self._cooldown
         self._failed(backend, reason, failure)
         self._metrics.up.labels(backend.label).set(0)
         self._wakes[backend.label].set()
@@ -130,6 +131,7 @@ class BackendRegistry:
         await self._flights.run(backend.label, lambda: self._refresh(backend))
 
     async def _refresh(self, backend: Backend) -> None:
+        started = self._clock()
         try:
             tags = await backend.client.tags()
             running = await backend.client.running()
@@ -143,6 +145,11 @@ class BackendRegistry:
             self._refresh_failed(backend, "it did not list its models", exc, down=False)
             return
         backend.take_listing(tags, running)
+        if backend.down_at is not None and backend.down_at >= started:
+            # An ask failed to connect while this listing was on its way: the listing is older news
+            # than the failure. The backend stays down for its cooldown (its probe then says), rather
+            # than getting asks back until the next failure, one failover per refresh.
+            return
         self._mark_up(backend)
 
     def _refresh_failed(self, backend: Backend, reason: str, failure: BaseException, *, down: bool) -> None:
