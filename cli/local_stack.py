@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import structlog
 
 from cli.env_file import local_env_path, read_env_file, write_env_file
-from cli.ollama_probe import describe, probe_ollama
+from cli.ollama_probe import describe_all, probe_all
 from cli.ports import ensure_free
 from cli.runner import ServiceSpec, load_or_exit, run_on_loop, serve
 from common.migrations import apply_migrations
@@ -123,8 +123,10 @@ def run_local_stack(
     if ollama_emulator:
         emulator_spec = _emulator_spec()
         env["OLLAMA_URL"] = f"http://127.0.0.1:{emulator_spec.port}"
+        env["OLLAMA_URLS"] = ""  # the one backend, whatever the environment lists
     elif ollama_url:
-        env["OLLAMA_URL"] = ollama_url  # the flag wins over the variable
+        env["OLLAMA_URL"] = ollama_url  # the flag wins over the variables
+        env["OLLAMA_URLS"] = ""
     store_port, gateway_port = resolve_ports(env, store_port, gateway_port)
     # Before the database starts: a taken port is one line and exit status 2 (see cli/main.py).
     ensure_free(host, store_port, "image-store", "--store-port")
@@ -158,11 +160,11 @@ def run_local_stack(
         ServiceSpec("image-store", create_image_store(store_settings), host, store_port, "--store-port"),
         ServiceSpec("vision-gateway", create_gateway(gateway_settings), host, gateway_port, "--gateway-port"),
     ]
-    shown_ollama = str(gateway_settings.ollama_url).rstrip("/")
+    shown_ollama = [str(url).rstrip("/") for url in gateway_settings.ollama_urls]  # the backends the gateway uses
 
     async def announce() -> None:
-        report = await probe_ollama(shown_ollama)
-        ollama = describe(shown_ollama, report, emulated=ollama_emulator)
+        reports = await probe_all(shown_ollama)
+        ollama = describe_all(shown_ollama, reports, emulated=ollama_emulator)
         text = banner(
             env, host, store_port, gateway_port, database_note, time.perf_counter() - started, ollama, log_file
         )

@@ -37,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="every log line here (default: to retina.log in the state dir)"
     )
     ollama = up.add_mutually_exclusive_group()
-    ollama.add_argument("--ollama-url", metavar="URL", help="Ollama's base URL (default: OLLAMA_URL, else :11434)")
+    ollama.add_argument(
+        "--ollama-url",
+        metavar="URL",
+        help="Ollama's base URL, the one backend (default: OLLAMA_URLS, else OLLAMA_URL, else :11434)",
+    )
     ollama.add_argument(
         "--ollama-emulator",
         action="store_true",

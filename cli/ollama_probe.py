@@ -2,11 +2,13 @@
 
 The same questions the gateway asks (/api/tags, then /api/show per model, read by the gateway's own
 vision detection), with a short deadline: a missing Ollama shows in the banner, not at the first question.
+With several backends (OLLAMA_URLS) each is asked, at the same time, and has its line.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,11 @@ async def probe_ollama(base_url: str, *, seconds: float = PROBE_SECONDS) -> Olla
     )
 
 
+async def probe_all(base_urls: Sequence[str], *, seconds: float = PROBE_SECONDS) -> list[OllamaReport]:
+    """`probe_ollama` of every backend at once: the banner waits for the slowest, not for their sum."""
+    return list(await asyncio.gather(*(probe_ollama(url, seconds=seconds) for url in base_urls)))
+
+
 def _models(body: Any) -> list[dict[str, Any]]:
     models = body.get("models") if isinstance(body, dict) else None
     return [model for model in models or [] if isinstance(model, dict)]
@@ -91,3 +98,20 @@ def describe(url: str, report: OllamaReport, *, emulated: bool) -> list[str]:
     if report.vision == 0:
         return [line, "none can see images: `ollama pull llava` for questions about pictures"]
     return [line]
+
+
+def describe_all(urls: Sequence[str], reports: Sequence[OllamaReport], *, emulated: bool) -> list[str]:
+    """The banner's Ollama lines for every backend: one alone as `describe` says it; several one line
+    each (worded as for one), then what to do, once, when none answered or none can see images."""
+    if len(urls) == 1:
+        return describe(urls[0], reports[0], emulated=emulated)
+    lines = [describe(url, report, emulated=False)[0] for url, report in zip(urls, reports, strict=True)]
+    answered = [report for report in reports if report.answered]
+    if not answered:
+        lines += [
+            "none answered: start Ollama there (`ollama serve`), list others in OLLAMA_URLS,",
+            "or try the stack with canned answers: retina up --ollama-emulator",
+        ]
+    elif any(report.models for report in answered) and not any(report.vision for report in answered):
+        lines.append("none can see images: `ollama pull llava` for questions about pictures")
+    return lines

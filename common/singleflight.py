@@ -24,6 +24,10 @@ class SingleFlight(Generic[K, V]):
         """Keys with work running now (for tests and metrics)."""
         return len(self._flights)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether work for `key` is running now (so joining it costs nothing)."""
+        return key in self._flights
+
     async def run(self, key: K, work: Callable[[], Awaitable[V]]) -> V:
         """`work()`'s result; if a call with `key` is already running, that call's result instead."""
         flight = self._flights.get(key)

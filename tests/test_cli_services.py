@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
@@ -14,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,14 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from cli.ollama_emulator import CANNED_NOTICE, OllamaEmulator, default_models
-from cli.ollama_probe import OllamaReport, describe, probe_ollama
+from cli.ollama_probe import OllamaReport, describe, describe_all, probe_all, probe_ollama
 from cli.ports import PortInUse
 from cli.runner import ServiceSpec, serve
 from common.migrations import migration_ids
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
 from tests.ports import free_port
 from tests.slow_client import multipart
+from tests.test_ollama_emulator import emulator_cli
 
 MIGRATION_COUNT = len(migration_ids(ROOT / "migrations"))  # a fresh database gets every one
 
@@ -199,6 +201,7 @@ def test_retina_up_takes_ports_from_the_environment_and_flags_win(database_url: 
         IMAGE_STORE_PORT=str(env_store),
         VISION_GATEWAY_PORT=str(env_gateway),
         OLLAMA_URL="http://127.0.0.1:1",
+        OLLAMA_URLS="http://127.0.0.1:2,http://127.0.0.1:3",
     )
     with retina("up", "--gateway-port", str(flag_gateway), "--ollama-url", "http://127.0.0.1:9", env=env) as (
         process,
@@ -206,8 +209,9 @@ def test_retina_up_takes_ports_from_the_environment_and_flags_win(database_url: 
     ):
         output.wait_for("Press Ctrl-C to stop.", timeout=60)
         banner = "".join(output.lines)
-        # --ollama-url wins over OLLAMA_URL; nothing answers there, and the banner says so and what to do.
+        # --ollama-url wins over OLLAMA_URL(S); nothing answers there, and the banner says so and what to do.
         assert "ollama          http://127.0.0.1:9  did NOT answer (connection refused" in banner, banner
+        assert not any(f"http://127.0.0.1:{port}  " in banner for port in (1, 2, 3)), banner
         assert "--ollama-url URL (or OLLAMA_URL)" in banner
         assert "retina up --ollama-emulator" in banner
         assert f"image-store     http://127.0.0.1:{env_store}" in banner
@@ -301,6 +305,41 @@ async def test_the_banner_counts_a_real_ollamas_models_as_the_gateway_detects_th
     assert "ollama pull llava" in no_vision[1]
 
 
+async def test_the_banner_probes_every_backend_of_a_fleet_at_once() -> None:
+    """OLLAMA_URLS: one line per backend, worded as for one; what to do once, when none answered.
+    The probes run together: two backends that never answer cost one deadline, not two."""
+    async with TestServer(OllamaEmulator(default_models()).make_app()) as server:
+        url = str(server.make_url("")).rstrip("/")
+        refused = f"http://127.0.0.1:{free_port()}"
+        reports = await probe_all([refused, url])
+        assert describe_all([refused, url], reports, emulated=False) == [
+            f"{refused}  did NOT answer (connection refused: nothing listens there)",
+            f"{url}  answered: 5 models, 2 can see images",
+        ]
+        assert describe_all([url], reports[1:], emulated=False) == describe(url, reports[1], emulated=False)
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    async with await asyncio.start_server(never_answer, "127.0.0.1", 0) as silent:
+        silent_url = f"http://127.0.0.1:{silent.sockets[0].getsockname()[1]}"
+        started = time.monotonic()
+        reports = await probe_all([silent_url, silent_url], seconds=0.5)
+        assert time.monotonic() - started < 0.9
+    lines = describe_all(
+        [silent_url, refused], [reports[0], OllamaReport(False, problem="connection refused")], emulated=False
+    )
+    assert lines[:2] == [
+        f"{silent_url}  did NOT answer (no answer within 0.5s)",
+        f"{refused}  did NOT answer (connection refused)",
+    ]
+    assert "retina up --ollama-emulator" in lines[-1]
+    no_vision = describe_all([url, refused], [OllamaReport(True, models=1), reports[0]], emulated=False)
+    assert no_vision[-1].startswith("none can see images: `ollama pull llava`")
+
+
 @pytest.mark.parametrize(
     ("command", "flag"),
     [
@@ -356,13 +395,21 @@ def test_retina_up_starts_quietly_logs_to_a_file_and_repeats_the_banner_on_enter
     empty_database_url: str, tmp_path: Path
 ) -> None:
     """A fresh start (no migration applied yet): at most 15 lines before the banner, migrations in one;
-    a request's log line goes to <state>/retina.log, not the terminal; Enter prints the banner again."""
+    a request's log line goes to <state>/retina.log, not the terminal; Enter prints the banner again.
+    With OLLAMA_URLS, each backend is probed and has its line (the one down is no warning before it)."""
     store_port, gateway_port = free_port(), free_port()
     state = tmp_path / "state"
-    env = clean_env(DATABASE_URL=empty_database_url, RETINA_STATE_DIR=str(state), OLLAMA_URL="http://127.0.0.1:9")
     args = ("up", "--store-port", str(store_port), "--gateway-port", str(gateway_port))
-    with retina(*args, env=env, stdin=subprocess.PIPE) as (process, output):
+    with ExitStack() as stack:
+        emulator = stack.enter_context(emulator_cli(ROOT, "--models", "llava"))
+        env = clean_env(
+            DATABASE_URL=empty_database_url, RETINA_STATE_DIR=str(state), OLLAMA_URLS=f"http://127.0.0.1:9,{emulator}"
+        )
+        process, output = stack.enter_context(retina(*args, env=env, stdin=subprocess.PIPE))
         output.wait_for("Press Ctrl-C to stop.", timeout=60)
+        banner = "".join(output.lines)
+        assert "ollama          http://127.0.0.1:9  did NOT answer (connection refused" in banner, banner
+        assert f"\n                  {emulator}  answered: 1 models, 1 can see images\n" in banner, banner
         before = output.lines[: next(i for i, line in enumerate(output.lines) if "retina is up" in line)]
         assert len(before) <= 15, "".join(before)
         assert any(line.startswith(f"migrations: applied {MIGRATION_COUNT} (0001_chat_schema") for line in before), (

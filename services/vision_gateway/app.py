@@ -144,6 +144,7 @@ def _install_services(
                     metrics=metrics,
                     connect_timeout=settings.ollama_connect_timeout_seconds,
                     read_timeout=settings.ollama_read_timeout_seconds,
+                    list_timeout=settings.ollama_list_timeout_seconds,
                 ),
                 url,
                 index,

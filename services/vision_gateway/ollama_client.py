@@ -136,11 +136,15 @@ class OllamaClient(UpstreamClient):
         metrics: GatewayMetrics,
         connect_timeout: float,
         read_timeout: float,
+        list_timeout: float,
     ) -> None:
         super().__init__(session, retries=retries, metrics=metrics)
         self._base = base_url
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._short_timeout = aiohttp.ClientTimeout(total=max(30.0, connect_timeout), sock_connect=connect_timeout)
+        # A listing is a few bytes from memory: a backend that takes longer is as good as down, and
+        # the registry must learn that in seconds, not after a generation's timeout.
+        self._list_timeout = aiohttp.ClientTimeout(total=list_timeout, sock_connect=min(connect_timeout, list_timeout))
 
     async def show(self, model: str) -> dict[str, Any] | None:
         """Model details, or None when Ollama does not have the model. One attempt: the fleet
@@ -155,15 +159,15 @@ class OllamaClient(UpstreamClient):
             return details
 
     async def tags(self) -> list[dict[str, Any]]:
-        """The installed models (one attempt)."""
+        """The installed models (one attempt, within the listing timeout)."""
         return await self._models("/api/tags")
 
     async def running(self) -> list[dict[str, Any]]:
-        """The models loaded in memory now, /api/ps (one attempt)."""
+        """The models loaded in memory now, /api/ps (one attempt, within the listing timeout)."""
         return await self._models("/api/ps")
 
     async def _models(self, path: str) -> list[dict[str, Any]]:
-        async with self._exchange("GET", f"{self._base}{path}", timeout=self._short_timeout) as response:
+        async with self._exchange("GET", f"{self._base}{path}", timeout=self._list_timeout) as response:
             if response.status != 200:
                 raise await _refused(response, f"Ollama could not list its models ({path})")
             body = await response.json()

@@ -56,6 +56,15 @@ class FleetSettings(EnvSettings):
         doc="Seconds between refreshes of each backend's models (/api/tags) and loaded models (/api/ps); a model "
         "found on no backend triggers a refresh at once (at most one such refresh a second).",
     )
+    ollama_list_timeout_seconds: float = setting(
+        "OLLAMA_LIST_TIMEOUT_SECONDS",
+        5.0,
+        ge=0.1,
+        le=120.0,
+        doc="How long a backend may take to list its models (/api/tags, /api/ps) before it counts as down "
+        "(for OLLAMA_BACKEND_COOLDOWN_SECONDS, like a refused connection). Each backend is refreshed on its "
+        "own: one that never answers delays no other.",
+    )
     ollama_backend_cooldown_seconds: float = setting(
         "OLLAMA_BACKEND_COOLDOWN_SECONDS",
         5.0,

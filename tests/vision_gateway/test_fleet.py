@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient
 
 from cli.ollama_emulator import EmulatedModel, OllamaEmulator, pick_models, start_emulator
 from common.app import REGISTRY_KEY
+from services.vision_gateway.fleet.registry import ON_DEMAND_REFRESH_SECONDS
 from tests.conftest import ROOT, auth_headers
 from tests.ports import free_port, wait_listening
 from tests.vision_gateway.conftest import Stack, ask, read_sse
@@ -157,6 +158,57 @@ async def test_a_stream_on_the_second_backend_is_stopped_from_another_replica(st
     await b.wait_for_disconnect(within=5)
     assert a.chats == []
     assert sample(gateway, "vision_gateway_backend_streams_in_flight", backend=label(urls[1])) == 0.0
+
+
+@pytest.fixture
+async def silent_backend() -> AsyncIterator[str]:
+    """The URL of a server that accepts connections and reads what it is sent, but never answers."""
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_a_backend_that_never_answers_costs_only_itself(stack: Stack, fleet: Fleet, silent_backend: str) -> None:
+    """Its listing is bounded by OLLAMA_LIST_TIMEOUT_SECONDS and waited for by nobody else: asks for
+    the other backend's models are answered at once, right after start and through an on-demand
+    refresh while its listing is still under way; then it is down."""
+    (good,), urls = await fleet("llava")
+    silent = label(silent_backend)
+    gateway = await stack.make_gateway(
+        OLLAMA_URLS=f"{silent_backend},{urls[0]}", OLLAMA_REFRESH_SECONDS="60", OLLAMA_LIST_TIMEOUT_SECONDS="3"
+    )
+    async with asyncio.timeout(1.5):
+        await done(gateway, {"message": "right after start", "model": "llava"})
+    # Had that ask started an on-demand refresh, the next may start only a second later.
+    await asyncio.sleep(ON_DEMAND_REFRESH_SECONDS)
+    good.add_model(EmulatedModel("mistral:latest", reply="Bonjour."))
+    async with asyncio.timeout(1.5):
+        await done(gateway, {"message": "salut", "model": "mistral"})
+    assert good.tags_calls == 2, "mistral was found by an on-demand refresh"
+    assert sample(gateway, "vision_gateway_backend_up", backend=silent) == 1.0, "the silent one's listing is under way"
+
+    deadline = time.monotonic() + 3
+    while sample(gateway, "vision_gateway_backend_up", backend=silent) != 0.0:
+        assert time.monotonic() < deadline, "a listing that timed out did not mark the backend down"
+        await asyncio.sleep(0.05)
+    assert sample(gateway, "vision_gateway_backend_up", backend=label(urls[0])) == 1.0
+
+
+async def test_a_backend_that_never_answers_does_not_hold_up_the_others_refreshes(
+    stack: Stack, fleet: Fleet, silent_backend: str
+) -> None:
+    (good,), urls = await fleet("llava")
+    await stack.make_gateway(OLLAMA_URLS=f"{silent_backend},{urls[0]}", OLLAMA_LIST_TIMEOUT_SECONDS="5", **FAST)
+    deadline = time.monotonic() + 2
+    while good.tags_calls < 4:
+        assert time.monotonic() < deadline, f"the good backend was listed {good.tags_calls} times in 2 s"
+        await asyncio.sleep(0.05)
 
 
 # ---- failures: emulator processes ------------------------------------------------------------------

@@ -54,7 +54,9 @@ async def make_fleet() -> AsyncIterator[MakeFleet]:
                 runner, url = await start_emulator(emulator, "127.0.0.1", 0)
                 runners.append(runner)
                 emulators.append(emulator)
-                client = OllamaClient(session, url, retries=0, metrics=metrics, connect_timeout=2, read_timeout=5)
+                client = OllamaClient(
+                    session, url, retries=0, metrics=metrics, connect_timeout=2, read_timeout=5, list_timeout=2
+                )
                 backends.append(Backend(client, url, index))
             registry = BackendRegistry(
                 backends, metrics.fleet, refresh_seconds=60, cooldown_seconds=cooldown, clock=clock
@@ -171,3 +173,50 @@ async def test_a_backend_listing_garbage_keeps_its_state_and_the_refresh_goes_on
     finally:
         await runner.cleanup()
     assert emulator.tags_calls == 1
+
+
+async def test_a_refresh_that_began_before_a_connect_failure_does_not_mark_the_backend_up(
+    make_fleet: MakeFleet,
+) -> None:
+    """An ask fails to connect while a refresh's listing is on its way: the listing is from before the
+    failure, so the backend stays down for its cooldown (else each refresh would cost an ask a failover)."""
+    clock = Clock()
+    (emulator,), fleet = await make_fleet("llava", clock=clock)
+    [backend] = fleet.registry.backends
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_tags(_request: web.Request) -> web.Response:
+        asked.set()
+        await answer.wait()
+        return web.json_response({"models": [{"name": "llava:latest", "digest": "d1"}]})
+
+    async def nothing_loaded(_request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    slow = web.Application()
+    slow.router.add_get("/api/tags", slow_tags)
+    slow.router.add_get("/api/ps", nothing_loaded)
+    runner = web.AppRunner(slow)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    emulator_url = backend.client._base
+    try:
+        backend.client._base = f"http://127.0.0.1:{runner.addresses[0][1]}"  # the same backend, slow to list
+        refresh = asyncio.ensure_future(fleet.registry.refresh())
+        await asyncio.wait_for(asked.wait(), 5)
+        clock.now += 0.1
+        fleet.registry.mark_down(backend, "could not connect")  # an ask's connect failed meanwhile
+        answer.set()
+        await refresh
+    finally:
+        await runner.cleanup()
+    assert not backend.up, "the refresh's older answer marked the backend up again"
+    assert backend.down_until == clock.now + 5.0
+    assert backend.failure == "could not connect"
+    assert backend.has("llava:latest")
+
+    clock.now += 5.0  # the cooldown is over: a refresh that starts now (its probe) marks it up
+    backend.client._base = emulator_url
+    await fleet.registry.refresh()
+    assert backend.up
+    assert emulator.tags_calls == 2

@@ -42,6 +42,7 @@ class Backend:
         self.loaded: set[str] = set()  # model keys in memory (/api/ps), plus those it served since
         self.listed = False  # /api/tags answered at least once: an absent model is really absent
         self.down_until: float | None = None  # marked down until then (then probed); None: up
+        self.down_at: float | None = None  # when it was last marked down (a refresh begun before can't undo it)
         self.failure = ""  # why its last refresh or attempt failed, for a 503's message
         self.failure_detail = ""  # the exception behind it, for the log
         self.in_flight = 0

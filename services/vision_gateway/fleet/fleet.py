@@ -44,14 +44,15 @@ class OllamaFleet:
     # ---- models -----------------------------------------------------------------------------------
 
     async def holders(self, model: str) -> list[Backend]:
-        """The backends that list `model` (refreshing them all once if none does, at most once a second).
+        """The backends that list `model` (refreshing them all once if none does, at most once a second,
+        until one that is up has it).
 
         UnknownModel when every backend has listed its models and none has it; 503 when some
         backend could not say (it is down or never answered), or all that have it are down.
         """
         found = self.registry.holders(model)
         if not found:
-            await self.registry.refresh_on_demand()
+            await self.registry.refresh_on_demand(until=lambda: any(b.up for b in self.registry.holders(model)))
             found = self.registry.holders(model)
         if not found and self.registry.all_listed():
             raise UnknownModel(f"model {model!r} is not available on the Ollama server")
@@ -66,7 +67,7 @@ class OllamaFleet:
     async def model_names(self) -> list[str]:
         """Every model some backend lists, each once (as the first backend listing it names it)."""
         if not self.registry.all_listed():
-            await self.registry.refresh_on_demand()
+            await self.registry.refresh_on_demand(until=self.registry.all_listed)
         if not any(backend.listed for backend in self.registry.backends):
             raise self._unavailable(list(self.registry.backends))
         names: dict[str, str] = {}

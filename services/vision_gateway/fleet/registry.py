@@ -2,12 +2,15 @@
 
 Every OLLAMA_REFRESH_SECONDS each backend that is up is asked for its models (/api/tags) and its
 loaded models (/api/ps); `refresh_on_demand()` does the same at once when an ask names a model no
-backend lists (concurrent callers share one refresh, and a new one starts at most once per
+backend lists (concurrent callers share each backend's refresh, and a new one starts at most once per
 ON_DEMAND_REFRESH_SECONDS: a flood of asks for unknown models costs each backend one listing per
-second, not one per ask). A backend that refuses or times out a connection,
-here or for an ask, is marked down for OLLAMA_BACKEND_COOLDOWN_SECONDS: no asks go to it, and when
-the cooldown ends the loop probes it (the same refresh); it is up again once the probe answers, or
-down for another cooldown.
+second, not one per ask). Each backend is refreshed on its own (its own loop, its own single flight,
+each listing bounded by OLLAMA_LIST_TIMEOUT_SECONDS): a backend that accepts connections and never
+answers costs only itself, not the other backends' refreshes or the asks for their models.
+A backend that refuses or times out a connection, here or for an ask, or does not list its models in
+time, is marked down for OLLAMA_BACKEND_COOLDOWN_SECONDS: no asks go to it, and when the cooldown ends
+its loop probes it (the same refresh); it is up again once the probe answers, or down for another
+cooldown.
 """
 
 from __future__ import annotations
@@ -51,10 +54,11 @@ class BackendRegistry:
         self._refresh_seconds = refresh_seconds
         self._cooldown = cooldown_seconds
         self._clock = clock
-        self._flights: SingleFlight[str, None] = SingleFlight()
+        self._flights: SingleFlight[str, None] = SingleFlight()  # one refresh per backend label at a time
         self._on_demand_seconds = on_demand_seconds
         self._on_demand_at: float | None = None  # when the last on-demand refresh started
-        self._wake = asyncio.Event()  # set when a backend goes down: the loop plans its probe
+        # Set when a backend goes down: its loop plans its probe.
+        self._wakes = {backend.label: asyncio.Event() for backend in self.backends}
         for backend in self.backends:
             metrics.add_backend(backend.label)
 
@@ -79,10 +83,11 @@ class BackendRegistry:
     def mark_down(self, backend: Backend, reason: str, failure: BaseException | None = None) -> None:
         if backend.up:
             log.warning("ollama_backend_down", backend=backend.label, reason=reason)
-        backend.down_until = self._clock() + self._cooldown
+        backend.down_at = self._clock()
+        backend.down_until = backend.down_at + self._cooldown
         self._failed(backend, reason, failure)
         self._metrics.up.labels(backend.label).set(0)
-        self._wake.set()
+        self._wakes[backend.label].set()
 
     def _mark_up(self, backend: Backend) -> None:
         if not backend.up:
@@ -92,36 +97,59 @@ class BackendRegistry:
         self._metrics.up.labels(backend.label).set(1)
 
     async def refresh(self) -> None:
-        """Refresh every backend that is up or due for its probe, now (joining a refresh under way)."""
-        await self._flights.run("all", self._refresh_due)
+        """Refresh every backend that is up or due for its probe, now (joining refreshes under way)."""
+        await asyncio.gather(*(self._refresh_once(backend) for backend in self._due()))
 
-    async def refresh_on_demand(self) -> None:
-        """`refresh()` for an ask whose model no backend lists: joins a refresh under way, and starts
-        one only if the last on-demand one started ON_DEMAND_REFRESH_SECONDS ago or more (else the
-        listings stay as they are: they are that fresh)."""
-        if not len(self._flights):
-            now = self._clock()
-            if self._on_demand_at is not None and now - self._on_demand_at < self._on_demand_seconds:
-                return
-            self._on_demand_at = now
-        await self.refresh()
-
-    async def _refresh_due(self) -> None:
+    async def refresh_on_demand(self, until: Callable[[], bool] = lambda: False) -> None:
+        """`refresh()` for an ask whose model no backend lists, returning as soon as `until()` holds
+        (the model is found: a backend slow to answer keeps its refresh, not the ask). It starts
+        a refresh only if the last on-demand one started ON_DEMAND_REFRESH_SECONDS ago or more; else
+        it joins the refreshes under way, if any (the listings are that fresh)."""
+        due = self._due()
         now = self._clock()
-        due = [b for b in self.backends if b.down_until is None or b.down_until <= now]
-        await asyncio.gather(*(self._refresh(backend) for backend in due))
+        if self._on_demand_at is None or now - self._on_demand_at >= self._on_demand_seconds:
+            self._on_demand_at = now
+        else:
+            due = [backend for backend in due if backend.label in self._flights]
+        waiting = {asyncio.ensure_future(self._refresh_once(backend)) for backend in due}
+        try:
+            while waiting and not until():
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for flight in done:
+                    flight.result()  # a failure the refresh did not expect is not swallowed here
+        finally:
+            for flight in waiting:
+                flight.cancel()  # leaves only this wait: the refresh itself goes on (SingleFlight shields it)
+
+    def _due(self) -> list[Backend]:
+        """The backends a refresh asks: those up, and those whose cooldown has ended (their probe)."""
+        now = self._clock()
+        return [b for b in self.backends if b.down_until is None or b.down_until <= now]
+
+    async def _refresh_once(self, backend: Backend) -> None:
+        """Refresh `backend`, or join its refresh under way."""
+        await self._flights.run(backend.label, lambda: self._refresh(backend))
 
     async def _refresh(self, backend: Backend) -> None:
+        started = self._clock()
         try:
             tags = await backend.client.tags()
             running = await backend.client.running()
         except Retryable as exc:
-            self._refresh_failed(backend, exc.reason, exc, down=could_not_connect(exc))
+            # No answer in time counts as down, like a connect timeout: a backend that accepts
+            # connections and never answers would otherwise be asked again, and wait again, forever.
+            down = could_not_connect(exc) or isinstance(exc.__cause__, TimeoutError)
+            self._refresh_failed(backend, exc.reason, exc, down=down)
             return
         except (ApiError, aiohttp.ClientError, ValueError) as exc:  # a 4xx, or a body that is not the JSON expected
             self._refresh_failed(backend, "it did not list its models", exc, down=False)
             return
         backend.take_listing(tags, running)
+        if backend.down_at is not None and backend.down_at >= started:
+            # An ask failed to connect while this listing was on its way: the listing is older news
+            # than the failure. The backend stays down for its cooldown (its probe then says), rather
+            # than getting asks back until the next failure, one failover per refresh.
+            return
         self._mark_up(backend)
 
     def _refresh_failed(self, backend: Backend, reason: str, failure: BaseException, *, down: bool) -> None:
@@ -139,19 +167,24 @@ class BackendRegistry:
         backend.failure_detail = failure_detail(failure) if failure is not None else ""
 
     async def run(self) -> None:
-        """The background loop: refresh now, then every refresh interval, and at each cooldown's end."""
+        """The background loop: one per backend, so a backend slow to answer delays only its own."""
+        async with asyncio.TaskGroup() as loops:
+            for backend in self.backends:
+                loops.create_task(self._keep_fresh(backend), name=f"ollama-backend-{backend.label}")
+
+    async def _keep_fresh(self, backend: Backend) -> None:
+        """Refresh `backend` now, then every refresh interval while it is up, and at its cooldown's end."""
+        wake = self._wakes[backend.label]
         next_refresh = self._clock()
         while True:
-            if self._clock() >= next_refresh:
-                next_refresh = self._clock() + self._refresh_seconds
-                await self.refresh()
-            elif self._probe_due():
-                await self.refresh()
-            wake = min([next_refresh, *(b.down_until for b in self.backends if b.down_until is not None)])
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):  # or sooner: a backend went down, its probe is due earlier
-                await asyncio.wait_for(self._wake.wait(), max(0.01, wake - self._clock()))
-
-    def _probe_due(self) -> bool:
-        now = self._clock()
-        return any(b.down_until is not None and b.down_until <= now for b in self.backends)
+            now = self._clock()
+            periodic = now >= next_refresh
+            if periodic:
+                next_refresh = now + self._refresh_seconds
+            probe = backend.down_until is not None and backend.down_until <= now
+            if (periodic and backend.up) or probe:
+                await self._refresh_once(backend)
+            wake_at = next_refresh if backend.down_until is None else min(next_refresh, backend.down_until)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):  # or sooner: it went down, its probe is due earlier
+                await asyncio.wait_for(wake.wait(), max(0.01, wake_at - self._clock()))
