@@ -176,10 +176,17 @@ async def direct_connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     try:
         yield conn
     finally:
-        try:
-            await conn.close(timeout=2)
-        except Exception:  # noqa: BLE001 - a connection that cannot close cleanly is cut
-            conn.terminate()
+        await close_quietly(conn)
+
+
+async def close_quietly(conn: asyncpg.Connection) -> None:
+    """Close a connection of our own (not the pool's) within 2 s; one that cannot close cleanly is cut."""
+    if conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=2)
+    except Exception:  # noqa: BLE001 - whatever went wrong, the connection is gone afterwards
+        conn.terminate()
 
 
 async def pending_migrations(conn: Connection, migrations_path: Path) -> list[str]:

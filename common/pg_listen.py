@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 
 from common.background import in_background
+from common.db import close_quietly
 from common.retry import forever
 
 log = structlog.get_logger("retina.pg_listen")
@@ -49,7 +50,7 @@ async def listening(
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(channel, handler)
         except BaseException:
-            await _close(conn)
+            await close_quietly(conn)
             raise
         return conn, lost
 
@@ -69,7 +70,7 @@ async def listening(
                 log.warning("listener_disconnected", channel=channel)
             finally:
                 set_state(False)
-                await _close(conn)
+                await close_quietly(conn)
             # A dropped connection waits like a failed attempt: a server that accepts and then
             # drops connections at once is not hammered.
             await asyncio.sleep(FIRST_DELAY_SECONDS)
@@ -78,9 +79,3 @@ async def listening(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(connected.wait(), 5)
         yield connected
-
-
-async def _close(conn: asyncpg.Connection) -> None:
-    if not conn.is_closed():
-        with contextlib.suppress(Exception):
-            await conn.close(timeout=2)

@@ -8,13 +8,18 @@ whatever else OTEL_PROPAGATORS names) continues the caller's trace. Health probe
 not traced (a kubelet and Prometheus call them every few seconds).
 
 Outgoing: opentelemetry-instrumentation-aiohttp-client's `create_trace_config`, given to the one
-ClientSession of the app (no global patching): a CLIENT span per request, parent of the callee's
-server span through the `traceparent` it injects.
+ClientSession of the app (no global patching): a CLIENT span per request made for a traced request,
+parent of the callee's server span through the `traceparent` it injects. Its own span starts for
+any request on the session; here it starts only inside a traced request, so the background loops
+(the fleet listing every backend every OLLAMA_REFRESH_SECONDS) leave no root traces, as for
+queries (db.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import types
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -27,7 +32,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from common.http.request_context import REQUEST_ID_KEY, Handler
 from common.metrics import CLIENT_CLOSED_REQUEST, route_template
 from common.tracing.setup import Tracing
-from common.tracing.spans import bind_tracer, mark_failed, unbind_tracer
+from common.tracing.spans import bind_tracer, current_tracer, mark_failed, unbind_tracer
+
+_OnRequestStart = Callable[
+    [aiohttp.ClientSession, types.SimpleNamespace, aiohttp.TraceRequestStartParams], Awaitable[object]
+]
 
 UNTRACED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
@@ -88,4 +97,21 @@ def client_trace_configs(tracing: Tracing | None) -> list[aiohttp.TraceConfig]:
     """For the app's ClientSession(trace_configs=...): none when tracing is off."""
     if tracing is None:
         return []
-    return [create_trace_config(tracer_provider=tracing.provider, sem_conv_opt_in_mode=_StabilityMode.HTTP)]
+    config = create_trace_config(tracer_provider=tracing.provider, sem_conv_opt_in_mode=_StabilityMode.HTTP)
+    starts = list(config.on_request_start)
+    config.on_request_start.clear()
+    config.on_request_start.extend(_in_traced_requests(start) for start in starts)
+    return [config]
+
+
+def _in_traced_requests(start: _OnRequestStart) -> _OnRequestStart:
+    """The instrumentation's `on_request_start`, run only for a request made inside a traced one;
+    left out, no span exists and its end and exception callbacks do nothing."""
+
+    async def on_request_start(
+        session: aiohttp.ClientSession, context: types.SimpleNamespace, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        if current_tracer() is not None:
+            await start(session, context, params)
+
+    return on_request_start

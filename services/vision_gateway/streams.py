@@ -25,7 +25,7 @@ import asyncpg
 import structlog
 
 from common.background import in_background
-from common.db import connect
+from common.db import close_quietly, connect
 from common.pg_listen import listening
 from services.vision_gateway.repository import STOP_CHANNEL, ProgressRow, save_progress, touch_streams
 
@@ -287,8 +287,5 @@ class StreamLiveness:
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await conn.close(timeout=2)
-            except Exception:  # noqa: BLE001 - a connection that cannot close cleanly is cut
-                conn.terminate()
+        if conn is not None:
+            await close_quietly(conn)

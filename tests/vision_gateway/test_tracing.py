@@ -6,6 +6,7 @@ variables set; the receiver decodes the protobuf requests the SDK's exporter sen
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -226,3 +227,15 @@ async def test_a_misconfigured_service_refuses_to_start(
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
     with pytest.raises(TracingMisconfigured):
         create_service_app(service="image_store", settings=load_image_store_settings(service_env).common)
+
+
+async def test_work_outside_requests_leaves_no_trace(traced_stack: Stack, otlp_receiver: OtlpReceiver) -> None:
+    """The fleet lists every backend at start and then every OLLAMA_REFRESH_SECONDS on its own: no
+    request, so no root traces of Ollama calls every few seconds (only what a request does is traced)."""
+    models = await traced_stack.gateway.get("/api/models", headers=auth_headers())
+    assert models.status == 200, await models.text()
+    await otlp_receiver.wait_for("GET /api/models", "vision_gateway")
+    await asyncio.sleep(0.5)  # the export after the request's (OTEL_BSP_SCHEDULE_DELAY is 50 ms)
+    roots = [s for s in otlp_receiver.spans if not s.parent_span_id]
+    assert roots, otlp_receiver.spans
+    assert all(s.kind == SERVER for s in roots), roots

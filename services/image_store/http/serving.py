@@ -125,7 +125,7 @@ def _send_now(transport: asyncio.Transport, file: BinaryIO, offset: int, count: 
     try:
         while sent < count:
             chunk = os.sendfile(sock.fileno(), file.fileno(), offset + sent, count - sent)
-            if chunk == 0:  # the file is shorter than announced: let loop.sendfile report it
+            if chunk == 0:  # the file is shorter than announced: _send_rest finds out and cuts the connection
                 break
             sent += chunk
     except (BlockingIOError, InterruptedError):
@@ -180,10 +180,16 @@ class ImageBytesResponse(web.StreamResponse):
         (NotImplementedError), so there the rest goes in chunks read off the loop, with aiohttp's
         flow control between them."""
         try:
-            await asyncio.get_running_loop().sendfile(transport, self._file, offset, count)
-            return
+            sent = await asyncio.get_running_loop().sendfile(transport, self._file, offset, count)
         except NotImplementedError:
             pass
+        else:
+            # asyncio's sendfile stops quietly at the end of the file: a file shorter than the
+            # Content-Length sent must cut the connection (the client sees it at once), not end
+            # the answer, which would leave the client waiting on a keep-alive connection.
+            if sent < count:
+                raise ConnectionResetError("the image file is shorter than announced")
+            return
         end = offset + count
         while offset < end:
             chunk = await asyncio.to_thread(os.pread, self._file.fileno(), min(CHUNK_BYTES, end - offset), offset)

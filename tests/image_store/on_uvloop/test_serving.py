@@ -18,6 +18,7 @@ from PIL import Image
 from services.image_store.http.serving import ImageBytesResponse
 from tests.conftest import auth_headers
 from tests.image_store.conftest import photo, upload
+from tests.image_store.short_file import assert_a_short_file_cuts_the_connection
 
 
 def noise_png(side: int) -> bytes:
@@ -78,3 +79,9 @@ async def test_small_image_headers_and_bytes(store_client: TestClient) -> None:
     )
     assert not_modified.status == 304
     assert await not_modified.read() == b""
+
+
+async def test_a_file_shorter_than_announced_cuts_the_connection(
+    store_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await assert_a_short_file_cuts_the_connection(store_client, monkeypatch)
