@@ -243,10 +243,11 @@ class StreamLiveness:
             log.warning("progress_save_failed", streams=len(rows), error=repr(exc))
             await self._close()
             return 0
-        self._progress.saved(rows)
+        # Rows not written (locked for a moment, or no longer streaming) stay unsaved: offered again.
+        self._progress.saved([row for row in rows if row.message_id in written])
         if self._save_limit is not None:
             self._save_limit = None if self._save_limit >= len(rows) * 2 else self._save_limit * 2
-        return written
+        return len(written)
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():

@@ -18,6 +18,7 @@ from common.db import open_pool
 from services.vision_gateway.chat.progress import Answer, AnswerProgress
 from services.vision_gateway.repository import ProgressRow, save_progress
 from services.vision_gateway.repository.turns import TurnQueries
+from services.vision_gateway.streams import StreamLiveness
 from tests.vision_gateway.conftest import Stack, ask, read_sse
 
 # One row per progress write of a streaming row's text, with the transaction that wrote it.
@@ -78,7 +79,7 @@ async def test_a_batch_never_overwrites_a_final_answer(turns: TurnQueries, db: a
     await turns.finish_turn(finished, content="Hello there.", status="complete", error=None, stats={})
     batch = [ProgressRow(finished, "Hel", ""), ProgressRow(live, "Hel", "hmm")]
 
-    assert await save_progress(db, batch, within=5) == 1, "only the row still streaming is written"
+    assert await save_progress(db, batch, within=5) == {live}, "only the row still streaming is written"
     rows = {r["id"]: r for r in await db.fetch("SELECT id, status, content, thinking FROM messages")}
     assert (rows[finished]["status"], rows[finished]["content"]) == ("complete", "Hello there.")
     assert (rows[live]["status"], rows[live]["content"], rows[live]["thinking"]) == ("streaming", "Hel", "hmm")
@@ -97,12 +98,37 @@ async def test_a_batch_skips_a_row_whose_final_write_is_under_way(
             "UPDATE messages SET content = 'Hello there.', status = 'complete' WHERE id = $1", message_id
         )
         # A batch that waited for the lock would time out here instead of returning.
-        assert await save_progress(db, [ProgressRow(message_id, "Hel", "")], within=1) == 0
+        assert await save_progress(db, [ProgressRow(message_id, "Hel", "")], within=1) == set()
         await transaction.commit()
     finally:
         await final.close()
     row = await db.fetchrow("SELECT status, content FROM messages WHERE id = $1", message_id)
     assert (row["status"], row["content"]) == ("complete", "Hello there.")
+
+
+async def test_a_row_locked_for_a_moment_is_saved_at_the_next_interval(
+    turns: TurnQueries, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A row another transaction holds (an image being linked to it) is skipped, not counted as saved."""
+    message_id = await streaming_row(turns)
+    book = AnswerProgress(interval=1.0)
+    answer = Growing()
+    book.track(message_id, answer)
+    answer.grow("Hello")
+    liveness = StreamLiveness(database_url, list, interval=1.0, progress=book)
+    liveness.touched.set()  # as after a successful touch: saves go out only then
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", message_id)
+            assert await liveness.save_progress_once() == 0
+        assert [row.message_id for row in book.unsaved()] == [message_id], "still offered after the skip"
+        assert await liveness.save_progress_once() == 1
+        assert book.unsaved() == []
+    finally:
+        await holder.close()
+        await liveness._close()
+    assert await db.fetchval("SELECT content FROM messages WHERE id = $1", message_id) == "Hello"
 
 
 class Growing:

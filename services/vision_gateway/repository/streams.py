@@ -101,14 +101,16 @@ async def touch_streams(conn: Connection, message_ids: Collection[uuid.UUID], *,
     return touched
 
 
-async def save_progress(conn: Connection, rows: Sequence[ProgressRow], *, within: float) -> int:
-    """The text so far of all a replica's streams that grew, in one statement; returns how many were written.
+async def save_progress(conn: Connection, rows: Sequence[ProgressRow], *, within: float) -> set[uuid.UUID]:
+    """The text so far of all a replica's streams that grew, in one statement; returns the rows written.
 
     Only rows still `streaming` are written, and rows locked right now are skipped: a final write
     (or a stop, a sweep) that got there first, or is writing now, is never overwritten by the
-    text it already superseded. Skipping also means this statement never waits for a lock.
+    text it already superseded. Skipping also means this statement never waits for a lock; a row
+    skipped because it was locked only for a moment (an image being linked to its message) is not
+    among those returned, so its text is offered again at the next interval.
     """
-    written: int = await conn.fetchval(
+    written: list[uuid.UUID] | None = await conn.fetchval(
         """
         WITH batch AS (
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS b(id, content, thinking)
@@ -117,13 +119,13 @@ async def save_progress(conn: Connection, rows: Sequence[ProgressRow], *, within
              WHERE m.status = 'streaming' FOR UPDATE OF m SKIP LOCKED
         ), written AS (
             UPDATE messages m SET content = held.content, thinking = nullif(held.thinking, ''), progress_at = now()
-              FROM held WHERE m.id = held.id RETURNING 1
+              FROM held WHERE m.id = held.id RETURNING m.id
         )
-        SELECT count(*) FROM written
+        SELECT array_agg(id) FROM written
         """,
         [row.message_id for row in rows],
         [row.content for row in rows],
         [row.thinking for row in rows],
         timeout=within,
     )
-    return written
+    return set(written or ())
