@@ -1,7 +1,7 @@
 """The gateway against its floor: server CPU per stream and added time to first token, one run.
 
     BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \
-        .venv/bin/python -m bench.floor_bench [REPS] [STREAMS] [--hold N]
+        .venv/bin/python -m bench.floor_bench [REPS] [STREAMS] [--hold N] [--before ROOT]
 
 Five processes side by side: the Ollama emulator (50-word replies, no delay), the image-store,
 the gateway (`retina vision-gateway`), and the floor (bench/floor_relay.py: the same SSE events
@@ -15,7 +15,9 @@ turn (the order rotates every rep), so a noisy minute on this shared machine hit
 
 Per target: the server process's CPU (utime + stime from /proc) per stream, the CPU of the
 PostgreSQL backends connected to the bench database, the image-store's CPU per ask, and TTFT
-p50/p99 as the client sees it. `--hold N` then runs gateway_bench's held-streams benchmark
+p50/p99 as the client sees it. `--before ROOT` adds a second gateway running another checkout's
+code (e.g. `git worktree add /tmp/before main`) as the targets "gateway before" and "gateway
+before, 1 image", measured in the same interleaved reps. `--hold N` then runs gateway_bench's held-streams benchmark
 (N streams, a chunk per second) on a fresh stack. The machine's load averages are printed
 with the figures.
 """
@@ -130,17 +132,20 @@ def report(targets: dict[str, Target], streams: int) -> None:
         p50, p99 = percentile(t.ttft, 50) * 1000, percentile(t.ttft, 99) * 1000
         print(f"{t.name} | {ms(t.server_ms)} | {ms(t.postgres_ms)} | {ms(t.store_ms)} | {p50:.2f} / {p99:.2f}")
     direct = targets["direct"]
-    for suffix in ("", ", 1 image"):
-        gateway, floor = targets[f"gateway{suffix}"], targets[f"floor{suffix}"]
-        ratios = [g / f for g, f in zip(gateway.server_ms, floor.server_ms, strict=True)]
-        print(
-            f"gateway{suffix} / floor{suffix} server CPU per stream: median {statistics.median(ratios):.2f}x"
-            f" (each rep: {' '.join(f'{r:.2f}' for r in ratios)})"
-        )
-        for name, base in (("emulator directly", direct), (f"floor{suffix}", floor)):
-            for p in (50, 99):
-                added = (percentile(gateway.ttft, p) - percentile(base.ttft, p)) * 1000
-                print(f"  TTFT added by gateway{suffix} vs {name}, p{p}: {added:+.2f} ms")
+    for gateway_name in ("gateway before", "gateway"):
+        for suffix in ("", ", 1 image"):
+            if f"{gateway_name}{suffix}" not in targets:
+                continue
+            gateway, floor = targets[f"{gateway_name}{suffix}"], targets[f"floor{suffix}"]
+            ratios = [g / f for g, f in zip(gateway.server_ms, floor.server_ms, strict=True)]
+            print(
+                f"{gateway.name} / floor{suffix} server CPU per stream: median {statistics.median(ratios):.2f}x"
+                f" (each rep: {' '.join(f'{r:.2f}' for r in ratios)})"
+            )
+            for name, base in (("emulator directly", direct), (f"floor{suffix}", floor)):
+                for p in (50, 99):
+                    added = (percentile(gateway.ttft, p) - percentile(base.ttft, p)) * 1000
+                    print(f"  TTFT added by {gateway.name} vs {name}, p{p}: {added:+.2f} ms")
     for suffix in ("", ", 1 image"):
         floor = targets[f"floor{suffix}"]
         for p in (50, 99):
@@ -148,7 +153,7 @@ def report(targets: dict[str, Target], streams: int) -> None:
             print(f"  TTFT added by floor{suffix} vs emulator directly, p{p}: {added:+.2f} ms")
 
 
-def run(admin_url: str, reps: int, streams: int) -> None:
+def run(admin_url: str, reps: int, streams: int, before: Path | None = None) -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         url = stack.enter_context(scratch_database(admin_url))
@@ -158,6 +163,10 @@ def run(admin_url: str, reps: int, streams: int) -> None:
         store_process = stack.enter_context(service("image-store", store_port, store_env(url, tmp / "images")))
         env = gateway_env(url, str(tmp / "images"), ollama, IMAGE_STORE_URL=store, DB_POOL_MAX_SIZE="10")
         gateway = stack.enter_context(service("vision-gateway", gateway_port, env))
+        old = None
+        if before is not None:
+            before_port = free_port()
+            old = stack.enter_context(service("vision-gateway", before_port, env, root=before))
         floor_args = ["-m", "bench.floor_relay", "--port", str(floor_port), "--ollama", ollama]
         floor = stack.enter_context(python_process([*floor_args, "--store", store, "--token", TOKEN], floor_port))
         image_id = upload(store, sample_jpeg())["id"]
@@ -172,6 +181,10 @@ def run(admin_url: str, reps: int, streams: int) -> None:
                 Target("gateway, 1 image", local(gateway_port), gateway.pid, (image_id,)),
             )
         }
+        if old is not None:
+            targets["gateway before"] = Target("gateway before", local(before_port), old.pid)
+            before_image = Target("gateway before, 1 image", local(before_port), old.pid, (image_id,))
+            targets[before_image.name] = before_image
         print(f"load average before: {load_average()}", flush=True)
         asyncio.run(
             measure(
@@ -182,6 +195,8 @@ def run(admin_url: str, reps: int, streams: int) -> None:
         requests = store_requests(store)
     report(targets, streams)
     asks = len(targets["gateway, 1 image"].ttft) + WARM_UP_STREAMS
+    if "gateway before, 1 image" in targets:
+        asks += len(targets["gateway before, 1 image"].ttft) + WARM_UP_STREAMS
     print(f"image-store requests per gateway ask about the image ({asks} asks, the floor's one fetch included):")
     for route, count in sorted(requests.items()):
         print(f"  {route}: {count / asks:.2f}")
@@ -195,9 +210,14 @@ def main() -> None:
         at = args.index("--hold")
         hold = int(args[at + 1])
         del args[at : at + 2]
+    before = None
+    if "--before" in args:
+        at = args.index("--before")
+        before = Path(args[at + 1]).resolve()
+        del args[at : at + 2]
     reps = int(args[0]) if args else 5
     streams = int(args[1]) if len(args) > 1 else 100
-    run(admin_url, reps, streams)
+    run(admin_url, reps, streams, before)
     if hold:
         print(f"\nheld streams, load average before: {load_average()}", flush=True)
         bench_hold(admin_url, hold)

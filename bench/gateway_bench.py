@@ -50,7 +50,11 @@ def emulator_process(port: int, *args: str) -> Iterator[subprocess.Popen[bytes]]
         yield process
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:  # it can hang in shutdown after many streams; the figures are in
+            process.kill()
+            process.wait()
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -6,6 +6,7 @@ and keeps it to a fraction of a second.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -115,3 +116,32 @@ async def test_the_upstream_503_follows_the_last_attempt_and_counts_each_retry()
             attempt, retries=2, on_retry=lambda: retried.append(None), unavailable="Ollama is unavailable"
         )
     assert (attempt.calls, len(retried)) == (3, 2)
+
+
+async def test_a_slow_first_attempt_counts_against_the_deadline() -> None:
+    """The first attempt runs outside tenacity (its run costs more CPU than most calls it wraps);
+    the deadline still counts from before it: a first attempt that took 0.25 s of a 0.3 s deadline
+    leaves no room for a 0.1 s wait, and the wait after it is reported to on_retry as before."""
+    calls: list[float] = []
+    retried: list[tuple[str, float]] = []
+
+    async def slow_then_failing() -> str:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            await asyncio.sleep(0.25)
+        raise Flaky(f"attempt {len(calls)}")
+
+    policy = until(
+        0.3, retry_on=Flaky, first_delay=0.1, max_delay=0.1, on_retry=lambda f, d: retried.append((str(f), d))
+    )
+    with pytest.raises(Flaky, match="attempt 1"):
+        await policy(slow_then_failing)
+    assert (len(calls), retried) == (1, [])
+    fast = Failing(failures=2)
+    sleeps = Sleeps()
+    noted: list[tuple[str, float]] = []
+    policy = until(
+        5, retry_on=Flaky, first_delay=0.1, max_delay=1, sleep=sleeps, on_retry=lambda f, d: noted.append((str(f), d))
+    )
+    assert await policy(fast) == "done"
+    assert (fast.calls, sleeps, noted) == (3, [0.1, 0.2], [("attempt 1", 0.1), ("attempt 2", 0.2)])

@@ -80,7 +80,9 @@ class Ask:
         known = {meta.image_id: meta for meta in self.uploaded}
         prepared = await self._service.prepare(request, self.caller, history=history, choice=choice, known=known)
         self.turn = await self._service.begin(prepared, grace_seconds=grace_seconds)
-        await self._service.link_images(self.turn)
+        # The links ran alongside Ollama's opening; awaited here, once the Ask holds the turn, so a
+        # failure (or the client leaving) abandons the turn through admit() as before.
+        await self.turn.linked()
         return self.turn
 
     async def discard(self, image_ids: Sequence[uuid.UUID]) -> None:

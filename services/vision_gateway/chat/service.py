@@ -34,7 +34,7 @@ from services.vision_gateway.chat.turn import Caller, OpenTurn, PreparedChat, Se
 from services.vision_gateway.fleet.fleet import OllamaFleet
 from services.vision_gateway.image_store_client import ImageMeta, ImageStoreClient
 from services.vision_gateway.metrics import GatewayMetrics
-from services.vision_gateway.repository import ConversationRepository, StoredMessage
+from services.vision_gateway.repository import ConversationRepository, NewTurn, StoredMessage
 from services.vision_gateway.settings import GatewaySettings
 from services.vision_gateway.streams import StreamRegistry
 
@@ -170,15 +170,24 @@ class ChatService:
         return choice
 
     async def begin(self, prepared: PreparedChat, *, grace_seconds: float) -> OpenTurn:
-        return await open_turn(prepared, ollama=self._ollama, repository=self._repository, grace_seconds=grace_seconds)
+        """Open Ollama's request and record the turn; the images' links start once the rows are
+        recorded, alongside Ollama's opening (the caller awaits them: `OpenTurn.linked()`)."""
+        image_ids = prepared.image_ids
+        caller = prepared.caller
 
-    async def link_images(self, turn: OpenTurn) -> None:
-        """Tell the image-store which message each image belongs to (after begin(), once the Ask
-        holds the turn: if the client leaves meanwhile, admit() abandons it)."""
-        caller = turn.caller
-        for image_id in turn.prepared.image_ids:
-            with contextlib.suppress(ApiError):  # the link is bookkeeping; the turn is recorded either way
-                await self._store.link(image_id, turn.turn.user_message_id, caller.user_id, caller.request_id)
+        async def link_images(turn: NewTurn) -> None:
+            # Tell the image-store which message each image belongs to.
+            for image_id in image_ids:
+                with contextlib.suppress(ApiError):  # the link is bookkeeping; the turn is recorded either way
+                    await self._store.link(image_id, turn.user_message_id, caller.user_id, caller.request_id)
+
+        return await open_turn(
+            prepared,
+            ollama=self._ollama,
+            repository=self._repository,
+            grace_seconds=grace_seconds,
+            then=link_images if image_ids else None,
+        )
 
     async def abandon(self, turn: OpenTurn) -> None:
         """The client went away before streaming started: close Ollama's request, record the stop."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -64,11 +65,19 @@ class PreparedChat:
 class OpenTurn:
     """A recorded turn and its Ollama request; leaving the context closes the request."""
 
-    def __init__(self, prepared: PreparedChat, turn: NewTurn, stream_id: uuid.UUID, opening: asyncio.Task[ChatStream]):
+    def __init__(
+        self,
+        prepared: PreparedChat,
+        turn: NewTurn,
+        stream_id: uuid.UUID,
+        opening: asyncio.Task[ChatStream],
+        linking: asyncio.Task[None] | None = None,
+    ):
         self.prepared = prepared
         self.turn = turn
         self.stream_id = stream_id
         self._opening = opening
+        self._linking = linking
         self.entered = False  # a relay or abandon() owns it now (else ChatService.admit abandons it)
 
     @property
@@ -104,6 +113,12 @@ class OpenTurn:
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         return self._opening.result() if self._opening.done() else None
 
+    async def linked(self) -> None:
+        """Wait for the work begun once the turn was recorded (the images' links), which ran
+        alongside Ollama's opening; raises what it raised. Cancelling the wait cancels the work."""
+        if self._linking is not None:
+            await self._linking
+
     @property
     def backend(self) -> str | None:
         """The Ollama backend (host:port) that answers, once its stream opened."""
@@ -114,6 +129,8 @@ class OpenTurn:
 
     def close(self) -> None:
         _close_opening(self._opening)
+        if self._linking is not None:
+            self._linking.cancel()  # a no-op once linked() returned
 
     async def __aenter__(self) -> OpenTurn:
         self.entered = True
@@ -134,11 +151,15 @@ async def open_turn(
     ollama: OllamaFleet,
     repository: ConversationRepository,
     grace_seconds: float,
+    then: Callable[[NewTurn], Awaitable[None]] | None = None,
 ) -> OpenTurn:
     """Open Ollama's request and record the turn concurrently; undo the rows if Ollama refuses early.
 
     A model still loading after the grace period keeps us waiting longer than that, so the caller
-    starts streaming (and pinging) anyway.
+    starts streaming (and pinging) anyway. `then` (linking the images to the new user message)
+    starts as soon as the rows are recorded, while Ollama's first line is still on its way; the
+    caller awaits it through `OpenTurn.linked()` before the first event, so its failure is handled
+    as if it had run after this returned. If this raises, `then` is cancelled and waited for first.
     """
     request, caller = prepared.request, prepared.caller
     opening = asyncio.create_task(
@@ -157,6 +178,7 @@ async def open_turn(
             stream_id=stream_id,
         )
     )
+    linking = asyncio.create_task(_after(recording, then)) if then is not None else None
     try:
         await asyncio.wait_for(asyncio.shield(opening), grace_seconds)
     except TimeoutError:
@@ -166,6 +188,8 @@ async def open_turn(
         # finds `opening` done, and the stream it opened must be closed (Ollama stops, and the
         # backend's count of streams in flight comes down).
         _close_opening(opening)
+        # Before the rows go: a link that lands after them would name a deleted message.
+        await _cancel(linking)
         await _undo_recording(recording, repository, new_conversation=request.conversation_id is None)
         if isinstance(exc, OllamaStreamError):  # an error line before any output (Ollama <= 0.12.5: HTTP 200)
             raise UpstreamRejected(f"Ollama failed before answering: {exc.message}") from exc
@@ -174,8 +198,24 @@ async def open_turn(
         turn = await recording
     except BaseException:
         _close_opening(opening)
+        await _cancel(linking)
         raise
-    return OpenTurn(prepared, turn, stream_id, opening)
+    return OpenTurn(prepared, turn, stream_id, opening, linking)
+
+
+async def _after(recording: asyncio.Task[NewTurn], then: Callable[[NewTurn], Awaitable[None]]) -> None:
+    # Shielded: cancelling the link must not cancel the recording (open_turn undoes that itself).
+    await then(await asyncio.shield(recording))
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel `task` and wait until it has ended; what it raised is dropped (the caller raises its own)."""
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 async def _undo_recording(
