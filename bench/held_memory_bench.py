@@ -34,7 +34,8 @@ from bench._stack import ROOT, free_port, python_process, scratch_database
 from bench.gateway_bench import HEADERS, emulator_process, gateway_env
 from bench.held_streams_bench import wait_for_final_writes
 
-SETTLE_SECONDS = 8.0
+SETTLE_SECONDS = float(os.environ.get("BENCH_SETTLE_SECONDS", "8"))
+CHUNK_DELAY = os.environ.get("BENCH_CHUNK_DELAY", "1.0")  # seconds between one stream's chunks
 PROBE = ROOT / "bench" / "_memory_probe.py"
 
 
@@ -109,7 +110,7 @@ def run_one(label: str, root: Path, admin_url: str, count: int, trace: bool) -> 
         env = gateway_env(url, tmp, f"http://127.0.0.1:{ollama_port}", **extra)
         args = [str(PROBE), "cli.main", "vision-gateway", "--host", "127.0.0.1", "--port", str(gateway_port)]
         with (
-            emulator_process(ollama_port, "--reply-words", "600", "--chunk-delay", "1.0"),
+            emulator_process(ollama_port, "--reply-words", "3000", "--chunk-delay", CHUNK_DELAY),
             python_process(args, gateway_port, env, name="vision-gateway", root=root) as gateway,
         ):
             directory = Path(probes)
