@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from common.app import AUTH_KEY
@@ -10,7 +12,7 @@ from common.http.json_body import read_json_object
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from services.vision_gateway.ask_form import read_ask_form
-from services.vision_gateway.chat import ChatService
+from services.vision_gateway.chat import Ask, ChatService
 from services.vision_gateway.entry import OPEN_GRACE_SECONDS, body_clocks, stream_turn
 from services.vision_gateway.history import HistoryImages, message_with_images
 
@@ -23,18 +25,22 @@ async def stream_message(request: web.Request) -> web.StreamResponse:
     service = request.app[CHAT_SERVICE_KEY]
     # Per-user stream and rate limits come first: a refused request uploads, fetches and writes nothing.
     async with service.admit(caller.user_id, request_id_of(request)) as ask:
-        async with body_clocks(request, service) as clocks:
-            if request.content_type == "multipart/form-data":
-                fields = await read_ask_form(request, ask, clocks)
-            elif request.content_type == "application/json":
-                fields = await read_json_object(request, max_bytes=request.client_max_size)
-            else:
-                raise UnsupportedMediaType("send application/json or multipart/form-data")
-        turn = await ask.begin(ask.parse(fields), grace_seconds=OPEN_GRACE_SECONDS)
+        turn = await ask.begin(ask.parse(await _ask_fields(request, service, ask)), grace_seconds=OPEN_GRACE_SECONDS)
         # The IDs as headers too, so a client (or an OpenAPI link) can stop the stream or read the history
         # without parsing the event stream.
         ids = {"X-Stream-Id": str(turn.stream_id), "X-Conversation-Id": str(turn.turn.conversation_id)}
         return await stream_turn(request, service, turn, headers=ids)
+
+
+async def _ask_fields(request: web.Request, service: ChatService, ask: Ask) -> dict[str, Any]:
+    """The ask's fields from its body, read under the body clocks. A function of its own so that
+    the clocks and the parsed body are not locals of the handler, which lives as long as the stream."""
+    async with body_clocks(request, service) as clocks:
+        if request.content_type == "multipart/form-data":
+            return await read_ask_form(request, ask, clocks)
+        if request.content_type == "application/json":
+            return await read_json_object(request, max_bytes=request.client_max_size)
+        raise UnsupportedMediaType("send application/json or multipart/form-data")
 
 
 async def stop_stream(request: web.Request) -> web.Response:

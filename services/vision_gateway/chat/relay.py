@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from common.failures import for_client
 from services.vision_gateway.chat import events
+from services.vision_gateway.chat.answer_text import AnswerText
 from services.vision_gateway.chat.progress import Answer, AnswerWriter
 from services.vision_gateway.chat.turn import OpenTurn
 from services.vision_gateway.metrics import GatewayMetrics
@@ -47,8 +48,8 @@ class StreamRelay:
         self.writer = writer
         self.metrics = metrics
         self.label = metrics.model_label(turn.prepared.model)
-        self.content: list[str] = []
-        self.thinking: list[str] = []
+        self.content = AnswerText()
+        self.thinking = AnswerText()
         self.answer_length = 0  # characters of content and thinking: tells the progress batch it grew
         self.first_at: float | None = None
         self.last_at: float | None = None
@@ -57,7 +58,7 @@ class StreamRelay:
         self.outcome = "upstream_error"
 
     def answer(self) -> Answer:
-        return Answer("".join(self.content), "".join(self.thinking))
+        return Answer(self.content.text(), self.thinking.text())
 
     @property
     def partial(self) -> bool:
