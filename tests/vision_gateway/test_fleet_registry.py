@@ -220,3 +220,42 @@ async def test_a_refresh_that_began_before_a_connect_failure_does_not_mark_the_b
     await fleet.registry.refresh()
     assert backend.up
     assert emulator.tags_calls == 2
+
+
+async def test_one_late_listing_keeps_a_backend_that_answered_before_two_in_a_row_mark_it_down(
+    make_fleet: MakeFleet,
+) -> None:
+    """A listing late once (a busy gateway or GPU server) does not refuse every ask for a cooldown;
+    a backend that stays silent is down at its second late listing."""
+    clock = Clock()
+    (emulator,), fleet = await make_fleet("llava", clock=clock)
+    [backend] = fleet.registry.backends
+    never = asyncio.Event()
+
+    async def silent(_request: web.Request) -> web.Response:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_get("/api/tags", silent)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    emulator_url = backend.client._base
+    backend.client._list_timeout = aiohttp.ClientTimeout(total=0.3)
+    try:
+        backend.client._base = f"http://127.0.0.1:{runner.addresses[0][1]}"  # the same backend, now silent
+        await fleet.registry.refresh()
+        assert backend.up, "one late listing marked a backend that had answered down"
+        assert backend.failure, "its failure is noted"
+        assert backend.has("llava:latest"), "its listing is kept"
+        await fleet.registry.refresh()
+        assert not backend.up, "a second late listing in a row leaves it down"
+    finally:
+        await runner.cleanup()
+    clock.now += 5.0  # the cooldown is over: its probe answers, the count of late listings starts again
+    backend.client._base = emulator_url
+    await fleet.registry.refresh()
+    assert backend.up
+    assert backend.listing_timeouts == 0
+    assert emulator.tags_calls == 2

@@ -43,6 +43,7 @@ class Backend:
         self.listed = False  # /api/tags answered at least once: an absent model is really absent
         self.down_until: float | None = None  # marked down until then (then probed); None: up
         self.down_at: float | None = None  # when it was last marked down (a refresh begun before can't undo it)
+        self.listing_timeouts = 0  # listings in a row that got no answer in time (LISTING_TIMEOUTS_DOWN: down)
         self.failure = ""  # why its last refresh or attempt failed, for a 503's message
         self.failure_detail = ""  # the exception behind it, for the log
         self.in_flight = 0
@@ -65,3 +66,4 @@ class Backend:
         self.names, self.digests = names, digests
         self.loaded = {model_key(str(e.get("name") or e.get("model") or "")) for e in running} & set(names)
         self.listed = True
+        self.listing_timeouts = 0

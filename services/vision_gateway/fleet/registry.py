@@ -35,6 +35,9 @@ log = structlog.get_logger("retina.vision_gateway.fleet")
 
 # At most one on-demand refresh starts per this many seconds (joining one under way is free).
 ON_DEMAND_REFRESH_SECONDS = 1.0
+# Listings in a row without an answer in OLLAMA_LIST_TIMEOUT_SECONDS that mark a backend which has
+# listed before down (one that never listed is down at the first).
+LISTING_TIMEOUTS_DOWN = 2
 
 
 class BackendRegistry:
@@ -138,8 +141,14 @@ class BackendRegistry:
         except Retryable as exc:
             # No answer in time counts as down, like a connect timeout: a backend that accepts
             # connections and never answers would otherwise be asked again, and wait again, forever.
-            down = could_not_connect(exc) or isinstance(exc.__cause__, TimeoutError)
-            self._refresh_failed(backend, exc.reason, exc, down=down)
+            # But one late listing from a backend that has answered before is not enough: a gateway
+            # busy for a few seconds (or a GPU server busy loading a model) makes a listing late
+            # without the backend being gone, and with one backend "down" means every ask refused.
+            timed_out = isinstance(exc.__cause__, TimeoutError)
+            if timed_out:
+                backend.listing_timeouts += 1
+            silent = timed_out and (not backend.listed or backend.listing_timeouts >= LISTING_TIMEOUTS_DOWN)
+            self._refresh_failed(backend, exc.reason, exc, down=could_not_connect(exc) or silent)
             return
         except (ApiError, aiohttp.ClientError, ValueError) as exc:  # a 4xx, or a body that is not the JSON expected
             self._refresh_failed(backend, "it did not list its models", exc, down=False)
