@@ -94,6 +94,19 @@ def gateway_process(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]
         process.wait(30)
 
 
+async def models_listed(base: str) -> None:
+    """Wait until the gateway has listed the emulator's models. The emulator runs on this test's event
+    loop, which gateway_process's readiness wait blocks and the burst keeps busy encoding bodies: a
+    first listing left to race the burst can miss OLLAMA_LIST_TIMEOUT_SECONDS and mark it down."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base}/api/models", headers=auth_headers()) as response,
+    ):
+        body = await response.json()
+        assert response.status == 200, body
+        assert any(model["name"].startswith("llava") for model in body["models"]), body
+
+
 class PeakRss:
     def __init__(self, process: psutil.Process) -> None:
         self.process, self.peak, self._stop = process, 0, threading.Event()
@@ -131,6 +144,7 @@ async def test_gateway_rss_stays_under_256_mib_during_40_image_asks(stack: Stack
     ids = [await upload_png(stack, noise_png(seed)) for seed in range(distinct)]
     asks = [ids[n % distinct] for n in range(40)]
     with gateway_process(stack.env) as (base, process):
+        await models_listed(base)
         idle = process.memory_info().rss
         with PeakRss(process) as peak:
             outcomes = await burst(base, asks)
@@ -180,6 +194,7 @@ async def test_v1_data_url_images_count_against_the_memory_budget(stack: Stack) 
     png = noise_png(0)
     assert len(png) > 16 * 2**20
     with gateway_process(stack.env) as (base, process):
+        await models_listed(base)
         idle = process.memory_info().rss
         with PeakRss(process) as peak:
             outcomes = await openai_burst(base, png, 40)
