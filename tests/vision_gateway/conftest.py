@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import asyncpg
 import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from cli.ollama_emulator import OllamaEmulator
+from common.app import REGISTRY_KEY
 from services.image_store.settings import load_image_store_settings
 from services.vision_gateway.app import create_app as create_gateway
 from services.vision_gateway.settings import load_gateway_settings
@@ -176,6 +178,19 @@ async def read_events_until(response: aiohttp.ClientResponse, chunks: int) -> li
             events.append(json.loads(line[len(b"data: ") :]))
             assert await response.content.readline() == b"\n", "every event ends with a blank line"
     return events
+
+
+async def assert_turn_abandoned(stack: Stack, db: asyncpg.Connection) -> None:
+    """A turn begun and then given up before its relay: Ollama's request closed, the assistant row
+    `stopped` as "client disconnected", and no stream left in flight on the (one) backend."""
+    await stack.emulator.wait_for_disconnect(within=5)
+    row = await db.fetchrow("SELECT status, error FROM messages WHERE role = 'assistant'")
+    assert (row["status"], row["error"]) == ("stopped", "client disconnected")
+    backend = stack.env["OLLAMA_URL"].removeprefix("http://")
+    in_flight = stack.gateway.app[REGISTRY_KEY].get_sample_value(
+        "vision_gateway_backend_streams_in_flight", {"backend": backend}
+    )
+    assert in_flight == 0.0
 
 
 async def ask(client: TestClient, body: dict[str, Any], user: str = "alice") -> aiohttp.ClientResponse:

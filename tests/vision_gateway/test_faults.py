@@ -14,7 +14,7 @@ import pytest
 from services.vision_gateway.app import CHAT_SERVICE_KEY
 from tests.conftest import SERVICE_TOKEN, auth_headers
 from tests.plain_errors import assert_plain
-from tests.vision_gateway.conftest import Stack, ask, big_photo, closed_port_url, read_sse
+from tests.vision_gateway.conftest import Stack, ask, assert_turn_abandoned, big_photo, closed_port_url, read_sse
 
 
 async def expect_refusal(
@@ -348,7 +348,6 @@ async def test_a_handler_cancelled_between_begin_and_relay_closes_the_turn(
     started: while its images are linked, or while /v1 deletes the copies of its history images.
     The turn is abandoned as the handler's own abandon() would: Ollama's request closed, the
     backend's in-flight count back to 0, the row stopped rather than left `streaming`."""
-    from common.app import REGISTRY_KEY
     from services.vision_gateway.chat import parse_chat_request
 
     service = stack.gateway.app[CHAT_SERVICE_KEY]
@@ -368,11 +367,4 @@ async def test_a_handler_cancelled_between_begin_and_relay_closes_the_turn(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await stack.emulator.wait_for_disconnect(within=5)
-    row = await db.fetchrow("SELECT status, error FROM messages WHERE role = 'assistant'")
-    assert (row["status"], row["error"]) == ("stopped", "client disconnected")
-    backend = stack.env["OLLAMA_URL"].removeprefix("http://")
-    in_flight = stack.gateway.app[REGISTRY_KEY].get_sample_value(
-        "vision_gateway_backend_streams_in_flight", {"backend": backend}
-    )
-    assert in_flight == 0.0
+    await assert_turn_abandoned(stack, db)

@@ -14,10 +14,9 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from common.app import REGISTRY_KEY
 from services.vision_gateway.image_store_client import ImageStoreClient
 from tests.image_store.conftest import photo
-from tests.vision_gateway.conftest import Stack, ask, read_sse
+from tests.vision_gateway.conftest import Stack, ask, assert_turn_abandoned, read_sse
 
 FORWARDED = ("Authorization", "X-User-Id", "X-Request-ID", "Content-Type")
 
@@ -92,14 +91,7 @@ async def test_a_link_failure_after_ollama_started_is_answered_as_before_and_lea
     assert response.headers["Content-Type"].startswith("application/json")
     assert link_called.is_set()
     assert len(stack.emulator.chats) == 1, "Ollama's request was sent"
-    await stack.emulator.wait_for_disconnect(within=5)
-    row = await db.fetchrow("SELECT status, error FROM messages WHERE role = 'assistant'")
-    assert (row["status"], row["error"]) == ("stopped", "client disconnected")
-    backend = stack.env["OLLAMA_URL"].removeprefix("http://")
-    in_flight = stack.gateway.app[REGISTRY_KEY].get_sample_value(
-        "vision_gateway_backend_streams_in_flight", {"backend": backend}
-    )
-    assert in_flight == 0.0
+    await assert_turn_abandoned(stack, db)
     linked = await db.fetchval("SELECT message_id FROM images WHERE id = $1", uuid.UUID(image_id))
     assert linked is None
 
