@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from cli.ports import PortInUse
-from common.collector import freeze_startup_objects
+from common.collector import collect_old_objects_rarely, freeze_startup_objects
 from common.memory import return_large_buffers
 from common.settings import SettingsError
 
@@ -90,7 +90,9 @@ async def serve(
                     raise PortInUse(spec.host, spec.port, spec.name, spec.port_flag) from None
                 raise
             log.info("service_started", service=spec.name.replace("-", "_"), host=spec.host, port=spec.port)
-        freeze_startup_objects()  # full collections then walk only what requests made (common/collector.py)
+        # Full collections then walk only what requests made, and come rarely (common/collector.py).
+        freeze_startup_objects()
+        collect_old_objects_rarely()
         if on_started is not None:
             await on_started()
         await stop.wait()
