@@ -154,9 +154,9 @@ class ProgressSource(Protocol):
 
     interval: float  # seconds between saves: what a crash can lose
 
-    def unsaved(self, limit: int | None = None) -> Sequence[ProgressRow]: ...
+    async def unsaved(self, limit: int | None = None) -> Sequence[ProgressRow]: ...
 
-    def saved(self, rows: Sequence[ProgressRow]) -> None: ...
+    async def saved(self, rows: Sequence[ProgressRow]) -> None: ...
 
 
 class StreamLiveness:
@@ -230,7 +230,7 @@ class StreamLiveness:
         """Save every stream's text that grew since its last save, in one statement; how many were written."""
         if self._progress is None or not self.touched.is_set():
             return 0  # the database is not answering touches: they reconnect; saves resume with them
-        rows = self._progress.unsaved(self._save_limit)
+        rows = await self._progress.unsaved(self._save_limit)
         if not rows:
             return 0
         try:
@@ -244,7 +244,7 @@ class StreamLiveness:
             await self._close()
             return 0
         # Rows not written (locked for a moment, or no longer streaming) stay unsaved: offered again.
-        self._progress.saved([row for row in rows if row.message_id in written])
+        await self._progress.saved([row for row in rows if row.message_id in written])
         if self._save_limit is not None:
             self._save_limit = None if self._save_limit >= len(rows) * 2 else self._save_limit * 2
         return len(written)

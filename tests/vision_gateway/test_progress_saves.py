@@ -122,9 +122,9 @@ async def test_a_row_locked_for_a_moment_is_saved_at_the_next_interval(
         async with holder.transaction():
             await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", message_id)
             assert await liveness.save_progress_once() == 0
-        assert [row.message_id for row in book.unsaved()] == [message_id], "still offered after the skip"
+        assert [row.message_id for row in await book.unsaved()] == [message_id], "still offered after the skip"
         assert await liveness.save_progress_once() == 1
-        assert book.unsaved() == []
+        assert await book.unsaved() == []
     finally:
         await holder.close()
         await liveness._close()
@@ -146,21 +146,74 @@ class Growing:
         return Answer("".join(self.pieces))
 
 
-def test_the_book_offers_only_grown_answers_and_takes_turns_when_limited() -> None:
+async def test_the_book_offers_only_grown_answers_and_takes_turns_when_limited() -> None:
     book = AnswerProgress(interval=1.0)
     ids = [uuid.uuid4() for _ in range(3)]
     streams = [Growing() for _ in ids]
     for message_id, stream in zip(ids, streams, strict=True):
         book.track(message_id, stream)
-    assert book.unsaved() == [], "nothing grew yet"
+    assert await book.unsaved() == [], "nothing grew yet"
     for stream in streams:
         stream.grow("Hi")
-    first = book.unsaved(limit=2)
+    first = await book.unsaved(limit=2)
     assert [row.message_id for row in first] == ids[:2]
-    book.saved(first)
-    assert [row.message_id for row in book.unsaved()] == [ids[2]], "saved ones are not offered again"
+    await book.saved(first)
+    assert [row.message_id for row in await book.unsaved()] == [ids[2]], "saved ones are not offered again"
     for stream in streams:
         stream.grow(" there")
-    assert [row.message_id for row in book.unsaved(limit=2)] == [ids[2], ids[0]], "the longest unsaved first"
+    assert [row.message_id for row in await book.unsaved(limit=2)] == [ids[2], ids[0]], "the longest unsaved first"
     book.untrack(ids[2])
-    assert [row.content for row in book.unsaved()] == ["Hi there", "Hi there"]
+    assert [row.content for row in await book.unsaved()] == ["Hi there", "Hi there"]
+
+
+def grown_book(count: int) -> tuple[AnswerProgress, list[uuid.UUID], list[Growing]]:
+    book = AnswerProgress(interval=1.0)
+    ids, streams = [uuid.uuid4() for _ in range(count)], [Growing() for _ in range(count)]
+    for message_id, stream in zip(ids, streams, strict=True):
+        book.track(message_id, stream)
+        stream.grow("Hi")
+    return book, ids, streams
+
+
+async def test_the_book_gathers_many_streams_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between slices the event loop runs other work (here: a stream ends); every stream is reached."""
+    import services.vision_gateway.chat.progress as progress
+
+    monkeypatch.setattr(progress, "SLICE_STREAMS", 2)
+    book, ids, _ = grown_book(5)
+    assert [row.message_id for row in await book.unsaved()] == ids, "every stream, across three slices"
+
+    asyncio.get_running_loop().call_soon(book.untrack, ids[4])  # runs at the first yield, after two streams
+    rows = await book.unsaved()
+    assert [row.message_id for row in rows] == ids[:4], "the stream that ended meanwhile is left out"
+
+    saving = asyncio.create_task(book.saved(rows))
+    await asyncio.sleep(0)
+    assert not saving.done(), "marking four rows saved yields too"
+    await saving
+    assert await book.unsaved() == [], "every row written is marked saved"
+
+
+async def test_a_save_larger_than_a_slice_writes_every_row_in_one_statement(
+    turns: TurnQueries, db: asyncpg.Connection, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.vision_gateway.chat.progress as progress
+
+    monkeypatch.setattr(progress, "SLICE_STREAMS", 2)
+    await db.execute(RECORD_PROGRESS_WRITES)
+    book = AnswerProgress(interval=1.0)
+    ids = [await streaming_row(turns) for _ in range(5)]
+    for index, message_id in enumerate(ids):
+        answer = Growing()
+        answer.grow(f"Hello {index}")
+        book.track(message_id, answer)
+    liveness = StreamLiveness(database_url, list, interval=1.0, progress=book)
+    liveness.touched.set()  # as after a successful touch: saves go out only then
+    try:
+        assert await liveness.save_progress_once() == 5
+    finally:
+        await liveness._close()
+    rows = await db.fetch("SELECT id, content FROM messages WHERE id = ANY($1::uuid[])", ids)
+    assert sorted(r["content"] for r in rows) == [f"Hello {i}" for i in range(5)]
+    assert await db.fetchval("SELECT count(DISTINCT txid) FROM progress_writes") == 1, "one statement"
+    assert await book.unsaved() == []
