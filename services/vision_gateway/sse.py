@@ -4,7 +4,7 @@ Like aiohttp-sse's EventSourceResponse, a stream is kept alive while silent: whe
 been written for SSE_HEARTBEAT_SECONDS a `: ping` comment goes out, so proxies and browsers keep a
 silent stream (a model loading, a database write being retried) open. Not by a timer task per
 stream: the replica's one Heartbeat looks at all its open streams a few times per interval and
-starts a short ping task only for a stream that is due.
+starts a short ping task only for a stream that is due, PING_SLICE streams at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ SSE_HEADERS = {
     # nginx (and ingress-nginx) would otherwise buffer the stream.
     "X-Accel-Buffering": "no",
 }
+
+
+# Streams looked at (and pinged when due) between two yields to the event loop. Streams that fell
+# silent together are due together: 8,000 of them were ~17 ms of task starts and ~10 ms of pings
+# (more with real sockets) in one go; 250 are well under a millisecond of each.
+PING_SLICE = 250
 
 
 class _HeadersWithFirstEvent(web.StreamResponse):
@@ -59,9 +65,17 @@ class Heartbeat:
         period = min(1.0, self.seconds / 4)
         while True:
             await asyncio.sleep(period)
-            due = time.monotonic() - self.seconds
-            for stream in self._streams:
-                if stream.last_write <= due:
+            await self.ping_due()
+
+    async def ping_due(self) -> None:
+        """Start a ping for every stream silent for `seconds`; the loop runs between slices of streams."""
+        due = time.monotonic() - self.seconds
+        streams = list(self._streams)  # streams come and go while this yields
+        for start in range(0, len(streams), PING_SLICE):
+            if start:
+                await asyncio.sleep(0)  # the pings started so far go out now, with everything else ready
+            for stream in streams[start : start + PING_SLICE]:
+                if stream.last_write <= due and stream in self._streams:
                     stream.start_ping()
 
     @contextlib.asynccontextmanager
