@@ -61,13 +61,38 @@ class PreparedChat:
     def ollama_payload(self) -> dict[str, Any]:
         return {"model": self.model, "messages": self.ollama_messages, **self.request.ollama_fields()}
 
+    def sent(self) -> SentChat:
+        """What an open turn keeps of this once Ollama's payload is built."""
+        return SentChat(self.caller, self.model, self.vision, tuple(self.request.image_ids), self.notices)
+
+
+@dataclass(frozen=True, slots=True)
+class SentChat:
+    """What an open turn keeps of its PreparedChat for its stream's whole life: who asks, which
+    model answers, what the events name. Not the request (its message, options, the model
+    object's own dict and set) nor the prompt (the history, images inline as base64): Ollama's
+    opening request holds those for as long as it needs them."""
+
+    caller: Caller
+    model: str
+    vision: bool
+    image_ids: tuple[uuid.UUID, ...]
+    notices: tuple[events.NoticeEvent, ...]
+
 
 class OpenTurn:
-    """A recorded turn and its Ollama request; leaving the context closes the request."""
+    """A recorded turn and its Ollama request; leaving the context closes the request.
+
+    Once Ollama's stream is open (`upstream()`) the turn keeps the stream, not the task that opened
+    it: a turn lives as long as its stream, and a done task still holds its context copy and
+    coroutine (and has a place in asyncio's set of tasks). Likewise the links' task once linked.
+    """
+
+    __slots__ = ("_linking", "_opening", "_stream", "entered", "prepared", "stream_id", "turn")
 
     def __init__(
         self,
-        prepared: PreparedChat,
+        prepared: SentChat,
         turn: NewTurn,
         stream_id: uuid.UUID,
         opening: asyncio.Task[ChatStream],
@@ -76,13 +101,10 @@ class OpenTurn:
         self.prepared = prepared
         self.turn = turn
         self.stream_id = stream_id
-        self._opening = opening
+        self._opening: asyncio.Task[ChatStream] | None = opening  # None once the stream is taken from it
+        self._stream: ChatStream | None = None
         self._linking = linking
         self.entered = False  # a relay or abandon() owns it now (else ChatService.admit abandons it)
-
-    @property
-    def request(self) -> ChatRequest:
-        return self.prepared.request
 
     @property
     def caller(self) -> Caller:
@@ -108,29 +130,42 @@ class OpenTurn:
 
         Raises what opening raised (unavailable, refused, an error line).
         """
-        if not self._opening.done():
-            either: list[asyncio.Future[Any]] = [self._opening, wake]
+        opening = self._opening
+        if opening is None:
+            return self._stream
+        if not opening.done():
+            either: list[asyncio.Future[Any]] = [opening, wake]
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        return self._opening.result() if self._opening.done() else None
+            if not opening.done():
+                return None
+        self._stream = opening.result()
+        self._opening = None
+        return self._stream
 
     async def linked(self) -> None:
         """Wait for the work begun once the turn was recorded (the images' links), which ran
         alongside Ollama's opening; raises what it raised. Cancelling the wait cancels the work."""
         if self._linking is not None:
             await self._linking
+            self._linking = None
 
     @property
     def backend(self) -> str | None:
         """The Ollama backend (host:port) that answers, once its stream opened."""
+        if self._stream is not None:
+            return self._stream.backend
         opening = self._opening
-        if opening.done() and not opening.cancelled() and opening.exception() is None:
+        if opening is not None and opening.done() and not opening.cancelled() and opening.exception() is None:
             return opening.result().backend
         return None
 
     def close(self) -> None:
-        _close_opening(self._opening)
+        if self._stream is not None:
+            self._stream.close()
+        if self._opening is not None:
+            _close_opening(self._opening)
         if self._linking is not None:
-            self._linking.cancel()  # a no-op once linked() returned
+            self._linking.cancel()
 
     async def __aenter__(self) -> OpenTurn:
         self.entered = True
@@ -140,7 +175,7 @@ class OpenTurn:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-        if not self._opening.done():
+        if self._opening is not None and not self._opening.done():
             with contextlib.suppress(BaseException):
                 await self._opening
 
@@ -200,7 +235,7 @@ async def open_turn(
         _close_opening(opening)
         await _cancel(linking)
         raise
-    return OpenTurn(prepared, turn, stream_id, opening, linking)
+    return OpenTurn(prepared.sent(), turn, stream_id, opening, linking)
 
 
 async def _after(recording: asyncio.Task[NewTurn], then: Callable[[NewTurn], Awaitable[None]]) -> None:

@@ -22,6 +22,7 @@ from common.auth import USER_ID_HEADER, parse_user_id
 from common.errors import ApiError, BadRequest, UnknownModel, UnsupportedMediaType
 from common.http.error_middleware import error_middleware_rendering
 from common.http.json_body import read_json_object
+from common.http.media_type import media_type
 from common.http.request_context import request_id_of
 from services.vision_gateway.admission import BODY_COPIES
 from services.vision_gateway.chat import Ask, ChatService, SentMessage
@@ -53,7 +54,7 @@ openai_error_middleware = error_middleware_rendering(
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     request.config_dict[AUTH_KEY].check_token(request)
     service = request.config_dict[CHAT_SERVICE_KEY]
-    if request.content_type != "application/json":
+    if media_type(request) != "application/json":
         raise UnsupportedMediaType("send application/json")
     # The body's bytes are held several times while it is parsed and its images uploaded: reserve them first.
     reservation = await service.budget.hold(BODY_COPIES * (request.content_length or MAX_BODY_BYTES))
@@ -71,7 +72,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             # The prompt holds the history images now; the copies uploaded for them served only this call.
             uploaded = set(ask.uploaded_ids).difference(chat_request.image_ids)
             await ask.discard([i for m in history for i in m.image_ids if i in uploaded])
-            return await _answer(request, service, turn, completion)
+            streamed, include_usage = completion.stream, completion.include_usage
+            # This frame lives as long as the stream: the client's history and fields are not kept for it.
+            del completion, request_fields, history, chat_request, uploaded
+            return await _answer(request, service, turn, streamed=streamed, include_usage=include_usage)
     finally:
         reservation.release()
 
@@ -116,7 +120,9 @@ def _kept(service: ChatService, history: list[SentMessage]) -> list[SentMessage]
     return [m for i, m in enumerate(history) if i not in dropped]
 
 
-async def _answer(request: web.Request, service: ChatService, turn: Any, completion: Completion) -> web.StreamResponse:
+async def _answer(
+    request: web.Request, service: ChatService, turn: Any, *, streamed: bool, include_usage: bool
+) -> web.StreamResponse:
     conversation, message, stream_id, notices = RETINA_HEADERS
     headers = {
         conversation: str(turn.turn.conversation_id),
@@ -125,11 +131,10 @@ async def _answer(request: web.Request, service: ChatService, turn: Any, complet
     }
     if turn.prepared.notices:
         headers[notices] = ",".join(n["code"] for n in turn.prepared.notices)
-    if not completion.stream:
+    if not streamed:
         collector = CompletionCollector()
         await service.relay(turn, collector)
         return web.json_response(collector.completion(), headers=headers)
-    include_usage = completion.include_usage
     return await stream_turn(
         request, service, turn, headers=headers, sink=lambda stream: ChunkStream(stream, include_usage=include_usage)
     )
