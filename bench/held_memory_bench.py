@@ -28,10 +28,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bench._stack import ROOT, free_port, python_process, scratch_database
-from bench.gateway_bench import HEADERS, emulator_process, gateway_env
+from bench.gateway_bench import Tally, emulator_process, gateway_env, held_session, open_streams
 from bench.held_streams_bench import wait_for_final_writes
 
 SETTLE_SECONDS = float(os.environ.get("BENCH_SETTLE_SECONDS", "8"))
@@ -51,27 +49,6 @@ def probe(pid: int, directory: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(target.read_text())
     data["snapshot"] = str(directory / f"{n}.snapshot")
     return data
-
-
-async def open_streams(session: aiohttp.ClientSession, base: str, count: int, tasks: list[asyncio.Task[None]]) -> None:
-    """Start `count` more streams; return once each has delivered its first chunk."""
-    started = 0
-    done = asyncio.Event()
-
-    async def one() -> None:
-        nonlocal started
-        body = {"message": "hi", "model": "llava"}
-        async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
-            first = True
-            async for line in response.content:
-                if first and line.startswith(b'data: {"type":"chunk"'):
-                    first = False
-                    started += 1
-                    if started == count:
-                        done.set()
-
-    tasks.extend(asyncio.create_task(one()) for _ in range(count))
-    await asyncio.wait_for(done.wait(), 600)
 
 
 def per_stream(a: dict[str, Any], b: dict[str, Any], streams: int) -> dict[str, float]:
@@ -117,16 +94,17 @@ def run_one(label: str, root: Path, admin_url: str, count: int, trace: bool) -> 
             base = f"http://127.0.0.1:{gateway_port}"
 
             async def main() -> list[dict[str, Any]]:
-                connector = aiohttp.TCPConnector(limit=0)
-                timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
                 tasks: list[asyncio.Task[None]] = []
                 probes_: list[dict[str, Any]] = []
-                async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                tally = Tally()
+                async with held_session() as session:
                     await asyncio.sleep(1)
                     probes_.append(await asyncio.to_thread(probe, gateway.pid, directory))
                     for n in (quarter, count - quarter):
                         for start in range(0, n, batch):
-                            await open_streams(session, base, min(batch, n - start), tasks)
+                            tasks += await open_streams(session, base, min(batch, n - start), tally)
+                        if tally.started - tally.ended_early != len(tasks):
+                            print(f"  {label}: only {tally.started - tally.ended_early} of {len(tasks)} streams open")
                         await asyncio.sleep(SETTLE_SECONDS)
                         probes_.append(await asyncio.to_thread(probe, gateway.pid, directory))
                     for task in tasks:
