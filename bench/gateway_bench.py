@@ -15,6 +15,7 @@ prep: preparing a 12 MP photo for the model: bytes sent vs original, and millise
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import json
@@ -146,25 +147,27 @@ SETTLE_SECONDS, WINDOW_SECONDS = 5.0, float(os.environ.get("BENCH_HOLD_WINDOW", 
 SLACK_SECONDS = 60.0  # on top of each wait, for the client processes' start and a slow close
 # Chunks per stream: no stream ends by itself before the client closes it.
 HOLD_WORDS = int(OPEN_SECONDS + SETTLE_SECONDS + WINDOW_SECONDS + 2 * SLACK_SECONDS)
-CHUNK = b'data: {"type":"chunk"'
+CHUNK, ERROR = b'data: {"type":"chunk"', b'data: {"type":"error"'
 
 
 @dataclass
 class Tally:
-    """How a client's held streams went. Each stream is counted once at its end: held (open until
-    the client closed it), never_started (ended, failed, refused or still waiting, without a first
-    chunk) or ended_early (had chunks, then ended before the client closed it)."""
+    """How a client's held streams went. Each stream ends once, counted in `ends` as "held" (open
+    until the client closed it), "never started: <why>" (no first chunk: refused, failed, ended, or
+    still waiting at the end) or "ended early: <why>" (had chunks, then ended before the client
+    closed it); <why> is the HTTP status, the error event's code or the client's exception."""
 
     started: int = 0
-    held: int = 0
-    never_started: int = 0
-    ended_early: int = 0
+    ends: collections.Counter[str] = field(default_factory=collections.Counter)
     # (time.monotonic() at a chunk, seconds since the stream's last chunk)
     gaps: list[tuple[float, float]] = field(default_factory=list)
 
+    def count(self, outcome: str) -> int:
+        return sum(n for end, n in self.ends.items() if end.split(":")[0] == outcome)
+
     def add(self, other: Tally) -> None:
-        for name in ("started", "held", "never_started", "ended_early"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.started += other.started
+        self.ends += other.ends
         self.gaps += other.gaps
 
 
@@ -174,10 +177,13 @@ async def held_stream(session: aiohttp.ClientSession, base: str, tally: Tally, s
     `settled` is called once, at the first chunk or when the stream ends without one, so that a
     wait for the streams to open never waits for one that failed."""
     last: float | None = None
-    closed = False
+    why = "the response ended"
     try:
         body = {"message": "hi", "model": "llava"}
         async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
+            if response.status != 200:
+                why = f"HTTP {response.status}"
+                return
             async for line in response.content:
                 if line.startswith(CHUNK):
                     now = time.monotonic()
@@ -187,19 +193,19 @@ async def held_stream(session: aiohttp.ClientSession, base: str, tally: Tally, s
                     else:
                         tally.gaps.append((now, now - last))
                     last = now
+                elif line.startswith(ERROR):
+                    why = f"error event {json.loads(line[len(b'data: ') :]).get('code')}"
     except asyncio.CancelledError:
-        closed = True
+        why = "closed"
         raise
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        pass
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        why = type(exc).__name__
     finally:
         if last is None:
-            tally.never_started += 1
             settled()
-        elif closed:
-            tally.held += 1
+            tally.ends[f"never started: {'still waiting at the end' if why == 'closed' else why}"] += 1
         else:
-            tally.ended_early += 1
+            tally.ends["held" if why == "closed" else f"ended early: {why}"] += 1
 
 
 def held_session() -> aiohttp.ClientSession:
@@ -212,7 +218,7 @@ async def open_streams(
     session: aiohttp.ClientSession, base: str, count: int, tally: Tally, seconds: float = OPEN_SECONDS
 ) -> list[asyncio.Task[None]]:
     """Start `count` held streams; return their tasks once each has had its first chunk or ended, or
-    after `seconds` (tally.started and tally.never_started then tell how many had not)."""
+    after `seconds` (tally.started and tally.ends then tell how many had not)."""
     left, all_settled = count, asyncio.Event()
 
     def settled() -> None:
@@ -237,7 +243,7 @@ def client_process(
         tally = Tally()
         async with held_session() as session:
             tasks = await open_streams(session, base, count, tally)
-            reports.put(("open", tally.started, tally.ended_early))
+            reports.put(("open", tally.started, tally.count("ended early")))
             await asyncio.to_thread(stop.wait, HOLD_WORDS * HOLD_INTERVAL)
             for task in tasks:
                 task.cancel()
@@ -302,8 +308,8 @@ class Held:
             f" after: chunk delay beyond {HOLD_INTERVAL * 1000:.0f} ms p50 {self.delay_ms(50):.1f} ms, p99"
             f" {self.delay_ms(99):.1f} ms ({len(self.late)} chunks), CPU (of one core) server"
             f" {self.cpu['server']:.0%}, emulator {self.cpu['emulator']:.0%}, clients {sum(clients):.0%} (busiest"
-            f" {max(clients):.0%}); held to the end {t.held}, never started {t.never_started}, ended early"
-            f" {t.ended_early}"
+            f" {max(clients):.0%}); held to the end {t.count('held')}"
+            + "".join(f", {end} {n}" for end, n in sorted(t.ends.items()) if end != "held")
         )
 
 

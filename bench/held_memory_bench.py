@@ -103,8 +103,8 @@ def run_one(label: str, root: Path, admin_url: str, count: int, trace: bool) -> 
                     for n in (quarter, count - quarter):
                         for start in range(0, n, batch):
                             tasks += await open_streams(session, base, min(batch, n - start), tally)
-                        if tally.started - tally.ended_early != len(tasks):
-                            print(f"  {label}: only {tally.started - tally.ended_early} of {len(tasks)} streams open")
+                        if (open_ := tally.started - tally.count("ended early")) != len(tasks):
+                            print(f"  {label}: {open_} of {len(tasks)} streams open; ended: {dict(tally.ends)}")
                         await asyncio.sleep(SETTLE_SECONDS)
                         probes_.append(await asyncio.to_thread(probe, gateway.pid, directory))
                     for task in tasks:

@@ -138,7 +138,7 @@ def run_one(label: str, root: Path, admin_url: str, count: int) -> Result:
     late = [g - CHUNK_INTERVAL for g in gaps] or [0.0]
     return Result(
         label,
-        tally.held,
+        tally.count("held"),
         (last.gateway_cpu - first.gateway_cpu) / seconds,
         backend / seconds,
         (last.commits - first.commits) / seconds,
