@@ -238,7 +238,7 @@ def hold_against_floor(admin_url: str, count: int, rounds: int) -> None:
     for round_ in range(rounds):
         for name in list(servers) if round_ % 2 == 0 else list(servers)[::-1]:
             port = free_port()
-            with hold_emulator(port) as emulator, servers[name](f"http://127.0.0.1:{port}") as (base, pid):
+            with hold_emulator(port, count) as emulator, servers[name](f"http://127.0.0.1:{port}") as (base, pid):
                 held = hold(base, count, pid, emulator.pid)
             results[name].append(held)
             print(f"round {round_ + 1} (load average {load_average()}) {held.line(name)}", flush=True)

@@ -142,11 +142,24 @@ def bench_ttft(admin_url: str) -> None:
 HOLD_INTERVAL = 1.0  # seconds between a stream's chunks (the emulator's --chunk-delay)
 # The longest wait for every stream's first chunk; streams not started by then are reported.
 OPEN_SECONDS = float(os.environ.get("BENCH_OPEN_SECONDS", "300"))
+# Streams opened per second, over all client processes (0: all at once). Thousands of connections
+# at once overflow the listen backlog (aiohttp's 128, the gateway's, the floor's and the emulator's
+# alike): at 8,000 a quarter of the streams were reset or had no answer in 120 s, in both servers.
+OPEN_RATE = float(os.environ.get("BENCH_OPEN_RATE", "250"))
 # Once all are open: time to settle, then the window whose chunk gaps and CPU are measured.
 SETTLE_SECONDS, WINDOW_SECONDS = 5.0, float(os.environ.get("BENCH_HOLD_WINDOW", "20"))
 SLACK_SECONDS = 60.0  # on top of each wait, for the client processes' start and a slow close
-# Chunks per stream: no stream ends by itself before the client closes it.
-HOLD_WORDS = int(OPEN_SECONDS + SETTLE_SECONDS + WINDOW_SECONDS + 2 * SLACK_SECONDS)
+
+
+def opening_seconds(count: int) -> float:
+    return count / OPEN_RATE if OPEN_RATE else 0.0
+
+
+def longest_hold(count: int) -> float:
+    """Seconds a hold of `count` streams can last: opening them, every bounded wait and the window."""
+    return opening_seconds(count) + OPEN_SECONDS + SETTLE_SECONDS + WINDOW_SECONDS + 2 * SLACK_SECONDS
+
+
 CHUNK, ERROR = b'data: {"type":"chunk"', b'data: {"type":"error"'
 
 
@@ -199,7 +212,7 @@ async def held_stream(session: aiohttp.ClientSession, base: str, tally: Tally, s
         why = "closed"
         raise
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        why = type(exc).__name__
+        why = type(exc).__name__ + (f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else "")
     finally:
         if last is None:
             settled()
@@ -215,10 +228,16 @@ def held_session() -> aiohttp.ClientSession:
 
 
 async def open_streams(
-    session: aiohttp.ClientSession, base: str, count: int, tally: Tally, seconds: float = OPEN_SECONDS
+    session: aiohttp.ClientSession,
+    base: str,
+    count: int,
+    tally: Tally,
+    seconds: float = OPEN_SECONDS,
+    per_second: float = 0.0,
 ) -> list[asyncio.Task[None]]:
-    """Start `count` held streams; return their tasks once each has had its first chunk or ended, or
-    after `seconds` (tally.started and tally.ends then tell how many had not)."""
+    """Start `count` held streams, `per_second` of them a second (0: all at once); return their tasks
+    once each has had its first chunk or ended, or `seconds` after the last was started
+    (tally.started and tally.ends then tell how many had not)."""
     left, all_settled = count, asyncio.Event()
 
     def settled() -> None:
@@ -227,24 +246,32 @@ async def open_streams(
         if not left:
             all_settled.set()
 
-    tasks = [asyncio.create_task(held_stream(session, base, tally, settled)) for _ in range(count)]
+    tasks = []
+    for _ in range(count):
+        tasks.append(asyncio.create_task(held_stream(session, base, tally, settled)))
+        if per_second:
+            await asyncio.sleep(1 / per_second)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_settled.wait(), seconds if count else 0)
     return tasks
 
 
 def client_process(
-    base: str, count: int, reports: multiprocessing.queues.Queue[Any], stop: multiprocessing.synchronize.Event
+    base: str,
+    count: int,
+    procs: int,
+    reports: multiprocessing.queues.Queue[Any],
+    stop: multiprocessing.synchronize.Event,
 ) -> None:
-    """One of hold()'s client processes: `count` streams, reported as ("open", started, ended since)
+    """One of hold()'s `procs` client processes: `count` streams, reported as ("open", started, ended since)
     once they have opened, held until `stop` is set (or a deadline), then reported as ("end", Tally)."""
 
     async def run() -> None:
         tally = Tally()
         async with held_session() as session:
-            tasks = await open_streams(session, base, count, tally)
+            tasks = await open_streams(session, base, count, tally, per_second=OPEN_RATE / procs)
             reports.put(("open", tally.started, tally.count("ended early")))
-            await asyncio.to_thread(stop.wait, HOLD_WORDS * HOLD_INTERVAL)
+            await asyncio.to_thread(stop.wait, longest_hold(count * procs))
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -331,13 +358,15 @@ def hold(base: str, count: int, server_pid: int, emulator_pid: int) -> Held:
     stop = context.Event()
     procs = client_processes(count)
     shares = [count // procs + (i < count % procs) for i in range(procs)]
-    clients = [context.Process(target=client_process, args=(base, n, reports, stop), daemon=True) for n in shares]
+    clients = [
+        context.Process(target=client_process, args=(base, n, procs, reports, stop), daemon=True) for n in shares
+    ]
     idle_rss, began = rss_bytes(server_pid), time.monotonic()
     inbox: list[tuple[Any, ...]] = []
     try:
         for client in clients:
             client.start()
-        opened = awaited_reports(reports, clients, inbox, "open", OPEN_SECONDS + SLACK_SECONDS)
+        opened = awaited_reports(reports, clients, inbox, "open", opening_seconds(count) + OPEN_SECONDS + SLACK_SECONDS)
         open_rss, open_seconds = rss_bytes(server_pid), time.monotonic() - began
         time.sleep(SETTLE_SECONDS)
         pids = {"server": server_pid, "emulator": emulator_pid} | {f"client {c.pid}": c.pid or 0 for c in clients}
@@ -349,7 +378,7 @@ def hold(base: str, count: int, server_pid: int, emulator_pid: int) -> Held:
         ends = awaited_reports(reports, clients, inbox, "end", SLACK_SECONDS)
     finally:
         stop.set()
-        for client in clients:
+        for client in (c for c in clients if c.pid is not None):  # started
             client.join(10)
             if client.is_alive():
                 client.kill()
@@ -360,8 +389,9 @@ def hold(base: str, count: int, server_pid: int, emulator_pid: int) -> Held:
     return Held(count, idle_rss, open_rss, at_sample, open_seconds, (low, high), cpu, tally)
 
 
-def hold_emulator(port: int) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    args = ("--reply-words", str(HOLD_WORDS), "--chunk-delay", str(HOLD_INTERVAL))
+def hold_emulator(port: int, count: int) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """The emulator for a hold of `count` streams: no stream ends by itself before the client closes it."""
+    args = ("--reply-words", str(int(longest_hold(count) / HOLD_INTERVAL)), "--chunk-delay", str(HOLD_INTERVAL))
     return emulator_process(port, *args, module="bench._held_emulator")
 
 
@@ -378,7 +408,7 @@ def held_gateway(admin_url: str, ollama: str) -> Iterator[tuple[str, int]]:
 def bench_hold(admin_url: str, count: int = 2000) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     port = free_port()
-    with hold_emulator(port) as emulator, held_gateway(admin_url, f"http://127.0.0.1:{port}") as (base, pid):
+    with hold_emulator(port, count) as emulator, held_gateway(admin_url, f"http://127.0.0.1:{port}") as (base, pid):
         print(hold(base, count, pid, emulator.pid).line("gateway"))
 
 
