@@ -17,19 +17,27 @@ Per target: the server process's CPU (utime + stime from /proc) per stream, the 
 PostgreSQL backends connected to the bench database, the image-store's CPU per ask, and TTFT
 p50/p99 as the client sees it. `--before ROOT` adds a second gateway running another checkout's
 code (e.g. `git worktree add /tmp/before main`) as the targets "gateway before" and "gateway
-before, 1 image", measured in the same interleaved reps. `--hold N` then runs gateway_bench's held-streams benchmark
-(N streams, a chunk per second) on a fresh stack. The machine's load averages are printed
+before, 1 image", measured in the same interleaved reps. The machine's load averages are printed
 with the figures.
+
+`--hold N` then holds N streams (a chunk a second) in the floor and in the gateway, in turn, for
+BENCH_HOLD_ROUNDS rounds (2; the order alternates), each target with a fresh emulator and a fresh
+server process, with gateway_bench's held-streams client (BENCH_CLIENT_PROCS processes): RSS idle
+and with all open, per stream; chunk delay beyond the interval, p50/p99; streams that never
+started, ended early or were still open at the deadline; and per round the gateway against the
+floor (RSS per stream as a ratio, chunk delay as a difference).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import resource
 import statistics
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +54,17 @@ from bench._stack import (
     service,
     store_env,
 )
-from bench.gateway_bench import bench_hold, direct_ttft, emulator_process, gateway_env, gateway_ttft, percentile
+from bench.gateway_bench import (
+    Held,
+    direct_ttft,
+    emulator_process,
+    gateway_env,
+    gateway_ttft,
+    held_gateway,
+    hold,
+    hold_emulator,
+    percentile,
+)
 from bench.serving_cpu_bench import sample_jpeg, upload
 
 REPLY_WORDS = "50"
@@ -202,13 +220,43 @@ def run(admin_url: str, reps: int, streams: int, before: Path | None = None) -> 
         print(f"  {route}: {count / asks:.2f}")
 
 
+@contextlib.contextmanager
+def held_floor(ollama: str) -> Iterator[tuple[str, int]]:
+    """The floor relay, for held streams: its base URL and pid."""
+    port = free_port()
+    with python_process(["-m", "bench.floor_relay", "--port", str(port), "--ollama", ollama], port) as floor:
+        yield f"http://127.0.0.1:{port}", floor.pid
+
+
+def hold_against_floor(admin_url: str, count: int, rounds: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    servers: dict[str, Callable[[str], contextlib.AbstractContextManager[tuple[str, int]]]] = {
+        "floor": held_floor,
+        "gateway": lambda ollama: held_gateway(admin_url, ollama),
+    }
+    results: dict[str, list[Held]] = {name: [] for name in servers}
+    for round_ in range(rounds):
+        for name in list(servers) if round_ % 2 == 0 else list(servers)[::-1]:
+            port = free_port()
+            with hold_emulator(port, count) as emulator, servers[name](f"http://127.0.0.1:{port}") as (base, pid):
+                held = hold(base, count, pid, emulator.pid)
+            results[name].append(held)
+            print(f"round {round_ + 1} (load average {load_average()}) {held.line(name)}", flush=True)
+    for round_, (floor, gateway) in enumerate(zip(results["floor"], results["gateway"], strict=True)):
+        print(
+            f"round {round_ + 1}: gateway / floor RSS per stream {gateway.kib_per_stream / floor.kib_per_stream:.2f}x"
+            f" ({gateway.kib_per_stream:.1f} / {floor.kib_per_stream:.1f} KiB); chunk delay gateway - floor"
+            f" p50 {gateway.delay_ms(50) - floor.delay_ms(50):+.1f} ms, p99 {gateway.delay_ms(99) - floor.delay_ms(99):+.1f} ms"
+        )
+
+
 def main() -> None:
     admin_url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     args = sys.argv[1:]
-    hold = 0
+    streams_held = 0
     if "--hold" in args:
         at = args.index("--hold")
-        hold = int(args[at + 1])
+        streams_held = int(args[at + 1])
         del args[at : at + 2]
     before = None
     if "--before" in args:
@@ -218,9 +266,9 @@ def main() -> None:
     reps = int(args[0]) if args else 5
     streams = int(args[1]) if len(args) > 1 else 100
     run(admin_url, reps, streams, before)
-    if hold:
-        print(f"\nheld streams, load average before: {load_average()}", flush=True)
-        bench_hold(admin_url, hold)
+    if streams_held:
+        print(f"\n{streams_held} held streams, floor and gateway; load average before: {load_average()}", flush=True)
+        hold_against_floor(admin_url, streams_held, int(os.environ.get("BENCH_HOLD_ROUNDS", "2")))
         print(f"load average after: {load_average()}")
 
 

@@ -31,16 +31,13 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bench._stack import ROOT, free_port, python_process, scratch_database
-from bench.gateway_bench import HEADERS, emulator_process, gateway_env
+from bench.gateway_bench import Tally, emulator_process, gateway_env, held_session, open_streams
 from bench.held_streams_bench import wait_for_final_writes
 
 SETTLE_SECONDS = float(os.environ.get("BENCH_SETTLE_SECONDS", "8"))
 CHUNK_DELAY = os.environ.get("BENCH_CHUNK_DELAY", "1.0")  # seconds between one stream's chunks
 PROBE = ROOT / "bench" / "_memory_probe.py"
-FAILED: list[str] = []  # streams that failed before their first chunk, this run
 
 
 def probe(pid: int, directory: Path) -> dict[str, Any]:
@@ -55,43 +52,6 @@ def probe(pid: int, directory: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(target.read_text())
     data["snapshot"] = str(directory / f"{n}.snapshot")
     return data
-
-
-async def open_streams(session: aiohttp.ClientSession, base: str, count: int, tasks: list[asyncio.Task[None]]) -> None:
-    """Start `count` more streams; return once each has delivered its first chunk (or failed:
-    a stream that ends or breaks before its first chunk is counted in FAILED and printed, so one
-    lost stream does not hold the run up until the timeout)."""
-    settled = 0
-    done = asyncio.Event()
-
-    def settle() -> None:
-        nonlocal settled
-        settled += 1
-        if settled == count:
-            done.set()
-
-    async def one() -> None:
-        body = {"message": "hi", "model": "llava"}
-        first = True
-        try:
-            async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
-                last = b""
-                async for line in response.content:
-                    if first and line.startswith(b'data: {"type":"chunk"'):
-                        first = False
-                        settle()
-                    last = line if line.strip() else last
-                if first:
-                    raise RuntimeError(f"HTTP {response.status}, ended before its first chunk: {last[:300]!r}")
-        except BaseException as exc:
-            if first:
-                first = False
-                FAILED.append(repr(exc)[:400])
-                settle()
-            raise
-
-    tasks.extend(asyncio.create_task(one()) for _ in range(count))
-    await asyncio.wait_for(done.wait(), 600)
 
 
 def per_stream(a: dict[str, Any], b: dict[str, Any], streams: int) -> dict[str, float]:
@@ -137,16 +97,17 @@ def run_one(label: str, root: Path, admin_url: str, count: int, trace: bool) -> 
             base = f"http://127.0.0.1:{gateway_port}"
 
             async def main() -> list[dict[str, Any]]:
-                connector = aiohttp.TCPConnector(limit=0)
-                timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
                 tasks: list[asyncio.Task[None]] = []
                 probes_: list[dict[str, Any]] = []
-                async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                tally = Tally()
+                async with held_session() as session:
                     await asyncio.sleep(1)
                     probes_.append(await asyncio.to_thread(probe, gateway.pid, directory))
                     for n in (quarter, count - quarter):
                         for start in range(0, n, batch):
-                            await open_streams(session, base, min(batch, n - start), tasks)
+                            tasks += await open_streams(session, base, min(batch, n - start), tally)
+                        if (open_ := tally.started - tally.count("ended early")) != len(tasks):
+                            print(f"  {label}: {open_} of {len(tasks)} streams open; ended: {dict(tally.ends)}")
                         await asyncio.sleep(SETTLE_SECONDS)
                         probes_.append(await asyncio.to_thread(probe, gateway.pid, directory))
                     for task in tasks:
@@ -154,10 +115,7 @@ def run_one(label: str, root: Path, admin_url: str, count: int, trace: bool) -> 
                     await asyncio.gather(*tasks, return_exceptions=True)
                 return probes_
 
-            FAILED.clear()
             idle, some, full = asyncio.run(main())
-            if FAILED:
-                print(f"  {label}: {len(FAILED)} streams failed before their first chunk, e.g. {FAILED[0]}")
             wait_for_final_writes(url)
             result: dict[str, Any] = {
                 "label": label,

@@ -32,11 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import psycopg
 
 from bench._stack import ROOT, free_port, rss_bytes, scratch_database, service
-from bench.gateway_bench import HEADERS, emulator_process, gateway_env, percentile
+from bench.gateway_bench import Tally, emulator_process, gateway_env, held_session, open_streams, percentile
 
 CHUNK_INTERVAL = 1.0
 # Long enough for idle backends to flush their counters of the ramp-up (PostgreSQL: every 10 s).
@@ -94,41 +93,6 @@ class Result:
         )
 
 
-async def hold(base: str, count: int, measure: asyncio.Future[None], gaps: list[float], opened: asyncio.Event) -> None:
-    """Open `count` streams, record chunk gaps while `measure` runs, close them all when it is done."""
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
-    open_count = 0
-    recording = False
-
-    async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal open_count
-        body = {"message": "hi", "model": "llava"}
-        async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
-            last = None
-            async for line in response.content:
-                if line.startswith(b'data: {"type":"chunk"'):
-                    now = time.perf_counter()
-                    if last is None:
-                        open_count += 1
-                        if open_count == count:
-                            opened.set()
-                    elif recording:
-                        gaps.append(now - last)
-                    last = now
-
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        tasks = [asyncio.create_task(one(session)) for _ in range(count)]
-        await asyncio.wait_for(opened.wait(), 300)
-        await asyncio.sleep(SETTLE_SECONDS)
-        recording = True
-        await measure
-        recording = False
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def wait_for_final_writes(url: str, seconds: float = 120.0) -> None:
     """Let the gateway store the closed streams' answers before it is stopped (and the database dropped)."""
     deadline = time.monotonic() + seconds
@@ -151,31 +115,30 @@ def run_one(label: str, root: Path, admin_url: str, count: int) -> Result:
             psycopg.connect(admin_url, autocommit=True) as admin,
         ):
             idle_rss = rss_bytes(gateway.pid)
-            gaps: list[float] = []
 
-            async def main() -> tuple[Snapshot, Snapshot, int]:
-                loop = asyncio.get_running_loop()
-                measure: asyncio.Future[None] = loop.create_future()
-                opened = asyncio.Event()
-                holding = asyncio.create_task(hold(f"http://127.0.0.1:{gateway_port}", count, measure, gaps, opened))
-                await asyncio.wait_for(opened.wait(), 300)
-                await asyncio.sleep(SETTLE_SECONDS)
-                held_rss = rss_bytes(gateway.pid)
-                first = await asyncio.to_thread(snapshot, admin, database, gateway.pid)
-                await asyncio.sleep(WINDOW_SECONDS)
-                last = await asyncio.to_thread(snapshot, admin, database, gateway.pid)
-                measure.set_result(None)
-                await holding
-                return first, last, held_rss
+            async def main() -> tuple[Snapshot, Snapshot, int, Tally, list[float]]:
+                tally = Tally()
+                async with held_session() as session:
+                    tasks = await open_streams(session, f"http://127.0.0.1:{gateway_port}", count, tally)
+                    await asyncio.sleep(SETTLE_SECONDS)
+                    held_rss = rss_bytes(gateway.pid)
+                    first = await asyncio.to_thread(snapshot, admin, database, gateway.pid)
+                    await asyncio.sleep(WINDOW_SECONDS)
+                    last = await asyncio.to_thread(snapshot, admin, database, gateway.pid)
+                    gaps = [gap for at, gap in tally.gaps if first.at <= at <= last.at]
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                return first, last, held_rss, tally, gaps
 
-            first, last, held_rss = asyncio.run(main())
+            first, last, held_rss, tally, gaps = asyncio.run(main())
             wait_for_final_writes(url)
     seconds = last.at - first.at
     backend = sum(cpu - first.backend_cpu.get(pid, 0.0) for pid, cpu in last.backend_cpu.items())
     late = [g - CHUNK_INTERVAL for g in gaps] or [0.0]
     return Result(
         label,
-        count,
+        tally.count("held"),
         (last.gateway_cpu - first.gateway_cpu) / seconds,
         backend / seconds,
         (last.commits - first.commits) / seconds,
