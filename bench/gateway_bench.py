@@ -196,6 +196,8 @@ async def held_stream(session: aiohttp.ClientSession, base: str, tally: Tally, s
         async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
             if response.status != 200:
                 why = f"HTTP {response.status}"
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    why += f" {json.loads(await response.read())['error']['code']}"
                 return
             async for line in response.content:
                 if line.startswith(CHUNK):
