@@ -51,6 +51,14 @@ def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
         runner.run(main)
 
 
+# Connections the kernel completes and queues for a service before it accepts them (aiohttp's default
+# is 128; Linux caps the value at net.core.somaxconn, 4096 by default since 5.4). While the loop is
+# busy — thousands of streams opening, a long collection — new connections wait in this queue; once
+# it is full the kernel drops or resets them. Measured (bench/RESULTS.md, issue 19): a gateway
+# holding 8,000 streams opened at 250 a second lost 58-98 of them to connection resets with 128.
+LISTEN_BACKLOG = 2048
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str
@@ -84,7 +92,7 @@ async def serve(
             await runner.setup()
             runners.append(runner)
             try:
-                await web.TCPSite(runner, spec.host, spec.port).start()
+                await web.TCPSite(runner, spec.host, spec.port, backlog=LISTEN_BACKLOG).start()
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise PortInUse(spec.host, spec.port, spec.name, spec.port_flag) from None

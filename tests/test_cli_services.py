@@ -26,7 +26,7 @@ from PIL import Image
 from cli.ollama_emulator import CANNED_NOTICE, OllamaEmulator, default_models
 from cli.ollama_probe import OllamaReport, describe, describe_all, probe_all, probe_ollama
 from cli.ports import PortInUse
-from cli.runner import ServiceSpec, serve
+from cli.runner import LISTEN_BACKLOG, ServiceSpec, serve
 from common.migrations import migration_ids
 from tests.conftest import ROOT, SERVICE_TOKEN, SIGNING_KEY
 from tests.ports import free_port
@@ -380,6 +380,33 @@ def test_a_busy_port_is_one_line_naming_it_its_holder_and_the_flag(
     assert f"already in use by {Path('/proc/self/comm').read_text().strip()} (pid {os.getpid()})" in lines[0]
     assert lines[0].endswith(f"pick another with {flag} PORT")
     assert "Traceback" not in result.stdout
+
+
+class _Listening(Exception):
+    """Raised from serve()'s on_started to leave it once the sockets are up."""
+
+
+def _listen_backlog(port: int) -> int:
+    """The accept-queue limit of the socket listening on `port`, as the kernel reports it (ss's Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    return int(out.split()[2])
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs iproute2's ss to read the listen backlog")
+async def test_services_listen_with_a_backlog_for_bursts_of_connections() -> None:
+    port = free_port()
+    backlogs: list[int] = []
+
+    async def started() -> None:
+        backlogs.append(_listen_backlog(port))
+        raise _Listening
+
+    with pytest.raises(_Listening):
+        await serve([ServiceSpec("x", web.Application(), "127.0.0.1", port)], shutdown_timeout=1, on_started=started)
+    assert backlogs == [LISTEN_BACKLOG]
+    assert LISTEN_BACKLOG >= 1024  # aiohttp's default of 128 lost streams while 8,000 opened (cli/runner.py)
 
 
 async def test_serve_turns_a_port_taken_after_the_check_into_the_same_line() -> None:
