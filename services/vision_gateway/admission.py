@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 from common.errors import Busy, RateLimited
 from common.rate_limit import RateLimiter
@@ -111,20 +111,20 @@ class StreamAdmission:
     def open_streams(self, user_id: str) -> int:
         return self._open.get(user_id, 0)
 
-    @contextlib.contextmanager
-    def admit(self, user_id: str) -> Iterator[None]:
-        """Hold one of the user's stream slots for the request's whole life (upload to last event)."""
+    def enter(self, user_id: str) -> None:
+        """Take one of the user's stream slots, for the request's whole life (upload to last event);
+        `leave()` gives it back. A pair of calls, not a generator context manager: the slot is held
+        as long as the stream, and a suspended generator would be three objects and a frame per stream."""
         if self._max_streams and self.open_streams(user_id) >= self._max_streams:
             raise RateLimited(
                 f"at most {self._max_streams} streams at once per user; wait for one to finish", retry_after=1
             )
         self._rate.take(user_id)
         self._open[user_id] = self.open_streams(user_id) + 1
-        try:
-            yield
-        finally:
-            left = self._open[user_id] - 1
-            if left:
-                self._open[user_id] = left
-            else:
-                del self._open[user_id]
+
+    def leave(self, user_id: str) -> None:
+        left = self._open[user_id] - 1
+        if left:
+            self._open[user_id] = left
+        else:
+            del self._open[user_id]

@@ -1,18 +1,22 @@
 """One ask on its way in: the single admission path of every entry (JSON, multipart, /v1).
 
-`ChatService.admit()` yields an `Ask` while it holds one of the user's stream slots (per-user
-concurrency and rate, taken before anything is read further, uploaded or written). Through it
-an entry judges a form's early fields (`check_early`), forwards images (`upload`), and begins
-the turn (`begin`). If the request fails before its turn is begun, every image it uploaded is
-deleted again, whichever entry it came through: the undo lives here, once.
+`async with ChatService.admit(...) as ask` holds one of the user's stream slots (per-user
+concurrency and rate, taken before anything is read further, uploaded or written) for the
+request's whole life. Through the `Ask` an entry judges a form's early fields (`check_early`),
+forwards images (`upload`), and begins the turn (`begin`). If the request fails before its turn
+is begun, every image it uploaded is deleted again, whichever entry it came through: the undo
+lives here, once. The Ask is its own context manager (not a generator one): it lives as long as
+the stream, and a suspended generator would be three more objects and a frame per held stream.
 
 The model lookup an early check makes is remembered, so `begin` does not repeat it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from common.errors import TooManyImages, UploadDisabled
@@ -21,18 +25,40 @@ from services.vision_gateway.chat.turn import Caller, OpenTurn, SentMessage
 from services.vision_gateway.image_store_client import ImageMeta
 
 if TYPE_CHECKING:
+    from services.vision_gateway.admission import StreamAdmission
     from services.vision_gateway.chat.policy import ModelChoice
     from services.vision_gateway.chat.service import ChatService
     from services.vision_gateway.settings import GatewaySettings
 
 
 class Ask:
-    def __init__(self, service: ChatService, caller: Caller) -> None:
+    __slots__ = ("_admission", "_early", "_service", "caller", "turn", "uploaded")
+
+    def __init__(self, service: ChatService, caller: Caller, admission: StreamAdmission) -> None:
         self._service = service
+        self._admission = admission
         self.caller = caller
         self.uploaded: list[ImageMeta] = []
         self.turn: OpenTurn | None = None
         self._early: tuple[str, Any, ModelChoice] | None = None
+
+    async def __aenter__(self) -> Ask:
+        self._admission.enter(self.caller.user_id)  # may refuse (429): nothing is held then
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc is not None:
+                if self.turn is not None and not self.turn.entered:
+                    # Begun but never relayed (the client left, or a step after begin() failed):
+                    # close Ollama's request (its backend's in-flight count comes down), record the stop.
+                    await asyncio.shield(self._service.abandon(self.turn))
+                elif self.turn is None and self.uploaded:
+                    await asyncio.shield(self.discard(self.uploaded_ids))  # a refused request keeps none
+        finally:
+            self._admission.leave(self.caller.user_id)
 
     @property
     def settings(self) -> GatewaySettings:

@@ -94,22 +94,11 @@ class ChatService:
             blank_message_with_images=blank_message_with_images,
         )
 
-    @contextlib.asynccontextmanager
-    async def admit(self, user_id: str, request_id: str) -> AsyncIterator[Ask]:
-        """The one way in: the user's stream slot for the request's whole life (upload to last
-        event); images uploaded through the Ask are deleted again if no turn was begun."""
-        with self._admission.admit(user_id):
-            ask = Ask(self, Caller(user_id, request_id))
-            try:
-                yield ask
-            except BaseException:
-                if ask.turn is not None and not ask.turn.entered:
-                    # Begun but never relayed (the client left, or a step after begin() failed):
-                    # close Ollama's request (its backend's in-flight count comes down), record the stop.
-                    await asyncio.shield(self.abandon(ask.turn))
-                elif ask.turn is None and ask.uploaded:
-                    await asyncio.shield(ask.discard(ask.uploaded_ids))  # a refused request keeps none
-                raise
+    def admit(self, user_id: str, request_id: str) -> Ask:
+        """The one way in, `async with service.admit(...) as ask`: the user's stream slot for the
+        request's whole life (upload to last event); images uploaded through the Ask are deleted
+        again if no turn was begun, a turn begun but never relayed is abandoned (chat/ask.py)."""
+        return Ask(self, Caller(user_id, request_id), self._admission)
 
     async def prepare(
         self,
