@@ -9,7 +9,8 @@ and with all open (each after SETTLE_SECONDS); the figures per stream are the di
 the last two probes divided by the streams opened between them (the marginal cost, free of what
 the first streams warm up), and, like bench/held_streams_bench.py, all-open minus idle over all.
 `--trace` runs the gateway with PYTHONTRACEMALLOC=1 and prints the allocation sites that grew
-the most per stream (tracing costs memory of its own: RSS figures are then not comparable).
+the most per stream (tracing costs memory of its own: RSS figures are then not comparable);
+BENCH_KEEP_SNAPSHOTS=<dir> keeps the two snapshots compared (`<label>-some`, `<label>-full`).
 Checkouts (LABEL=path) are measured in turn, order reversed each round, as held_streams_bench.
 """
 
@@ -19,6 +20,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import signal
 import statistics
 import sys
@@ -37,6 +39,7 @@ from bench.held_streams_bench import wait_for_final_writes
 SETTLE_SECONDS = float(os.environ.get("BENCH_SETTLE_SECONDS", "8"))
 CHUNK_DELAY = os.environ.get("BENCH_CHUNK_DELAY", "1.0")  # seconds between one stream's chunks
 PROBE = ROOT / "bench" / "_memory_probe.py"
+FAILED: list[str] = []  # streams that failed before their first chunk, this run
 
 
 def probe(pid: int, directory: Path) -> dict[str, Any]:
@@ -54,21 +57,35 @@ def probe(pid: int, directory: Path) -> dict[str, Any]:
 
 
 async def open_streams(session: aiohttp.ClientSession, base: str, count: int, tasks: list[asyncio.Task[None]]) -> None:
-    """Start `count` more streams; return once each has delivered its first chunk."""
-    started = 0
+    """Start `count` more streams; return once each has delivered its first chunk (or failed:
+    a stream that ends or breaks before its first chunk is counted in FAILED and printed, so one
+    lost stream does not hold the run up until the timeout)."""
+    settled = 0
     done = asyncio.Event()
 
+    def settle() -> None:
+        nonlocal settled
+        settled += 1
+        if settled == count:
+            done.set()
+
     async def one() -> None:
-        nonlocal started
         body = {"message": "hi", "model": "llava"}
-        async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
-            first = True
-            async for line in response.content:
-                if first and line.startswith(b'data: {"type":"chunk"'):
-                    first = False
-                    started += 1
-                    if started == count:
-                        done.set()
+        first = True
+        try:
+            async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
+                async for line in response.content:
+                    if first and line.startswith(b'data: {"type":"chunk"'):
+                        first = False
+                        settle()
+                if first:
+                    raise RuntimeError(f"HTTP {response.status}, ended before its first chunk")
+        except BaseException as exc:
+            if first:
+                first = False
+                FAILED.append(repr(exc)[:200])
+                settle()
+            raise
 
     tasks.extend(asyncio.create_task(one()) for _ in range(count))
     await asyncio.wait_for(done.wait(), 600)
@@ -134,7 +151,10 @@ def run_one(label: str, root: Path, admin_url: str, count: int, trace: bool) -> 
                     await asyncio.gather(*tasks, return_exceptions=True)
                 return probes_
 
+            FAILED.clear()
             idle, some, full = asyncio.run(main())
+            if FAILED:
+                print(f"  {label}: {len(FAILED)} streams failed before their first chunk, e.g. {FAILED[0]}")
             wait_for_final_writes(url)
             result: dict[str, Any] = {
                 "label": label,
@@ -145,6 +165,9 @@ def run_one(label: str, root: Path, admin_url: str, count: int, trace: bool) -> 
                 },
             }
             if trace:
+                if keep := os.environ.get("BENCH_KEEP_SNAPSHOTS"):  # a directory: for a closer look afterwards
+                    for name, probed in (("some", some), ("full", full)):
+                        shutil.copy(probed["snapshot"], Path(keep) / f"{label}-{name}.snapshot")
                 before = tracemalloc.Snapshot.load(some["snapshot"])
                 after = tracemalloc.Snapshot.load(full["snapshot"])
                 result["sites"] = [
