@@ -19,6 +19,7 @@ import collections
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from types import TracebackType
 from typing import Protocol
 
 import asyncpg
@@ -41,16 +42,28 @@ class LiveStream:
     """A stream running on this replica: why it was asked to stop, and who acts on that right away.
 
     Lean on purpose (a replica holds thousands): no event, no watcher task; whoever waits for a
-    stop (the relay) registers a callback, which `stop()` calls at once.
+    stop (the relay) registers a callback, which `stop()` calls at once. It is its own context
+    manager (`StreamRegistry.register`), not a generator one held for the stream's whole life.
     """
 
-    __slots__ = ("_on_stop", "owner_id", "stop_reason", "stream_id")
+    __slots__ = ("_on_stop", "_registry", "message_id", "owner_id", "stop_reason", "stream_id")
 
-    def __init__(self, stream_id: uuid.UUID, owner_id: str) -> None:
+    def __init__(self, registry: StreamRegistry, stream_id: uuid.UUID, owner_id: str, message_id: uuid.UUID) -> None:
+        self._registry = registry
         self.stream_id = stream_id
         self.owner_id = owner_id
+        self.message_id = message_id
         self.stop_reason: str | None = None
         self._on_stop: Callable[[], object] | None = None
+
+    def __enter__(self) -> LiveStream:
+        self._registry._add(self)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._registry._remove(self)
 
     def stop(self, reason: str) -> bool:
         """Ask the stream to stop; True when this is the first request (the others change nothing)."""
@@ -74,15 +87,19 @@ class StreamRegistry:
         # Rows (message IDs) this replica keeps alive; counted, as a stream and its final write overlap.
         self._held: collections.Counter[uuid.UUID] = collections.Counter()
 
-    @contextlib.contextmanager
-    def register(self, stream_id: uuid.UUID, owner_id: str, message_id: uuid.UUID) -> Iterator[LiveStream]:
-        live = LiveStream(stream_id, owner_id)
-        self._streams[stream_id] = live
+    def register(self, stream_id: uuid.UUID, owner_id: str, message_id: uuid.UUID) -> LiveStream:
+        """`with registry.register(...) as live`: the stream runs here, its row held, for the block."""
+        return LiveStream(self, stream_id, owner_id, message_id)
+
+    def _add(self, live: LiveStream) -> None:
+        self._streams[live.stream_id] = live
+        self.hold(live.message_id)
+
+    def _remove(self, live: LiveStream) -> None:
         try:
-            with self.holding(message_id):
-                yield live
+            self.release(live.message_id)
         finally:
-            self._streams.pop(stream_id, None)
+            self._streams.pop(live.stream_id, None)
 
     @contextlib.contextmanager
     def holding(self, message_id: uuid.UUID) -> Iterator[None]:
