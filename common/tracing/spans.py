@@ -19,7 +19,8 @@ from opentelemetry.util.types import AttributeValue
 Attributes = Mapping[str, AttributeValue]
 
 _REQUEST_TRACER: ContextVar[Tracer | None] = ContextVar("retina_request_tracer", default=None)
-_UNTRACED: contextlib.nullcontext[None] = contextlib.nullcontext()
+# The shared do-nothing context manager of code that is not traced (nothing allocated per call).
+UNTRACED: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 def current_tracer() -> Tracer | None:
@@ -53,7 +54,7 @@ def traced(
     """
     tracer = _REQUEST_TRACER.get()
     if tracer is None:
-        return _UNTRACED
+        return UNTRACED
     return _span(tracer, name, attributes, kind, expected)
 
 

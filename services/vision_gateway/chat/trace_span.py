@@ -13,13 +13,23 @@ from collections.abc import Iterator
 
 from opentelemetry.util.types import AttributeValue
 
-from common.tracing.spans import traced
+from common.tracing.spans import UNTRACED, current_tracer, traced
 from services.vision_gateway.chat.relay import StreamRelay
 
 
+def ask_span(relay: StreamRelay) -> contextlib.AbstractContextManager[None]:
+    """Around `relay.run()`: what the relay measured is put on the span however the stream ended.
+
+    Untraced (tracing off) it is the shared do-nothing context manager, as `traced()` would give:
+    it is held for the stream's whole life, and a generator one would be three objects and a frame.
+    """
+    if current_tracer() is None:
+        return UNTRACED
+    return _ask_span(relay)
+
+
 @contextlib.contextmanager
-def ask_span(relay: StreamRelay) -> Iterator[None]:
-    """Around `relay.run()`: what the relay measured is put on the span however the stream ended."""
+def _ask_span(relay: StreamRelay) -> Iterator[None]:
     turn = relay.turn
     model = turn.prepared.model
     with traced(
