@@ -63,7 +63,14 @@ class PreparedChat:
 
 
 class OpenTurn:
-    """A recorded turn and its Ollama request; leaving the context closes the request."""
+    """A recorded turn and its Ollama request; leaving the context closes the request.
+
+    Once Ollama's stream is open (`upstream()`) the turn keeps the stream, not the task that opened
+    it: a turn lives as long as its stream, and a done task still holds its context copy and
+    coroutine (and has a place in asyncio's set of tasks). Likewise the links' task once linked.
+    """
+
+    __slots__ = ("_linking", "_opening", "_stream", "entered", "prepared", "stream_id", "turn")
 
     def __init__(
         self,
@@ -76,7 +83,8 @@ class OpenTurn:
         self.prepared = prepared
         self.turn = turn
         self.stream_id = stream_id
-        self._opening = opening
+        self._opening: asyncio.Task[ChatStream] | None = opening  # None once the stream is taken from it
+        self._stream: ChatStream | None = None
         self._linking = linking
         self.entered = False  # a relay or abandon() owns it now (else ChatService.admit abandons it)
 
@@ -108,29 +116,42 @@ class OpenTurn:
 
         Raises what opening raised (unavailable, refused, an error line).
         """
-        if not self._opening.done():
-            either: list[asyncio.Future[Any]] = [self._opening, wake]
+        opening = self._opening
+        if opening is None:
+            return self._stream
+        if not opening.done():
+            either: list[asyncio.Future[Any]] = [opening, wake]
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        return self._opening.result() if self._opening.done() else None
+            if not opening.done():
+                return None
+        self._stream = opening.result()
+        self._opening = None
+        return self._stream
 
     async def linked(self) -> None:
         """Wait for the work begun once the turn was recorded (the images' links), which ran
         alongside Ollama's opening; raises what it raised. Cancelling the wait cancels the work."""
         if self._linking is not None:
             await self._linking
+            self._linking = None
 
     @property
     def backend(self) -> str | None:
         """The Ollama backend (host:port) that answers, once its stream opened."""
+        if self._stream is not None:
+            return self._stream.backend
         opening = self._opening
-        if opening.done() and not opening.cancelled() and opening.exception() is None:
+        if opening is not None and opening.done() and not opening.cancelled() and opening.exception() is None:
             return opening.result().backend
         return None
 
     def close(self) -> None:
-        _close_opening(self._opening)
+        if self._stream is not None:
+            self._stream.close()
+        if self._opening is not None:
+            _close_opening(self._opening)
         if self._linking is not None:
-            self._linking.cancel()  # a no-op once linked() returned
+            self._linking.cancel()
 
     async def __aenter__(self) -> OpenTurn:
         self.entered = True
@@ -140,7 +161,7 @@ class OpenTurn:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-        if not self._opening.done():
+        if self._opening is not None and not self._opening.done():
             with contextlib.suppress(BaseException):
                 await self._opening
 
