@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -51,7 +51,7 @@ class PreparedChat:
     caller: Caller
     model: str
     vision: bool
-    ollama_messages: list[dict[str, Any]]
+    ollama_messages: Sequence[dict[str, Any]]
     notices: tuple[events.NoticeEvent, ...]
 
     @property
@@ -60,6 +60,12 @@ class PreparedChat:
 
     def ollama_payload(self) -> dict[str, Any]:
         return {"model": self.model, "messages": self.ollama_messages, **self.request.ollama_fields()}
+
+    def sent(self) -> PreparedChat:
+        """This chat once its Ollama payload is built: all but the prompt (the history, and images
+        inline as base64), which the opening request holds for as long as it needs it. An open
+        turn keeps this for its stream's whole life, not the prompt's megabytes."""
+        return replace(self, ollama_messages=())
 
 
 class OpenTurn:
@@ -221,7 +227,7 @@ async def open_turn(
         _close_opening(opening)
         await _cancel(linking)
         raise
-    return OpenTurn(prepared, turn, stream_id, opening, linking)
+    return OpenTurn(prepared.sent(), turn, stream_id, opening, linking)
 
 
 async def _after(recording: asyncio.Task[NewTurn], then: Callable[[NewTurn], Awaitable[None]]) -> None:
