@@ -10,7 +10,7 @@ has been read; closing the response is what stops Ollama generating.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +76,20 @@ def parse_line(line: bytes) -> ChatChunk:
 
 
 class ChatStream:
-    """An open /api/chat response whose first line has already been read."""
+    """An open /api/chat response whose first line has already been read; `async for chunk in
+    stream` reads the rest, up to and including the done line.
+
+    Its own iterator (a short `__anext__` coroutine per line), not an async generator: a held
+    stream waits here for its next line for its whole life, and a suspended async generator would
+    be two more objects, a frame and a place in the loop's set of async generators.
+    """
+
+    __slots__ = ("_done", "_first", "_on_close", "_response", "backend", "first_chunk_seconds")
 
     def __init__(self, response: aiohttp.ClientResponse, first: ChatChunk, first_chunk_seconds: float) -> None:
         self._response = response
         self._first: ChatChunk | None = first
+        self._done = False  # the done line has been handed out
         self.first_chunk_seconds = first_chunk_seconds
         self.backend = ""  # which Ollama serves it (host:port), set by the fleet
         self._on_close: Callable[[], None] | None = None
@@ -89,31 +98,29 @@ class ChatStream:
         """Run `callback` once, on the first close (the fleet counts the backend's streams so)."""
         self._on_close = callback
 
-    async def chunks(self) -> AsyncIterator[ChatChunk]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-            if first.done:
-                return
-        while True:
-            line = await self._next_line()
-            if not line:
-                raise OllamaStreamError("Ollama closed the stream before it was done", detail="no done line")
-            if not line.strip():
-                continue
-            chunk = parse_line(line)
-            yield chunk
-            if chunk.done:
-                return
+    def __aiter__(self) -> ChatStream:
+        return self
 
-    async def _next_line(self) -> bytes:
-        """One NDJSON line; a broken connection, truncated body or read timeout is an OllamaStreamError."""
-        try:
-            return await self._response.content.readline()
-        except TimeoutError as exc:  # sock_read: OLLAMA_READ_TIMEOUT_SECONDS without a byte
-            raise OllamaStreamError("Ollama sent nothing for longer than the read timeout") from exc
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise OllamaStreamError("the connection to Ollama broke") from exc
+    async def __anext__(self) -> ChatChunk:
+        """The next chunk; a broken connection, truncated body, read timeout or bad line is an OllamaStreamError."""
+        if self._first is not None:
+            chunk, self._first = self._first, None
+        elif self._done:
+            raise StopAsyncIteration
+        else:
+            line = b""
+            while not line.strip():
+                try:
+                    line = await self._response.content.readline()
+                except TimeoutError as exc:  # sock_read: OLLAMA_READ_TIMEOUT_SECONDS without a byte
+                    raise OllamaStreamError("Ollama sent nothing for longer than the read timeout") from exc
+                except (aiohttp.ClientError, ConnectionError) as exc:
+                    raise OllamaStreamError("the connection to Ollama broke") from exc
+                if not line:
+                    raise OllamaStreamError("Ollama closed the stream before it was done", detail="no done line")
+            chunk = parse_line(line)
+        self._done = chunk.done
+        return chunk
 
     def close(self) -> None:
         """Drop the connection: this is what makes Ollama stop generating."""

@@ -111,7 +111,7 @@ class StreamRelay:
         """Relay chunks as they arrive; True once Ollama said done. A stop closes the upstream at once."""
         self.live.on_stop(upstream.close)
         try:
-            async for chunk in upstream.chunks():
+            async for chunk in upstream:
                 # Ollama sends thinking and answer in separate lines; relay each as its own event type.
                 if chunk.thinking:
                     self._count_token()
