@@ -9,18 +9,22 @@ def test_text_is_every_piece_in_order_across_folds() -> None:
     text = AnswerText()
     assert not text
     assert text.text() == ""
-    pieces = [f"w{i} " for i in range(FOLD_PIECES * 3 + 5)] + ["é", "🙂", "漢"]
-    for piece in pieces:
+    # Past the second level of folding (FOLD_PIECES folded strings joined into one), twice.
+    pieces = [f"w{i} " for i in range(FOLD_PIECES * FOLD_PIECES * 2 + 5)] + ["é", "🙂", "漢"]
+    for n, piece in enumerate(pieces, 1):
         text.append(piece)
+        if n % 97 == 0:
+            assert text.text() == "".join(pieces[:n])
     assert text.text() == "".join(pieces)
     assert len(text) == sum(len(p) for p in pieces)
     assert text
 
 
 def test_folds_keep_few_objects() -> None:
+    assert AnswerText()._parts is None, "an answer that never grows (most streams' thinking) makes no list"
     text = AnswerText()
-    for _ in range(FOLD_PIECES * 10):
+    for n in range(1, FOLD_PIECES * FOLD_PIECES * 3):
         text.append("tok ")
-    # Ten folded strings and no loose pieces, instead of 640 string objects.
-    assert len(text._folded) == 10
-    assert text._pieces == []
+        assert text._parts is not None
+        # Instead of one string object per piece: fewer than FOLD_PIECES folded strings and loose pieces each.
+        assert len(text._parts) < 2 * FOLD_PIECES, n
