@@ -7,7 +7,9 @@ under test, which need not have this file). On each SIGUSR1 it writes `<n>.json`
 BENCH_PROBE_DIR: resident and anonymous memory (/proc/self/smaps_rollup), glibc's mallinfo2
 (bytes in use and free in malloc's arenas, bytes in mmap'd blocks), the Python heap
 (tracemalloc's traced bytes when tracing, allocated blocks), and a census of the objects the
-collector tracks by type; with tracemalloc on, the snapshot goes to `<n>.snapshot` too. The
+collector tracks by type; with tracemalloc on, the snapshot goes to `<n>.snapshot` too
+(BENCH_TRACE_LATE=<frames>: tracing starts at the first probe, not with the process, whose
+imports take ten times longer traced — too long for the readiness wait on a busy machine). The
 product has no such hook: this wraps the process from outside.
 """
 
@@ -69,6 +71,9 @@ def smaps() -> dict[str, int]:
 
 def report(_signum: int, _frame: FrameType | None) -> None:
     directory = Path(os.environ["BENCH_PROBE_DIR"])
+    late = int(os.environ.get("BENCH_TRACE_LATE", "0"))
+    if late and not tracemalloc.is_tracing():  # traced from the first probe on: a quick start-up
+        tracemalloc.start(late)
     n = len(list(directory.glob("*.json")))
     gc.collect()
     census = collections.Counter(type(o).__qualname__ for o in gc.get_objects())

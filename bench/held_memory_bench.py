@@ -8,8 +8,9 @@ streams from the emulator (a chunk a second). It is probed idle, with a quarter 
 and with all open (each after SETTLE_SECONDS); the figures per stream are the difference between
 the last two probes divided by the streams opened between them (the marginal cost, free of what
 the first streams warm up), and, like bench/held_streams_bench.py, all-open minus idle over all.
-`--trace` runs the gateway with PYTHONTRACEMALLOC=1 and prints the allocation sites that grew
-the most per stream (tracing costs memory of its own: RSS figures are then not comparable);
+`--trace` runs the gateway with tracemalloc (BENCH_TRACE_FRAMES deep, 1 by default; started at
+the idle probe) and prints the allocation sites that grew the most per stream (tracing costs
+memory of its own: RSS figures are then not comparable);
 BENCH_KEEP_SNAPSHOTS=<dir> keeps the two snapshots compared (`<label>-some`, `<label>-full`).
 Checkouts (LABEL=path) are measured in turn, order reversed each round, as held_streams_bench.
 """
@@ -74,16 +75,18 @@ async def open_streams(session: aiohttp.ClientSession, base: str, count: int, ta
         first = True
         try:
             async with session.post(f"{base}/api/stream-message", json=body, headers=HEADERS) as response:
+                last = b""
                 async for line in response.content:
                     if first and line.startswith(b'data: {"type":"chunk"'):
                         first = False
                         settle()
+                    last = line if line.strip() else last
                 if first:
-                    raise RuntimeError(f"HTTP {response.status}, ended before its first chunk")
+                    raise RuntimeError(f"HTTP {response.status}, ended before its first chunk: {last[:300]!r}")
         except BaseException as exc:
             if first:
                 first = False
-                FAILED.append(repr(exc)[:200])
+                FAILED.append(repr(exc)[:400])
                 settle()
             raise
 
@@ -122,8 +125,8 @@ def run_one(label: str, root: Path, admin_url: str, count: int, trace: bool) -> 
     ):
         ollama_port, gateway_port = free_port(), free_port()
         extra = {"DB_POOL_MAX_SIZE": "20", "PYTHONPATH": str(root), "BENCH_PROBE_DIR": probes}
-        if trace:
-            extra["PYTHONTRACEMALLOC"] = os.environ.get("BENCH_TRACE_FRAMES", "1")
+        if trace:  # from the idle probe on (only the later two are compared)
+            extra["BENCH_TRACE_LATE"] = os.environ.get("BENCH_TRACE_FRAMES", "1")
         env = gateway_env(url, tmp, f"http://127.0.0.1:{ollama_port}", **extra)
         args = [str(PROBE), "cli.main", "vision-gateway", "--host", "127.0.0.1", "--port", str(gateway_port)]
         with (
