@@ -7,6 +7,7 @@ event type; nothing else in the gateway builds event dictionaries by hand.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
 
@@ -64,7 +65,7 @@ def start(
     message_id: uuid.UUID,
     model: str,
     vision: bool,
-    image_ids: list[uuid.UUID],
+    image_ids: Sequence[uuid.UUID],
 ) -> StartEvent:
     return {
         "type": "start",

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -51,7 +51,7 @@ class PreparedChat:
     caller: Caller
     model: str
     vision: bool
-    ollama_messages: Sequence[dict[str, Any]]
+    ollama_messages: list[dict[str, Any]]
     notices: tuple[events.NoticeEvent, ...]
 
     @property
@@ -61,11 +61,23 @@ class PreparedChat:
     def ollama_payload(self) -> dict[str, Any]:
         return {"model": self.model, "messages": self.ollama_messages, **self.request.ollama_fields()}
 
-    def sent(self) -> PreparedChat:
-        """This chat once its Ollama payload is built: all but the prompt (the history, and images
-        inline as base64), which the opening request holds for as long as it needs it. An open
-        turn keeps this for its stream's whole life, not the prompt's megabytes."""
-        return replace(self, ollama_messages=())
+    def sent(self) -> SentChat:
+        """What an open turn keeps of this once Ollama's payload is built."""
+        return SentChat(self.caller, self.model, self.vision, tuple(self.request.image_ids), self.notices)
+
+
+@dataclass(frozen=True, slots=True)
+class SentChat:
+    """What an open turn keeps of its PreparedChat for its stream's whole life: who asks, which
+    model answers, what the events name. Not the request (its message, options, the model
+    object's own dict and set) nor the prompt (the history, images inline as base64): Ollama's
+    opening request holds those for as long as it needs them."""
+
+    caller: Caller
+    model: str
+    vision: bool
+    image_ids: tuple[uuid.UUID, ...]
+    notices: tuple[events.NoticeEvent, ...]
 
 
 class OpenTurn:
@@ -80,7 +92,7 @@ class OpenTurn:
 
     def __init__(
         self,
-        prepared: PreparedChat,
+        prepared: SentChat,
         turn: NewTurn,
         stream_id: uuid.UUID,
         opening: asyncio.Task[ChatStream],
@@ -93,10 +105,6 @@ class OpenTurn:
         self._stream: ChatStream | None = None
         self._linking = linking
         self.entered = False  # a relay or abandon() owns it now (else ChatService.admit abandons it)
-
-    @property
-    def request(self) -> ChatRequest:
-        return self.prepared.request
 
     @property
     def caller(self) -> Caller:
