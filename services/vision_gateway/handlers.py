@@ -9,6 +9,7 @@ from aiohttp import web
 from common.app import AUTH_KEY
 from common.errors import ConversationNotFound, StreamNotFound, UnsupportedMediaType
 from common.http.json_body import read_json_object
+from common.http.media_type import media_type
 from common.http.request_context import request_id_of
 from common.ids import parse_uuid
 from services.vision_gateway.ask_form import read_ask_form
@@ -36,9 +37,10 @@ async def _ask_fields(request: web.Request, service: ChatService, ask: Ask) -> d
     """The ask's fields from its body, read under the body clocks. A function of its own so that
     the clocks and the parsed body are not locals of the handler, which lives as long as the stream."""
     async with body_clocks(request, service) as clocks:
-        if request.content_type == "multipart/form-data":
+        content_type = media_type(request)
+        if content_type == "multipart/form-data":
             return await read_ask_form(request, ask, clocks)
-        if request.content_type == "application/json":
+        if content_type == "application/json":
             return await read_json_object(request, max_bytes=request.client_max_size)
         raise UnsupportedMediaType("send application/json or multipart/form-data")
 

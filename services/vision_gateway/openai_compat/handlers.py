@@ -22,6 +22,7 @@ from common.auth import USER_ID_HEADER, parse_user_id
 from common.errors import ApiError, BadRequest, UnknownModel, UnsupportedMediaType
 from common.http.error_middleware import error_middleware_rendering
 from common.http.json_body import read_json_object
+from common.http.media_type import media_type
 from common.http.request_context import request_id_of
 from services.vision_gateway.admission import BODY_COPIES
 from services.vision_gateway.chat import Ask, ChatService, SentMessage
@@ -53,7 +54,7 @@ openai_error_middleware = error_middleware_rendering(
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     request.config_dict[AUTH_KEY].check_token(request)
     service = request.config_dict[CHAT_SERVICE_KEY]
-    if request.content_type != "application/json":
+    if media_type(request) != "application/json":
         raise UnsupportedMediaType("send application/json")
     # The body's bytes are held several times while it is parsed and its images uploaded: reserve them first.
     reservation = await service.budget.hold(BODY_COPIES * (request.content_length or MAX_BODY_BYTES))
