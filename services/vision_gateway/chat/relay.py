@@ -76,9 +76,29 @@ class StreamRelay:
             upstream = await self._upstream()
             if upstream is not None:
                 self.metrics.upstream_ttfc.labels(self.label).observe(upstream.first_chunk_seconds)
-                if await self._pump(upstream):
-                    return self.outcome
-            await self._end_stopped()
+                # Relayed here, not in a method of its own: a held stream waits in this loop for its
+                # whole life, and every coroutine it waits in is one more frame per stream.
+                self.live.on_stop(upstream.close)  # a stop closes the upstream at once
+                try:
+                    async for chunk in upstream:
+                        # Ollama sends thinking and answer in separate lines; relay each as its own event type.
+                        if chunk.thinking:
+                            self._count_token()
+                            self.thinking.append(chunk.thinking)
+                            self.answer_length += len(chunk.thinking)
+                            await self.sink.send(events.thinking(chunk.thinking))
+                        if chunk.content:
+                            self._count_token()
+                            self.content.append(chunk.content)
+                            self.answer_length += len(chunk.content)
+                            await self.sink.send(events.chunk(chunk.content))
+                        if chunk.done:
+                            self.upstream_stats = chunk.stats
+                            await self._end_completed(chunk.done_reason or "stop")
+                            return self.outcome
+                finally:
+                    self.live.on_stop(None)
+            await self._end_stopped()  # only a stop ends the loop without done or an error
         except (asyncio.CancelledError, ConnectionResetError):
             self.outcome = "client_disconnected"
             await asyncio.shield(self.writer.finish(self.answer(), "stopped", "client disconnected", self.stats()))
@@ -106,30 +126,6 @@ class StreamRelay:
             return await self.turn.upstream(wake=stopped)
         finally:
             self.live.on_stop(None)
-
-    async def _pump(self, upstream: ChatStream) -> bool:
-        """Relay chunks as they arrive; True once Ollama said done. A stop closes the upstream at once."""
-        self.live.on_stop(upstream.close)
-        try:
-            async for chunk in upstream:
-                # Ollama sends thinking and answer in separate lines; relay each as its own event type.
-                if chunk.thinking:
-                    self._count_token()
-                    self.thinking.append(chunk.thinking)
-                    self.answer_length += len(chunk.thinking)
-                    await self.sink.send(events.thinking(chunk.thinking))
-                if chunk.content:
-                    self._count_token()
-                    self.content.append(chunk.content)
-                    self.answer_length += len(chunk.content)
-                    await self.sink.send(events.chunk(chunk.content))
-                if chunk.done:
-                    self.upstream_stats = chunk.stats
-                    await self._end_completed(chunk.done_reason or "stop")
-                    return True
-        finally:
-            self.live.on_stop(None)
-        return False  # only a stop ends the loop without done or an error
 
     def _count_token(self) -> None:
         """Timing per generated piece; thinking counts: it is what the model spends its first tokens on."""
