@@ -100,6 +100,8 @@ class AnswerProgress:
 class AnswerWriter:
     """One stream's answer: in the replica's progress batch while it streams, then its final write."""
 
+    __slots__ = ("_message_id", "_metrics", "_pending", "_progress", "_repository", "_retry_seconds", "_saved")
+
     def __init__(
         self,
         repository: ConversationRepository,

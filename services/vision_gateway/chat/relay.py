@@ -39,6 +39,23 @@ class EventSink(Protocol):
 class StreamRelay:
     """Holds one stream's answer and timing; `run()` relays it and returns the outcome label."""
 
+    __slots__ = (
+        "answer_length",
+        "chunks",
+        "content",
+        "first_at",
+        "label",
+        "last_at",
+        "live",
+        "metrics",
+        "outcome",
+        "sink",
+        "thinking",
+        "turn",
+        "upstream_stats",
+        "writer",
+    )
+
     def __init__(
         self, turn: OpenTurn, sink: EventSink, live: LiveStream, writer: AnswerWriter, metrics: GatewayMetrics
     ) -> None:
