@@ -40,6 +40,7 @@ class OllamaFleet:
         self._retries = retries
         self._affinity = affinity if affinity is not None else Affinity()
         self._turns = itertools.count()
+        self._counts: dict[Backend, _StreamCount] = {}
 
     # ---- models -----------------------------------------------------------------------------------
 
@@ -97,14 +98,11 @@ class OllamaFleet:
             self._affinity.remember(conversation_id, backend)
 
     async def _open_on(self, backend: Backend, key: str, payload: dict[str, Any], request_id: str) -> ChatStream:
-        gauge = self._fleet_metrics.in_flight.labels(backend.label)
-        backend.in_flight += 1  # counted from the choice on, so a burst of asks spreads out
-        gauge.inc()
-
-        def release() -> None:
-            backend.in_flight -= 1
-            gauge.dec()
-
+        count = self._counts.get(backend)
+        if count is None:
+            count = self._counts[backend] = _StreamCount(backend, self._fleet_metrics)
+        count.opened()  # counted from the choice on, so a burst of asks spreads out
+        release = count.closed
         try:
             stream = await backend.client.open_chat(payload, request_id=request_id)
         except UnknownModel:
@@ -170,3 +168,22 @@ class OllamaFleet:
         detail = f"{failed.label}: {failed.failure_detail}" if failed is not None else None
         retry_after = self.registry.retry_after(backends)
         return UpstreamUnavailable(f"{UNAVAILABLE}: {reason}", retry_after=retry_after, detail=detail)
+
+
+class _StreamCount:
+    """A backend's streams in flight, in its `in_flight` and the gauge. One per backend: a stream
+    holds only the bound `closed` until it closes (a closure would be a function and two cells)."""
+
+    __slots__ = ("_backend", "_gauge")
+
+    def __init__(self, backend: Backend, metrics: FleetMetrics) -> None:
+        self._backend = backend
+        self._gauge = metrics.in_flight.labels(backend.label)
+
+    def opened(self) -> None:
+        self._backend.in_flight += 1
+        self._gauge.inc()
+
+    def closed(self) -> None:
+        self._backend.in_flight -= 1
+        self._gauge.dec()
