@@ -38,7 +38,8 @@ class Ask:
         self._service = service
         self._admission = admission
         self.caller = caller
-        self.uploaded: list[ImageMeta] = []
+        # A tuple (the empty one is shared): most asks upload nothing, and the Ask lives as long as the stream.
+        self.uploaded: tuple[ImageMeta, ...] = ()
         self.turn: OpenTurn | None = None
         self._early: tuple[str, Any, ModelChoice] | None = None
 
@@ -93,7 +94,7 @@ class Ask:
         if not service.settings.upload_enabled:
             raise UploadDisabled("image uploads are disabled on this server")
         meta = await service.upload_image(self.caller, chunks, filename=filename, content_type=content_type)
-        self.uploaded.append(meta)
+        self.uploaded += (meta,)
         return meta.image_id
 
     async def begin(
@@ -115,4 +116,4 @@ class Ask:
         """Delete images this request uploaded (all of them when it is refused)."""
         await self._service.discard_uploads(image_ids, self.caller)
         gone = set(image_ids)
-        self.uploaded = [meta for meta in self.uploaded if meta.image_id not in gone]
+        self.uploaded = tuple(meta for meta in self.uploaded if meta.image_id not in gone)
