@@ -22,10 +22,11 @@ HISTORY_IMAGES_KEY = web.AppKey("history_images", HistoryImages)
 
 
 async def stream_message(request: web.Request) -> web.StreamResponse:
-    caller = request.app[AUTH_KEY].caller(request)
+    # The handler's locals live as long as the stream: only what the stream needs is kept in them.
+    user_id = request.app[AUTH_KEY].caller(request).user_id
     service = request.app[CHAT_SERVICE_KEY]
     # Per-user stream and rate limits come first: a refused request uploads, fetches and writes nothing.
-    async with service.admit(caller.user_id, request_id_of(request)) as ask:
+    async with service.admit(user_id, request_id_of(request)) as ask:
         turn = await ask.begin(ask.parse(await _ask_fields(request, service, ask)), grace_seconds=OPEN_GRACE_SECONDS)
         # The IDs as headers too, so a client (or an OpenAPI link) can stop the stream or read the history
         # without parsing the event stream.

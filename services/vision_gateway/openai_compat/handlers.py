@@ -72,7 +72,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             # The prompt holds the history images now; the copies uploaded for them served only this call.
             uploaded = set(ask.uploaded_ids).difference(chat_request.image_ids)
             await ask.discard([i for m in history for i in m.image_ids if i in uploaded])
-            return await _answer(request, service, turn, completion)
+            streamed, include_usage = completion.stream, completion.include_usage
+            # This frame lives as long as the stream: the client's history and fields are not kept for it.
+            del completion, request_fields, history, chat_request, uploaded
+            return await _answer(request, service, turn, streamed=streamed, include_usage=include_usage)
     finally:
         reservation.release()
 
@@ -117,7 +120,9 @@ def _kept(service: ChatService, history: list[SentMessage]) -> list[SentMessage]
     return [m for i, m in enumerate(history) if i not in dropped]
 
 
-async def _answer(request: web.Request, service: ChatService, turn: Any, completion: Completion) -> web.StreamResponse:
+async def _answer(
+    request: web.Request, service: ChatService, turn: Any, *, streamed: bool, include_usage: bool
+) -> web.StreamResponse:
     conversation, message, stream_id, notices = RETINA_HEADERS
     headers = {
         conversation: str(turn.turn.conversation_id),
@@ -126,11 +131,10 @@ async def _answer(request: web.Request, service: ChatService, turn: Any, complet
     }
     if turn.prepared.notices:
         headers[notices] = ",".join(n["code"] for n in turn.prepared.notices)
-    if not completion.stream:
+    if not streamed:
         collector = CompletionCollector()
         await service.relay(turn, collector)
         return web.json_response(collector.completion(), headers=headers)
-    include_usage = completion.include_usage
     return await stream_turn(
         request, service, turn, headers=headers, sink=lambda stream: ChunkStream(stream, include_usage=include_usage)
     )
