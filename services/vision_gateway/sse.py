@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from common.background import in_background
+from common.slices import in_slices
 
 SSE_HEADERS = {
     # The charset named, as OpenAI's API does: a client that honours the header (requests'
@@ -71,10 +72,9 @@ class Heartbeat:
         """Start a ping for every stream silent for `seconds`; the loop runs between slices of streams."""
         due = time.monotonic() - self.seconds
         streams = list(self._streams)  # streams come and go while this yields
-        for start in range(0, len(streams), PING_SLICE):
-            if start:
-                await asyncio.sleep(0)  # the pings started so far go out now, with everything else ready
-            for stream in streams[start : start + PING_SLICE]:
+        # Between slices the pings started so far go out, with everything else ready.
+        async for part in in_slices(streams, PING_SLICE):
+            for stream in part:
                 if stream.last_write <= due and stream in self._streams:
                     stream.start_ping()
 

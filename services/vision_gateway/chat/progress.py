@@ -19,7 +19,7 @@ on its way cannot overwrite the final answer, as it writes only rows still `stre
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
@@ -28,6 +28,7 @@ import structlog
 
 from common.errors import DatabaseUnavailable
 from common.retry import until
+from common.slices import in_slices
 from services.vision_gateway.chat.pending import PendingAnswers, PendingFinal
 from services.vision_gateway.metrics import GatewayMetrics
 from services.vision_gateway.repository import ConversationRepository, ProgressRow
@@ -88,22 +89,22 @@ class AnswerProgress:
         """The streams whose text grew since their last save (at most `limit`, least recently saved first)."""
         rows: list[ProgressRow] = []
         streams = list(self._streams.items())  # streams come and go while this yields
-        for start in range(0, len(streams), SLICE_STREAMS):
-            if start:
-                await asyncio.sleep(0)
-            for message_id, tracked in streams[start : start + SLICE_STREAMS]:
-                if tracked.source.answer_length != tracked.saved_length and self._streams.get(message_id) is tracked:
-                    content, thinking = tracked.source.answer()
-                    rows.append(ProgressRow(message_id, content, thinking))
-                    if len(rows) == limit:
-                        return rows
+        async with contextlib.aclosing(in_slices(streams, SLICE_STREAMS)) as slices:
+            async for part in slices:
+                for message_id, tracked in part:
+                    if (
+                        tracked.source.answer_length != tracked.saved_length
+                        and self._streams.get(message_id) is tracked
+                    ):
+                        content, thinking = tracked.source.answer()
+                        rows.append(ProgressRow(message_id, content, thinking))
+                        if len(rows) == limit:
+                            return rows
         return rows
 
     async def saved(self, rows: Sequence[ProgressRow]) -> None:
-        for start in range(0, len(rows), SLICE_STREAMS):
-            if start:
-                await asyncio.sleep(0)
-            for row in rows[start : start + SLICE_STREAMS]:
+        async for part in in_slices(rows, SLICE_STREAMS):
+            for row in part:
                 tracked = self._streams.pop(row.message_id, None)
                 if tracked is not None:  # a stream that ended meanwhile has left the book
                     tracked.saved_length = len(row.content) + len(row.thinking)
